@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   build .venv and run the workflow on the bundled demo
+#   make test   build .venv and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CORES ?= 2
+
+.PHONY: venv test demo lint dryrun bench clean
+
+venv: $(STAMP)
+
+# torch is installed first and pinned: the CPU build lies on local disk, while an
+# unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest
+
+demo: venv
+	$(BIN)/snakemake --cores $(CORES)
+	@echo; echo "Prepare summary (results/prepare_summary.tsv):"; column -t results/prepare_summary.tsv
+
+lint: venv
+	$(BIN)/snakemake --lint
+
+dryrun: venv
+	$(BIN)/snakemake -n
+
+bench: venv
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf results .snakemake .test/results

@@ -1,0 +1,114 @@
+"""Prepare throughput: the project's vectorised prepare vs a plain implementation.
+
+Generates N reads (100-300 bp), runs both on one core in this run, checks that
+their three output files are byte-identical, and reports reads/s, the ratio,
+and the project's peak memory at two input sizes (it must not grow with input).
+
+    .venv/bin/python bench/prepare.py [--reads 200000]
+
+Results: printed, and saved to bench/results/prepare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import plain_prepare  # noqa: E402
+
+
+def make_reads(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    bases = "ACGT"
+    with open(path, "w") as out:
+        for i in range(n):
+            seq = "".join(rng.choices(bases, k=rng.randint(100, 300)))
+            out.write(f">read{i} simulated\n{seq}\n")
+
+
+def run_plain(fasta: Path, size: int, outdir: Path) -> float:
+    """The original algorithm, record by record, codon by codon, same outputs."""
+    start = time.perf_counter()
+    outdir.mkdir(parents=True, exist_ok=True)
+    with open(outdir / "chunked.fa", "w") as chunked, open(outdir / "nucleotide.fa", "w") as nuc, \
+            open(outdir / "protein.faa", "w") as prot:
+        for record_id, seq in plain_prepare.read_fasta(str(fasta)):
+            for chunk_id, chunk in plain_prepare.chunks(record_id, seq, size):
+                wrapped = "\n".join(chunk[i:i + 60] for i in range(0, len(chunk), 60))
+                chunked.write(f">{chunk_id}\n{wrapped}\n")
+                for frame_id, nucleotide, protein in plain_prepare.frames(chunk_id, chunk):
+                    nuc.write(f">{frame_id}\n{nucleotide}\n")
+                    prot.write(f">{frame_id}\n{protein}\n")
+    return time.perf_counter() - start
+
+
+OURS = """
+import json, resource, sys, time
+from virnucpro.prepare import write_flat
+t = time.perf_counter()
+stats = write_flat(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+print(json.dumps({"seconds": time.perf_counter() - t, "frames": stats.frames,
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_ours(fasta: Path, size: int, outdir: Path) -> dict:
+    """In a fresh process, so its peak memory is its own."""
+    proc = subprocess.run([sys.executable, "-c", OURS, str(fasta), str(size), str(outdir)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reads", type=int, default=200_000)
+    parser.add_argument("--chunk-size", type=int, default=300)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, children too
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        small, large = tmp / "small.fa", tmp / "large.fa"
+        make_reads(large, args.reads, seed=1)
+        make_reads(small, args.reads // 10, seed=2)
+
+        ours = run_ours(large, args.chunk_size, tmp / "ours")
+        plain_s = run_plain(large, args.chunk_size, tmp / "plain")
+        for name in ("chunked.fa", "nucleotide.fa", "protein.faa"):
+            if (tmp / "ours" / name).read_bytes() != (tmp / "plain" / name).read_bytes():
+                sys.exit(f"outputs differ: {name}")
+        ours_small = run_ours(small, args.chunk_size, tmp / "ours-small")
+
+    result = {
+        "reads": args.reads,
+        "chunk_size": args.chunk_size,
+        "frames": ours["frames"],
+        "ours_reads_per_s": round(args.reads / ours["seconds"]),
+        "plain_reads_per_s": round(args.reads / plain_s),
+        "speedup": round(plain_s / ours["seconds"], 1),
+        "outputs_identical": True,
+        "max_rss_mb": {f"{args.reads // 10} reads": round(ours_small["max_rss_mb"], 1),
+                       f"{args.reads} reads": round(ours["max_rss_mb"], 1)},
+        "cores": 1,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(json.dumps(result, indent=2))
+    out = HERE / "results" / "prepare.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

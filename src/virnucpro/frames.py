@@ -1,0 +1,183 @@
+"""The original VirNucPro chunking and six-frame selection, vectorised.
+
+Rules (see shared notes, original-semantics.md):
+- A record of length L is cut into n = ceil(L / C) overlapping chunks; chunk k
+  starts at k*(C - low) - min(k, up) with repeat = n*C - L, low = repeat // n,
+  up = repeat - low*(n-1), and ends at min(start + C, L).
+- Each chunk (upper-cased) is translated in frames F1-F3 (forward, from offset
+  0, 1, 2) and R1-R3 (same on the reverse complement; only ACGT complemented).
+  Codons outside the standard 64 (any ambiguity code) are skipped, making the
+  protein shorter. A frame is kept if its protein is non-empty and stop-free.
+- The kept nucleotide is frame[f : f + 1 + 3*len(protein)] clipped to the chunk:
+  one base more than the codons, a quirk of the original that is kept.
+
+Everything works on one block of records at a time with numpy, so the cost per
+read is a handful of array operations amortised over thousands of reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from virnucpro.textblock import gather_spans, ramp
+
+_CODON_TABLE = {
+    "TTT": "F", "TTC": "F", "TTA": "L", "TTG": "L", "CTT": "L", "CTC": "L", "CTA": "L", "CTG": "L",
+    "ATT": "I", "ATC": "I", "ATA": "I", "ATG": "M", "GTT": "V", "GTC": "V", "GTA": "V", "GTG": "V",
+    "TCT": "S", "TCC": "S", "TCA": "S", "TCG": "S", "CCT": "P", "CCC": "P", "CCA": "P", "CCG": "P",
+    "ACT": "T", "ACC": "T", "ACA": "T", "ACG": "T", "GCT": "A", "GCC": "A", "GCA": "A", "GCG": "A",
+    "TAT": "Y", "TAC": "Y", "TAA": "*", "TAG": "*", "CAT": "H", "CAC": "H", "CAA": "Q", "CAG": "Q",
+    "AAT": "N", "AAC": "N", "AAA": "K", "AAG": "K", "GAT": "D", "GAC": "D", "GAA": "E", "GAG": "E",
+    "TGT": "C", "TGC": "C", "TGA": "*", "TGG": "W", "CGT": "R", "CGC": "R", "CGA": "R", "CGG": "R",
+    "AGT": "S", "AGC": "S", "AGA": "R", "AGG": "R", "GGT": "G", "GGC": "G", "GGA": "G", "GGG": "G",
+}
+
+_BASES = b"ACGT"
+_INVALID = 4  # code of any letter that is not A, C, G or T (either case)
+
+
+def _tables() -> dict[str, np.ndarray]:
+    upper = np.arange(256, dtype=np.uint8)
+    upper[ord("a"): ord("z") + 1] -= 32
+    code = np.full(256, _INVALID, dtype=np.uint8)
+    for i, base in enumerate(_BASES):
+        code[base] = code[base + 32] = i
+    complement_upper = upper.copy()
+    for a, b in zip(b"ACGT", b"TGCA"):
+        complement_upper[a] = complement_upper[a + 32] = b
+    # Codons are indexed in base 5 (c0*25 + c1*5 + c2) so that a codon with any
+    # invalid letter maps to "no amino acid" (0). The reverse table gives the
+    # amino acid that the reverse strand reads over the same three bases.
+    forward = np.zeros(125, dtype=np.uint8)
+    reverse = np.zeros(125, dtype=np.uint8)
+    for codon, aa in _CODON_TABLE.items():
+        c0, c1, c2 = (_BASES.index(ord(x)) for x in codon)
+        forward[c0 * 25 + c1 * 5 + c2] = ord(aa)
+        reverse[(3 - c2) * 25 + (3 - c1) * 5 + (3 - c0)] = ord(aa)
+    return {"upper": upper, "code": code, "complement_upper": complement_upper,
+            "forward": forward, "reverse": reverse,
+            "forward_stop": forward == ord("*"), "reverse_stop": reverse == ord("*"),
+            "skipped": forward == 0}
+
+
+_T = _tables()
+
+
+@dataclass
+class Chunks:
+    """Chunk layout of a block: per chunk its record, 1-based number and span."""
+
+    record: np.ndarray  # index of the record within the block
+    number: np.ndarray  # 1-based chunk number within the record
+    start: np.ndarray  # absolute start in the block's concatenated sequence
+    length: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+
+def chunk_layout(lengths: np.ndarray, offsets: np.ndarray, chunk_size: int) -> Chunks:
+    """Chunk spans of every record (original integer arithmetic, vectorised)."""
+    n = -(-lengths // chunk_size)
+    repeat = n * chunk_size - lengths
+    low = repeat // n
+    up = repeat - low * (n - 1)
+    record = np.repeat(np.arange(len(lengths)), n)
+    k = ramp(n)
+    rel_start = k * (chunk_size - low[record]) - np.minimum(k, up[record])
+    rel_end = np.minimum(rel_start + chunk_size, lengths[record])
+    return Chunks(record, k + 1, offsets[record] + rel_start, rel_end - rel_start)
+
+
+@dataclass
+class KeptFrames:
+    """Stop-free frames of a block, in original order (chunk, then F1..F3, R1..R3)."""
+
+    chunk: np.ndarray  # index into the block's Chunks
+    frame: np.ndarray  # 0..5 -> F1, F2, F3, R1, R2, R3
+    nucleotide: np.ndarray  # uint8, kept nucleotide sequences concatenated
+    nucleotide_ends: np.ndarray  # cumulative end offsets into `nucleotide`
+    protein: np.ndarray
+    protein_ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.chunk)
+
+
+def _any_per_phase(flags: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """any(flags[p]) over p in [first, last] with p % 3 == phase, shape (chunks, 3).
+
+    `flags` must extend at least 3 past the last position used. Chunk ranges
+    are disjoint and ascending, so one reduceat per phase does it.
+    """
+    out = np.zeros((len(first), 3), dtype=bool)
+    for phase in range(3):
+        k0 = (first - phase + 2) // 3
+        k1 = np.maximum(k0, (last - phase) // 3 + 1)
+        bounds = np.empty(2 * len(first), dtype=np.int64)
+        bounds[0::2], bounds[1::2] = k0, k1
+        reduced = np.logical_or.reduceat(flags[phase::3], bounds)[0::2]
+        out[:, phase] = reduced & (k1 > k0)
+    return out
+
+
+def select_frames(data: np.ndarray, chunks: Chunks) -> KeptFrames:
+    """Translate the six frames of every chunk and keep the stop-free ones.
+
+    Works in forward coordinates only: reverse frame f of a chunk [o, o+l)
+    reads, on the forward strand, the codons starting at o+l-3-f, o+l-6-f, ...
+    through the reverse codon table, so nothing is reverse-complemented except
+    the nucleotides of the frames that are kept. Chunks are read in place in
+    `data` when they do not overlap (one chunk per read), else gathered first.
+    """
+    disjoint = np.all(chunks.start[1:] >= (chunks.start + chunks.length)[:-1])
+    if disjoint:
+        x, o = data, chunks.start
+    else:
+        x = gather_spans(data, chunks.start, chunks.length)
+        o = np.cumsum(chunks.length) - chunks.length
+    length = chunks.length
+
+    codes = np.full(len(x) + 5, _INVALID, dtype=np.uint8)
+    codes[:len(x)] = _T["code"][x]
+    idx = codes[:-2] * np.uint8(25)
+    idx += codes[1:-1] * np.uint8(5)
+    idx += codes[2:]
+
+    last = o + length - 3  # last codon start inside each chunk
+    forward_stop = _any_per_phase(_T["forward_stop"][idx], o, last)
+    reverse_stop = _any_per_phase(_T["reverse_stop"][idx], o, last)
+
+    f = np.arange(3)
+    rows = np.arange(len(o))[:, None]
+    codons = np.maximum(0, (length[:, None] - f) // 3)
+    stop = np.concatenate([forward_stop[rows, (o[:, None] + f) % 3],
+                           reverse_stop[rows, (last[:, None] - f) % 3]], axis=1)
+    candidate = np.flatnonzero(~stop.ravel() & (np.concatenate([codons, codons], 1).ravel() > 0))
+    chunk, frame = np.divmod(candidate, 6)
+    reverse = frame >= 3
+    shift = frame % 3
+
+    # Proteins: codon positions ascending (forward) or descending (reverse);
+    # codons with ambiguous letters translate to nothing and are dropped.
+    n_codons = codons[chunk, shift]
+    start = np.where(reverse, last[chunk] - shift, o[chunk] + shift)
+    step = np.where(reverse, -3, 3)
+    pos = np.repeat(start, n_codons) + np.repeat(step, n_codons) * ramp(n_codons)
+    letters = np.where(np.repeat(reverse, n_codons), _T["reverse"][idx[pos]], _T["forward"][idx[pos]])
+    translated = letters != 0
+    protein = letters[translated]
+    plen = np.add.reduceat(translated, np.cumsum(n_codons) - n_codons, dtype=np.int64) \
+        if len(candidate) else np.zeros(0, dtype=np.int64)
+    kept = plen > 0  # an all-ambiguous frame has an empty protein: not written
+    chunk, frame, reverse, shift, plen = chunk[kept], frame[kept], reverse[kept], shift[kept], plen[kept]
+
+    # Nucleotides: frame[shift : shift + 1 + 3*len(protein)], clipped to the chunk.
+    n_bases = np.minimum(length[chunk], shift + 1 + 3 * plen) - shift
+    start = np.where(reverse, o[chunk] + length[chunk] - 1 - shift, o[chunk] + shift)
+    pos = np.repeat(start, n_bases) + np.repeat(np.where(reverse, -1, 1), n_bases) * ramp(n_bases)
+    nucleotide = np.where(np.repeat(reverse, n_bases), _T["complement_upper"][x[pos]],
+                          _T["upper"][x[pos]])
+    return KeptFrames(chunk, frame, nucleotide, np.cumsum(n_bases), protein, np.cumsum(plen))

@@ -1,0 +1,1 @@
+"""Native PyTorch implementations of the language models VirNucPro embeds with."""

@@ -1,0 +1,458 @@
+"""ESM-2 protein embeddings: safe checkpoint loading and a batched inference engine.
+
+Checkpoints are fair-esm's own files (`esm2_t36_3B_UR50D.pt`, optionally with
+`esm2_t36_3B_UR50D-contact-regression.pt` beside it). They are read with
+`torch.load(weights_only=True)`, allowing only `argparse.Namespace` beyond tensors, so a
+hostile file cannot run code. fair-esm's own loader then validates the file (config fields,
+parameter names and shapes) on the meta device, which costs no memory and skips the random
+initialisation of a 3B model; the weights go straight into `Esm2Encoder`.
+
+`Esm2Encoder` re-implements fair-esm's ESM-2 forward pass (esm/model/esm2.py) for inference:
+pre-LN transformer layers, rotary position embeddings, a fused q/k/v projection and
+`F.scaled_dot_product_attention` with a key padding mask, so no attention matrix is
+materialised and a whole padded batch runs at once. It reproduces the original VirNucPro
+embedding: mean of the chosen layer over residue positions 1..len (BOS, EOS and padding
+excluded), sequences truncated to 1022 residues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import esm
+import numpy as np
+import torch
+import torch.nn.functional as F
+from esm.model.esm2 import ESM2
+from torch import nn
+
+from virnucpro.atomic import atomic_open
+from virnucpro.errors import EXIT_NOINPUT, VirNucProError
+
+MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
+MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/"
+# fair-esm rescales embeddings in eval as if 15% x 80% of tokens had been masked in training.
+_MASK_RATIO_TRAIN = 0.15 * 0.8
+# fair-esm's upgrade of fairseq names ('encoder.sentence_encoder.layers.0...' -> 'layers.0...'),
+# as in esm/pretrained.py: _load_model_and_alphabet_core_v2.upgrade_state_dict.
+_FAIRSEQ_PREFIX = re.compile(r"^encoder\.sentence_encoder\.|^encoder\.")
+
+
+class ModelError(VirNucProError):
+    """A model checkpoint is missing, unreadable, refused or of the wrong architecture."""
+
+    exit_code = EXIT_NOINPUT
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+@lru_cache(maxsize=1)
+def _alphabet() -> esm.data.Alphabet:
+    return esm.data.Alphabet.from_architecture("ESM-1b")
+
+
+@lru_cache(maxsize=1)
+def _byte_table() -> np.ndarray:
+    """Token id of every single-character token, indexed by byte; -1 where there is none."""
+    table = np.full(256, -1, dtype=np.int64)
+    for token, index in _alphabet().tok_to_idx.items():
+        if len(token) == 1:
+            table[ord(token)] = index
+    return table
+
+
+def _encode(seq: str) -> np.ndarray:
+    """Token ids of one sequence, exactly as fair-esm's `Alphabet.encode` gives them."""
+    ids = None
+    if seq.isascii():
+        ids = _byte_table()[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
+    if ids is None or (ids < 0).any():
+        # Rare: special tokens such as "<mask>", whitespace or foreign letters: let fair-esm decide.
+        try:
+            ids = np.asarray(_alphabet().encode(seq), dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"protein sequence contains {exc.args[0]!r}, "
+                             "which is not in the ESM-2 alphabet") from None
+    return ids
+
+
+def tokenize(seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [N, T] (BOS + residues + EOS, then padding) and residue counts [N].
+
+    Same tokens as fair-esm's `alphabet.get_batch_converter(1022)`: each sequence is cut to
+    its first 1022 residues.
+    """
+    if not seqs:
+        raise ValueError("no protein sequences to tokenize")
+    encoded = [_encode(seq)[:MAX_RESIDUES] for seq in seqs]
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    if not lengths.all():
+        raise ValueError(f"protein sequence #{int(np.argmin(lengths)) + 1} is empty; "
+                         "ESM-2 needs at least one residue")
+    alphabet = _alphabet()
+    tokens = np.full((len(encoded), int(lengths.max()) + 2), alphabet.padding_idx, dtype=np.int64)
+    tokens[:, 0] = alphabet.cls_idx
+    for row, ids in zip(tokens, encoded):
+        row[1:len(ids) + 1] = ids
+    tokens[np.arange(len(encoded)), lengths + 1] = alphabet.eos_idx
+    return torch.from_numpy(tokens), torch.from_numpy(lengths)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as esm/rotary_embedding.py applies it (rotate_half on the two halves)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class _Layer(nn.Module):
+    """One pre-LN ESM-2 transformer layer (esm.modules.TransformerLayer, inference only)."""
+
+    def __init__(self, embed_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.final_layer_norm = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, 4 * embed_dim)
+        self.fc2 = nn.Linear(4 * embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                key_mask: torch.Tensor | None) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(self.self_attn_layer_norm(x)).view(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [N, H, T, head_dim]
+        # fair-esm scales q by head_dim**-0.5 before the rotation; rotation is linear, so
+        # SDPA's default scale on the rotated q is the same thing.
+        attn = F.scaled_dot_product_attention(_rotate(q, cos, sin), _rotate(k, cos, sin), v,
+                                              attn_mask=key_mask)
+        x = x + self.out_proj(attn.transpose(1, 2).reshape(n, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class Esm2Encoder(nn.Module):
+    """ESM-2 inference on fair-esm weights: batched, SDPA attention, fp32 or bf16.
+
+    Build it with `load_esm2` (a checkpoint), `Esm2Encoder.from_esm_state_dict` (fair-esm
+    `ESM2` parameter names) or `random_esm2` (benchmarks).
+    """
+
+    def __init__(self, num_layers: int, embed_dim: int, attention_heads: int, *,
+                 token_dropout: bool = True, repr_layer: int | None = None,
+                 inv_freq: torch.Tensor | None = None, name: str = "esm2",
+                 checkpoint: Path | None = None) -> None:
+        super().__init__()
+        if embed_dim % attention_heads or (embed_dim // attention_heads) % 2:
+            raise ValueError(f"embed_dim {embed_dim} does not split into {attention_heads} "
+                             "heads of even size")
+        repr_layer = num_layers if repr_layer is None else repr_layer
+        if not 0 <= repr_layer <= num_layers:
+            raise ValueError(f"repr_layer must be within 0..{num_layers}, not {repr_layer}")
+        self.num_layers, self.embed_dim = num_layers, embed_dim
+        self.attention_heads = attention_heads
+        self.token_dropout, self.repr_layer = token_dropout, repr_layer
+        self.name, self.checkpoint = name, checkpoint
+        alphabet = _alphabet()
+        self.padding_idx, self.mask_idx = alphabet.padding_idx, alphabet.mask_idx
+        self.embed_tokens = nn.Embedding(len(alphabet), embed_dim, padding_idx=alphabet.padding_idx)
+        self.layers = nn.ModuleList(_Layer(embed_dim, attention_heads) for _ in range(num_layers))
+        self.emb_layer_norm_after = nn.LayerNorm(embed_dim)
+        head_dim = embed_dim // attention_heads
+        if inv_freq is None:
+            exponents = torch.arange(0, head_dim, 2, device="cpu").float() / head_dim
+            inv_freq = 1.0 / (10000 ** exponents)
+        # A plain attribute, not a buffer: it must stay fp32 when the module is cast to bf16.
+        self.inv_freq = inv_freq.detach().to("cpu", torch.float32)
+        self._rotary: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_esm_state_dict(cls, state_dict: Mapping[str, torch.Tensor], attention_heads: int,
+                            **kwargs) -> Esm2Encoder:
+        """Take the weights of a fair-esm `ESM2` model (its state_dict names), fusing q/k/v.
+
+        Tensors keep their dtype and device (they are assigned, not copied); call `.to()`.
+        """
+        num_layers = sum(1 for key in state_dict if key.endswith(".fc1.weight"))
+        embed_dim = state_dict["embed_tokens.weight"].shape[1]
+        inv_freq = state_dict.get("layers.0.self_attn.rot_emb.inv_freq")
+        with torch.device("meta"):
+            encoder = cls(num_layers, embed_dim, attention_heads, inv_freq=inv_freq, **kwargs)
+        encoder.load_state_dict(_encoder_state(state_dict, num_layers), assign=True)
+        return encoder.requires_grad_(False)
+
+    def tokenize(self, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the module-level `tokenize`."""
+        return tokenize(seqs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm)."""
+        padding = tokens.eq(self.padding_idx)
+        key_mask = ~padding[:, None, None, :] if bool(padding.any()) else None
+        device = self.embed_tokens.weight.device
+        tokens = tokens.to(device, non_blocking=True)
+        padding = padding.to(device, non_blocking=True)
+        if key_mask is not None:
+            key_mask = key_mask.to(device, non_blocking=True)
+        x = self._embed(tokens, padding)
+        cos, sin = self._cos_sin(tokens.shape[1], device, x.dtype)
+        for layer in self.layers[:self.repr_layer]:
+            x = layer(x, cos, sin, key_mask)
+        if self.repr_layer == self.num_layers:
+            x = self.emb_layer_norm_after(x)
+        return x
+
+    @torch.inference_mode()
+    def forward_mean(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean representation over residue positions 1..length: float32 [N, D], model's device."""
+        hidden = self(tokens)
+        lengths = lengths.to(hidden.device)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        keep = (positions >= 1) & (positions <= lengths[:, None])
+        # An elementwise fp32 sum, not a matmul: TF32 matmul settings cannot touch it.
+        sums = (hidden.float() * keep.unsqueeze(-1)).sum(1)
+        return sums / lengths[:, None].float()
+
+    def embed(self, seqs: Sequence[str], max_tokens: int = 16384) -> torch.Tensor:
+        """Mean embeddings [N, D], float32 on the CPU, in input order.
+
+        Sequences are sorted by length and batched up to `max_tokens` padded tokens.
+        """
+        out = torch.empty(len(seqs), self.embed_dim)
+        for batch in _length_batches(seqs, max_tokens):
+            out[batch] = self.forward_mean(*tokenize([seqs[i] for i in batch])).cpu()
+        return out
+
+    def identity(self) -> dict[str, object]:
+        """What produced an embedding, for provenance records."""
+        return {"model": self.name, "layers": self.num_layers, "embed_dim": self.embed_dim,
+                "attention_heads": self.attention_heads, "repr_layer": self.repr_layer,
+                "checkpoint_sha256": (None if self.checkpoint is None
+                                      else _short_sha256(self.checkpoint))}
+
+    def _embed(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with fair-esm's eval-time token-dropout rescaling, padding zeroed."""
+        x = self.embed_tokens(tokens)
+        if self.token_dropout:
+            is_mask = tokens.eq(self.mask_idx)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            observed = is_mask.sum(-1).to(x.dtype) / (~padding).sum(-1)
+            x = x * (1 - _MASK_RATIO_TRAIN) / (1 - observed)[:, None, None]
+        return x * (~padding).unsqueeze(-1).to(x.dtype)
+
+    def _cos_sin(self, length: int, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables [T, head_dim], computed in fp32 as fair-esm does, cached per device."""
+        cached = self._rotary.get(device)
+        if cached is None or cached[0].shape[0] < length:
+            inv_freq = self.inv_freq.to(device)
+            freqs = torch.outer(torch.arange(max(length, 1024), device=device).float(), inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cached = self._rotary[device] = (emb.cos(), emb.sin())
+        return cached[0][:length].to(dtype), cached[1][:length].to(dtype)
+
+
+def _encoder_state(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Map fair-esm ESM2 parameter names to `Esm2Encoder`'s, concatenating q, k, v."""
+    out = {key: state[key] for key in ("embed_tokens.weight", "emb_layer_norm_after.weight",
+                                       "emb_layer_norm_after.bias")}
+    for i in range(num_layers):
+        layer, attn = f"layers.{i}.", f"layers.{i}.self_attn."
+        for part in ("weight", "bias"):
+            out[f"{layer}qkv.{part}"] = torch.cat([state[f"{attn}{p}_proj.{part}"] for p in "qkv"])
+            out[f"{layer}out_proj.{part}"] = state[f"{attn}out_proj.{part}"]
+            for name in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
+                out[f"{layer}{name}.{part}"] = state[f"{layer}{name}.{part}"]
+    return out
+
+
+def _length_batches(seqs: Sequence[str], max_tokens: int) -> Iterator[list[int]]:
+    """Indices of sequences in batches of similar length, each <= `max_tokens` padded tokens."""
+    batch: list[int] = []
+    for index in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
+        width = min(len(seqs[index]), MAX_RESIDUES) + 2  # the longest so far, as sorted
+        if batch and (len(batch) + 1) * width > max_tokens:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _short_sha256(path: Path) -> str:
+    """First 16 hex digits of the file's sha256, computed once per file version."""
+    stat = path.stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where fair-esm looks for downloaded models: $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def checkpoint_path(location: str | Path) -> Path:
+    """Resolve a model name (in the hub cache) or a .pt path to an existing ESM-2 checkpoint."""
+    text = str(location)
+    is_path = isinstance(location, Path) or text.endswith(".pt") or "/" in text
+    path = Path(text).expanduser() if is_path else hub_checkpoint_dir() / f"{text}.pt"
+    if not path.stem.startswith("esm2"):
+        raise ModelError(f"{path}: not an ESM-2 checkpoint: the file name must start with 'esm2' "
+                         "(e.g. esm2_t36_3B_UR50D.pt), as fair-esm tells the architecture by name")
+    if not path.is_file():
+        where = ("put it there, or put it in $TORCH_HOME/hub/checkpoints/ and pass the model name"
+                 if is_path else "put it there ($TORCH_HOME/hub/checkpoints/), or pass its path")
+        raise ModelError(f"{path}: ESM-2 checkpoint not found; download {MODEL_URL}{path.name} "
+                         f"and {where}")
+    return path
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True; argparse.Namespace is the only object allowed."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused:
+            raise ModelError(f"{path}: refused: the file holds a pickled object "
+                             f"({refused.group(1)}) that is not allowed; only tensors and "
+                             "argparse.Namespace are loaded, so a checkpoint cannot run code"
+                             ) from None
+        raise ModelError(f"{path}: cannot read the checkpoint ({_one_line(exc)}); "
+                         "the file is damaged or not a PyTorch file: download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the checkpoint ({_one_line(exc)}); the file is "
+                         "truncated or not a PyTorch file: download it again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ModelError(f"{path}: not a fair-esm checkpoint (no 'model' state dict)")
+    return data
+
+
+def _validate_with_fair_esm(path: Path, model_data: dict, regression: dict | None) -> ESM2:
+    """Run fair-esm's own loader on the meta device: config, names and shapes, no memory."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            # Contacts are never predicted, so missing regression weights do not matter;
+            # copying into meta parameters is the intended no-op.
+            warnings.filterwarnings("ignore", message="Regression weights not found")
+            warnings.filterwarnings("ignore", message=".*to a meta parameter")
+            model, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, model_data,
+                                                                   regression)
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise ModelError(f"{path}: not a usable ESM-2 checkpoint ({_one_line(exc)}); "
+                         "expected fair-esm's esm2_* file format") from None
+    return model
+
+
+def load_esm2(location: str | Path, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, repr_layer: int | None = None) -> Esm2Encoder:
+    """Load an ESM-2 checkpoint by model name (offline hub cache) or .pt path.
+
+    `repr_layer` defaults to the last layer (36 for esm2_t36_3B_UR50D, as the original).
+    """
+    path = checkpoint_path(location)
+    model_data = read_checkpoint(path)
+    regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
+    regression = read_checkpoint(regression_path) if regression_path.is_file() else None
+    config = _validate_with_fair_esm(path, model_data, regression)
+    state = {_FAIRSEQ_PREFIX.sub("", key): value for key, value in model_data["model"].items()}
+    encoder = Esm2Encoder.from_esm_state_dict(
+        state, config.attention_heads, token_dropout=config.token_dropout,
+        repr_layer=repr_layer, name=path.stem, checkpoint=path)
+    return encoder.to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- test models
+
+
+def _param_label(count: int) -> str:
+    """'8M'-style size label as in fair-esm model names."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= scale:
+            return f"{round(count / scale)}{unit}"
+    return str(count)
+
+
+def write_demo_esm2(path: Path, layers: int = 2, embed_dim: int = 32, heads: int = 4,
+                    seed: int = 0, contact_regression: bool = False) -> Path:
+    """Write a random-init ESM-2 checkpoint in fair-esm's file format; return its path.
+
+    `path` is the .pt file or a directory (the file is then named `esm2_t{layers}_{size}_UR50D.pt`).
+    The file holds {'model': fairseq-named fp16 state dict, 'cfg': {'model': Namespace}}, as the
+    published checkpoints. Layer norms and biases are randomised too, so every weight matters.
+    The same seed gives the same file.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ESM2(num_layers=layers, embed_dim=embed_dim, attention_heads=heads)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias") or "layer_norm" in name:
+                    param.add_(torch.randn_like(param) * 0.1)
+    path = Path(path)
+    if path.suffix != ".pt":
+        n_params = sum(p.numel() for n, p in model.named_parameters() if "contact" not in n)
+        path = path / f"esm2_t{layers}_{_param_label(n_params)}_UR50D.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.half() for key, value in model.state_dict().items()}
+    regression = {key: state.pop(key) for key in list(state) if key.startswith("contact_head.")}
+    cfg = argparse.Namespace(arch="esm2", encoder_layers=layers, encoder_embed_dim=embed_dim,
+                             encoder_ffn_embed_dim=4 * embed_dim, encoder_attention_heads=heads,
+                             token_dropout=True)
+    fairseq_state = {("encoder." if key.startswith("lm_head.") else "encoder.sentence_encoder.")
+                     + key: value for key, value in state.items()}
+    with atomic_open(path) as handle:
+        torch.save({"model": fairseq_state, "cfg": {"model": cfg}}, handle)
+    if contact_regression:
+        with atomic_open(path.with_name(f"{path.stem}-contact-regression.pt")) as handle:
+            torch.save({"model": regression}, handle)
+    return path
+
+
+def random_esm2(layers: int = 36, embed_dim: int = 2560, heads: int = 40,
+                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int = 0, repr_layer: int | None = None) -> Esm2Encoder:
+    """A random-init encoder built directly on `device` (default: the 3B architecture).
+
+    For speed benchmarks only: no checkpoint, no fair-esm model, no host copy of the weights.
+    """
+    with torch.device("meta"):
+        encoder = Esm2Encoder(layers, embed_dim, heads, repr_layer=repr_layer,
+                              name=f"esm2_t{layers}_random")
+    encoder = encoder.to(dtype=dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+    return encoder

@@ -1,0 +1,270 @@
+"""Prepare stage: FASTA -> chunks -> stop-free frames -> shard files.
+
+Two output layouts come from the same stream of prepared blocks:
+- `write_flat` (the CLI's stable interface): chunked.fa, nucleotide.fa and
+  protein.faa, byte for byte as the original tool writes them.
+- `write_shards` (the workflow): frames split into shards of `shard_size`
+  frames, each shard a nucleotide FASTA, a protein FASTA and an index, with a
+  `.done` sentinel written last; plus reads.tsv (one row per input read) and
+  stats.json.
+
+Shard index (`shard_NNNNNN.index.tsv`): frame_id, read_index (0-based position
+of the read in the input), chunk (1-based), frame (F1..R3). Aggregation back to
+reads uses it instead of parsing IDs, which users control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
+from virnucpro.errors import UsageError
+from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
+from virnucpro.frames import Chunks, KeptFrames, chunk_layout, select_frames
+from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, from_list
+
+CHUNK_SIZES = (300, 500)
+FLAT_FILES = ("chunked.fa", "nucleotide.fa", "protein.faa")
+SHARD_FILES = (".fna", ".faa", ".index.tsv")
+INDEX_HEADER = b"frame_id\tread_index\tchunk\tframe\n"
+READS_HEADER = b"read_index\tread_id\tlength\tchunks\tframes\n"
+
+_GT, _NL, _TAB = const(b">"), const(b"\n"), const(b"\t")
+_FRAME_TAGS = np.frombuffer(b"F1F2F3R1R2R3", dtype=np.uint8)
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    if chunk_size not in CHUNK_SIZES:
+        raise UsageError(f"chunk size {chunk_size} is not supported; use 300 or 500 "
+                         "(the two published VirNucPro models)")
+
+
+@dataclass
+class PreparedBlock:
+    """One block of reads with its chunks and kept frames, and their text forms."""
+
+    reads: FastaBlock
+    chunks: Chunks
+    frames: KeptFrames
+    read_index0: int  # 0-based index of the block's first read in the input
+
+    @cached_property
+    def _chunk_id(self) -> list[Field]:
+        ids = from_list(self.reads.ids).take(self.chunks.record)
+        return [ids, const(b"_chunk_"), decimal(self.chunks.number)]
+
+    @cached_property
+    def _frame_id(self) -> list[Field]:
+        f = self.frames
+        tag = Field(_FRAME_TAGS, 2 * f.frame, np.full(len(f), 2, dtype=np.int64))
+        return [field.take(f.chunk) for field in self._chunk_id] + [tag]
+
+    @cached_property
+    def frames_per_read(self) -> np.ndarray:
+        per_chunk = np.bincount(self.frames.chunk, minlength=len(self.chunks))
+        return np.bincount(self.chunks.record, weights=per_chunk,
+                           minlength=len(self.reads.ids)).astype(np.int64)
+
+    def chunked_fasta(self) -> Rows:
+        seq = Field(self.reads.data, self.chunks.start, self.chunks.length)
+        return Rows([_GT, *self._chunk_id, _NL, seq.wrapped(60)], len(self.chunks))
+
+    def nucleotide_fasta(self) -> Rows:
+        nuc = from_buffer(self.frames.nucleotide, self.frames.nucleotide_ends)
+        return Rows([_GT, *self._frame_id, _NL, nuc, _NL], len(self.frames))
+
+    def protein_fasta(self) -> Rows:
+        prot = from_buffer(self.frames.protein, self.frames.protein_ends)
+        return Rows([_GT, *self._frame_id, _NL, prot, _NL], len(self.frames))
+
+    def index_tsv(self) -> Rows:
+        f = self.frames
+        read_index = decimal(self.read_index0 + self.chunks.record[f.chunk])
+        number = self._chunk_id[2].take(f.chunk)
+        return Rows([*self._frame_id, _TAB, read_index, _TAB, number, _TAB, self._frame_id[-1], _NL],
+                    len(f))
+
+    def reads_tsv(self) -> Rows:
+        n = len(self.reads.ids)
+        chunks = np.bincount(self.chunks.record, minlength=n)
+        return Rows([decimal(self.read_index0 + np.arange(n)), _TAB, from_list(self.reads.ids), _TAB,
+                     decimal(self.reads.lengths), _TAB, decimal(chunks), _TAB,
+                     decimal(self.frames_per_read), _NL], n)
+
+
+@dataclass
+class PrepareStats:
+    input: str
+    chunk_size: int
+    reads: int = 0
+    bases: int = 0
+    chunks: int = 0
+    frames: int = 0
+    reads_without_frames: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+
+    def count(self, block: PreparedBlock) -> None:
+        self.reads += len(block.reads.ids)
+        self.bases += int(block.reads.lengths.sum())
+        self.chunks += len(block.chunks)
+        self.frames += len(block.frames)
+        self.reads_without_frames += int((block.frames_per_read == 0).sum())
+
+
+def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
+                   ) -> Iterator[PreparedBlock]:
+    """Stream the input as prepared blocks, counting into `stats`.
+
+    Duplicate read IDs are detected when the stream ends (InputError), so a
+    consumer must treat its output as incomplete until the iterator is exhausted.
+    """
+    from virnucpro.progress import Progress
+
+    check_chunk_size(chunk_size)
+    reader = FastaReader(path)
+    duplicates = DuplicateIdCheck()
+    progress = Progress(f"prepare {Path(path).name}", reader.total_bytes)
+    for block in reader:
+        duplicates.add(block.ids)
+        chunks = chunk_layout(block.lengths, block.starts, chunk_size)
+        prepared = PreparedBlock(block, chunks, select_frames(block.data, chunks), stats.reads)
+        stats.count(prepared)
+        yield prepared
+        progress.update(reader.bytes_read, reads=stats.reads, frames=stats.frames)
+    duplicates.check(path)
+    stats.seconds = round(time.monotonic() - progress.start, 3)
+    progress.close(reads=stats.reads, frames=stats.frames)
+
+
+def write_flat(path: str | os.PathLike, chunk_size: int, outdir: str | os.PathLike) -> PrepareStats:
+    """Write chunked.fa, nucleotide.fa and protein.faa exactly as the original tool.
+
+    The files are built in a staging directory and moved into `outdir` only
+    when the whole input has been read and validated: on error none is left.
+    """
+    stats = PrepareStats(str(path), chunk_size)
+    outdir = Path(outdir)
+    staging = outdir / ".prepare-staging"
+    with atomic_directory(staging) as tmp:
+        handles = [open(tmp / name, "wb") for name in FLAT_FILES]
+        try:
+            for block in prepare_blocks(path, chunk_size, stats):
+                for handle, rows in zip(handles, (block.chunked_fasta(), block.nucleotide_fasta(),
+                                                  block.protein_fasta())):
+                    handle.write(rows.text)
+        finally:
+            for handle in handles:
+                handle.close()
+    for name in FLAT_FILES:
+        os.replace(staging / name, outdir / name)
+    shutil.rmtree(staging)
+    fsync_dir(outdir)
+    return stats
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:06d}"
+
+
+class ShardWriter:
+    """Split a stream of frames into shards of `shard_size` frames.
+
+    Each shard is `NAME.fna` (nucleotides), `NAME.faa` (proteins) and
+    `NAME.index.tsv`; `NAME.done` (holding the frame count) is written after
+    all three are complete on disk.
+    """
+
+    def __init__(self, directory: Path, shard_size: int) -> None:
+        if shard_size < 1:
+            raise UsageError(f"shard_size must be at least 1, got {shard_size}")
+        self.directory = directory
+        self.shard_size = shard_size
+        self.shards = 0
+        self._handles: list[BinaryIO] = []
+        self._in_shard = 0
+
+    def add(self, block: PreparedBlock) -> None:
+        texts = (block.nucleotide_fasta(), block.protein_fasta(), block.index_tsv())
+        done, total = 0, len(block.frames)
+        while done < total:
+            if not self._handles:
+                self._open_shard()
+            take = min(total - done, self.shard_size - self._in_shard)
+            for handle, rows in zip(self._handles, texts):
+                handle.write(rows.slice(done, done + take))
+            done += take
+            self._in_shard += take
+            if self._in_shard == self.shard_size:
+                self._close_shard()
+
+    def _open_shard(self) -> None:
+        name = shard_name(self.shards)
+        self._handles = [open(self.directory / f"{name}{suffix}", "wb") for suffix in SHARD_FILES]
+        self._handles[2].write(INDEX_HEADER)
+
+    def _close_shard(self) -> None:
+        for handle in self._handles:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        self._handles = []
+        write_sentinel(self.directory / f"{shard_name(self.shards)}.done", f"{self._in_shard}\n")
+        self.shards += 1
+        self._in_shard = 0
+
+    def close(self) -> int:
+        if self._handles:
+            self._close_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        for handle in self._handles:
+            handle.close()
+
+
+def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
+                 outdir: str | os.PathLike) -> PrepareStats:
+    """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
+
+    `outdir` appears only when complete (built under a temporary name).
+    """
+    stats = PrepareStats(str(path), chunk_size)
+    with atomic_directory(outdir) as tmp:
+        shards = tmp / "shards"
+        shards.mkdir()
+        writer = ShardWriter(shards, shard_size)
+        try:
+            with open(tmp / "reads.tsv", "wb") as reads:
+                reads.write(READS_HEADER)
+                for block in prepare_blocks(path, chunk_size, stats):
+                    writer.add(block)
+                    reads.write(block.reads_tsv().text)
+            stats.shards = writer.close()
+        finally:
+            writer.abort()
+        (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+    return stats
+
+
+SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "shards", "seconds")
+
+
+def write_prepare_summary(prepared: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
+    """One row of prepare counts per sample, from each sample's stats.json."""
+    rows = ["sample\t" + "\t".join(SUMMARY_COLUMNS)]
+    for sample, directory in prepared.items():
+        stats = json.loads((Path(directory) / "stats.json").read_text())
+        rows.append("\t".join([sample, *(str(stats[c]) for c in SUMMARY_COLUMNS)]))
+    with atomic_open(out, "w") as handle:
+        handle.write("\n".join(rows) + "\n")

@@ -1,0 +1,30 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.fail(f"reference data not found at {REFERENCE} (it must sit beside the repository)")
+    return REFERENCE
+
+
+def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `virnucpro` command in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "virnucpro.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"virnucpro {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return proc
+
+
+def read_fasta(path: Path) -> list[tuple[str, str]]:
+    from Bio import SeqIO
+    return [(r.id, str(r.seq)) for r in SeqIO.parse(str(path), "fasta")]

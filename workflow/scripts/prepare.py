@@ -1,0 +1,9 @@
+# Snakemake adapter: prepare one sample (logic in virnucpro.prepare).
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from virnucpro.prepare import write_shards
+from virnucpro.runner import run_step
+
+run_step(snakemake.log[0], write_shards, snakemake.input[0], snakemake.params.chunk_size,
+         snakemake.params.shard_size, snakemake.output[0])
