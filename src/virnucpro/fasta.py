@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,36 +22,75 @@ from typing import BinaryIO
 import numpy as np
 
 from virnucpro.errors import InputError, MissingInputError
+from virnucpro.textblock import gather_spans, ramp, table, translate
 
 #: IUPAC nucleotide codes (and U), either case. Anything else is rejected.
 NUCLEOTIDE_CODES = b"ACGTURYSWKMBDHVN"
-_VALID = np.zeros(256, dtype=bool)
-_VALID[np.frombuffer(NUCLEOTIDE_CODES + NUCLEOTIDE_CODES.lower(), dtype=np.uint8)] = True
-_VALID_IN_SEQUENCE = _VALID.copy()  # line breaks and spaces separate, they are not bases
-_VALID_IN_SEQUENCE[[ord("\n"), ord(" ")]] = True
+
+# One byte-wise classification serves parsing, validation and translation:
+# 0-3 = A, C, G, T (either case), 4 = another IUPAC code, 5 = line break,
+# 6 = '>', 7 = space, 8 = anything else (invalid inside a sequence).
+BASE_CODES = {**{c: i for i, c in enumerate(b"ACGT")}, **{c: i for i, c in enumerate(b"acgt")}}
+OTHER_CODE, NEWLINE_CODE, GT_CODE, SPACE_CODE, INVALID_CODE = 4, 5, 6, 7, 8
+CLASSES = table({**{c: OTHER_CODE for c in NUCLEOTIDE_CODES + NUCLEOTIDE_CODES.lower()},
+                 **BASE_CODES, ord("\n"): NEWLINE_CODE, ord(">"): GT_CODE, ord(" "): SPACE_CODE},
+                np.full(256, INVALID_CODE, dtype=np.uint8))
+_OTHER_WHITESPACE = (b"\t", b"\x0b", b"\x0c")  # also end a record ID (Biopython splits on them)
+
+CODE_PADDING = 3  # codes extend past the data so every codon start has three bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
-_NEWLINE, _GT, _SPACE = ord("\n"), ord(">"), ord(" ")
 DEFAULT_BLOCK_BYTES = 1 << 21
 
 
 @dataclass
 class FastaBlock:
-    """Consecutive records: IDs and where each sequence lies in `data`.
+    """Consecutive records: where each ID and each sequence lies.
 
-    `data` may be the raw block text itself (records with single-line
-    sequences, the common case for reads: no copy) or the sequences with line
-    breaks removed; either way record i is data[starts[i] : starts[i] + lengths[i]].
+    Record i's ID is text[id_start[i] : id_start[i] + id_length[i]] and its
+    sequence data[starts[i] : starts[i] + lengths[i]]. `data` is the block text
+    itself when every record has a single sequence line (the common case for
+    reads: no copy), else the sequences with line breaks removed.
     """
 
-    ids: list[bytes]
+    text: np.ndarray  # uint8
+    id_start: np.ndarray
+    id_length: np.ndarray
     data: np.ndarray  # uint8
+    codes: np.ndarray  # CLASSES of `data`, byte for byte (0-3 = ACGT), plus CODE_PADDING bytes
     starts: np.ndarray  # int64, one per record
     lengths: np.ndarray  # int64, one per record
-    first_number: int  # 1-based number of ids[0] in the file
+    first_number: int  # 1-based number of the first record in the file
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def record_id(self, i: int) -> bytes:
+        return self.text[self.id_start[i]: self.id_start[i] + self.id_length[i]].tobytes()
+
+    @property
+    def ids(self) -> list[bytes]:
+        return [self.record_id(i) for i in range(len(self))]
 
     def sequence(self, i: int) -> bytes:
         return self.data[self.starts[i]: self.starts[i] + self.lengths[i]].tobytes()
+
+    def id_hashes(self) -> np.ndarray:
+        return hash_spans(self.text, self.id_start, self.id_length)
+
+
+def hash_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """A 64-bit polynomial hash of each span (for duplicate detection; collisions are
+    confirmed against the real bytes, so it need not be cryptographic)."""
+    values = gather_spans(data, start, length).astype(np.uint64)
+    powers = np.cumprod(np.full(int(length.max()), 0x100000001B3, dtype=np.uint64))
+    first = np.cumsum(length) - length
+    with np.errstate(over="ignore"):
+        h = np.add.reduceat(values * powers[ramp(length)], first)
+        h ^= length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+    return h
 
 
 def display(raw: bytes) -> str:
@@ -124,7 +162,7 @@ class FastaReader:
             pending.append(data[: cut + 1])
             block = self._parse(b"".join(pending), number)
             if block is not None:
-                number += len(block.ids)
+                number += len(block)
                 yield block
             pending = [data[cut + 1:]]
         if not started:
@@ -159,64 +197,87 @@ class FastaReader:
         if not text.endswith(b"\n"):
             text += b"\n"
         arr = np.frombuffer(text, dtype=np.uint8)
-        is_newline = arr == _NEWLINE
-        newlines = np.flatnonzero(is_newline)
-        marks = np.flatnonzero(arr == _GT)
-        starts = marks[(marks == 0) | (arr[marks - 1] == _NEWLINE)]
+        codes = translate(text + b"\n" * CODE_PADDING, CLASSES)
+        text_codes = codes[:len(arr)]
+        special = np.flatnonzero((text_codes - np.uint8(NEWLINE_CODE)) < 3)  # line breaks, '>', spaces
+        kind = codes[special]
+        newlines = special[kind == NEWLINE_CODE]
+        marks = special[kind == GT_CODE]
+        starts = marks[(marks == 0) | (arr[marks - 1] == ord("\n"))]
         header_end = newlines[np.searchsorted(newlines, starts)]
         record_end = np.append(starts[1:], len(arr))
-        ids = self._ids(text, starts, header_end, number)
+        seq_start = header_end + 1
+        spaces = special[kind == SPACE_CODE]
+        id_start, id_length = self._id_spans(text, starts, header_end, spaces, number)
 
-        # Sequence region of each record: after its header line, up to the next record.
-        region = np.zeros(len(arr) + 1, dtype=np.int8)
-        region[header_end + 1] += 1
-        region[record_end] -= 1
-        in_sequence = np.cumsum(region[:-1], dtype=np.int8).view(bool)
-        self._validate(arr, in_sequence, ids, header_end + 1, number)
-        spaces = in_sequence & (arr == _SPACE)
-        if len(newlines) == 2 * len(starts) and not spaces.any():
+        # Per record: (header bytes, sequence bytes) counts of invalid letters.
+        bounds = np.stack([starts, np.minimum(seq_start, len(arr) - 1)], 1).ravel()
+        invalid = np.add.reduceat(text_codes == INVALID_CODE, bounds, dtype=np.int64)[1::2]
+        invalid[seq_start >= record_end] = 0
+        if invalid.any():
+            i = int(np.argmax(invalid > 0))
+            pos = seq_start[i] + int(np.argmax(text_codes[seq_start[i]:record_end[i]] == INVALID_CODE))
+            self._invalid_letter(arr, pos, seq_start[i], _span(arr, id_start[i], id_length[i]),
+                                 number + i)
+        record_of_space = np.searchsorted(starts, spaces, side="right") - 1
+        spaces_in_sequence = (spaces >= seq_start[record_of_space]).any() if len(spaces) else False
+        if len(newlines) == 2 * len(starts) and not spaces_in_sequence:
             # One sequence line per record: sequences are spans of the text itself.
-            seq_starts = header_end + 1
-            lengths = record_end - 1 - seq_starts
-            data = arr
+            data, lengths = arr, record_end - 1 - seq_start
         else:
-            keep = in_sequence & ~is_newline & ~spaces
-            lengths = np.add.reduceat(keep, np.minimum(header_end + 1, len(arr) - 1), dtype=np.int64)
-            lengths = np.where(header_end + 1 < record_end, lengths, 0)
+            in_sequence = np.repeat(np.tile(np.array([False, True]), len(starts)),
+                                    np.stack([seq_start - starts, record_end - seq_start], 1).ravel())
+            keep = in_sequence & (text_codes < NEWLINE_CODE)
+            lengths = np.add.reduceat(keep, np.minimum(seq_start, len(arr) - 1), dtype=np.int64)
+            lengths[seq_start >= record_end] = 0
             data = arr[keep]
-            seq_starts = np.cumsum(lengths) - lengths
+            codes = np.concatenate([text_codes[keep], codes[len(arr):]])
+            seq_start = np.cumsum(lengths) - lengths
         empty = np.flatnonzero(lengths == 0)
         if len(empty):
             i = int(empty[0])
             raise self._error("has an empty sequence", "remove the record or add its sequence",
-                              ids[i], number + i)
-        return FastaBlock(ids, data, seq_starts, lengths, number)
+                              _span(arr, id_start[i], id_length[i]), number + i)
+        return FastaBlock(arr, id_start, id_length, data, codes, seq_start, lengths, number)
 
-    def _ids(self, text: bytes, starts: np.ndarray, header_end: np.ndarray, number: int
-             ) -> list[bytes]:
-        ids = []
-        for i, (s, e) in enumerate(zip(starts.tolist(), header_end.tolist())):
-            fields = text[s + 1:e].split(None, 1)
-            if not fields:
-                raise self._error("header line has no record ID", "give every record an ID after '>'",
-                                  number=number + i)
-            ids.append(fields[0])
-        return ids
+    def _id_spans(self, text: bytes, starts: np.ndarray, header_end: np.ndarray,
+                  spaces: np.ndarray, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ID is the header up to its first whitespace (Biopython's record.id)."""
+        id_start = starts + 1
+        if any(w in text for w in _OTHER_WHITESPACE):  # rare: find IDs the slow, general way
+            id_end = id_start.copy()
+            for i, (s, e) in enumerate(zip(starts.tolist(), header_end.tolist())):
+                header = text[s + 1:e]
+                fields = header.split(None, 1)
+                id_start[i] = s + 1 + (header.find(fields[0]) if fields else 0)
+                id_end[i] = id_start[i] + (len(fields[0]) if fields else 0)
+        else:
+            leading = np.flatnonzero(np.isin(id_start, spaces))
+            for i in leading.tolist():  # rare: '>  id'; skip the leading spaces
+                header = text[id_start[i]:header_end[i]]
+                id_start[i] += len(header) - len(header.lstrip(b" "))
+            boundary = np.append(spaces, len(text))
+            id_end = np.minimum(boundary[np.searchsorted(boundary, id_start)], header_end)
+        id_length = id_end - id_start
+        missing = np.flatnonzero(id_length <= 0)
+        if len(missing):
+            raise self._error("header line has no record ID", "give every record an ID after '>'",
+                              number=number + int(missing[0]))
+        return id_start, id_length
 
-    def _validate(self, arr: np.ndarray, in_sequence: np.ndarray, ids: list[bytes],
-                  seq_starts: np.ndarray, number: int) -> None:
-        bad = in_sequence & ~_VALID_IN_SEQUENCE[arr]
-        if not bad.any():
-            return
-        pos = int(np.argmax(bad))
-        i = int(np.searchsorted(seq_starts, pos, side="right")) - 1
-        column = pos - seq_starts[i] + 1 - int(np.count_nonzero(
-            (arr[seq_starts[i]:pos] == _NEWLINE) | (arr[seq_starts[i]:pos] == _SPACE)))
+    def _invalid_letter(self, arr: np.ndarray, pos: int, seq_start: int, record: bytes,
+                        number: int) -> None:
+        before = arr[seq_start:pos]
+        column = len(before) - int(np.count_nonzero((before == ord("\n")) | (before == ord(" ")))) + 1
         char = chr(arr[pos]) if 32 < arr[pos] < 127 else f"byte 0x{arr[pos]:02x}"
         raise self._error(
             f"has {char!r} at position {column}, which is not a nucleotide code",
             "give nucleotide sequences (IUPAC: ACGTURYSWKMBDHVN); is this a protein FASTA?",
-            ids[i], number + i)
+            record, number)
+
+
+def _span(arr: np.ndarray, start: int, length: int) -> bytes:
+    return arr[start:start + length].tobytes()
 
 
 def _is_text(data: bytes) -> bool:
@@ -236,26 +297,22 @@ class DuplicateIdCheck:
     """
 
     def __init__(self) -> None:
-        self._hashes = array("q")
+        self._hashes: list[np.ndarray] = []
 
-    def add(self, ids: list[bytes]) -> None:
-        self._hashes.extend(map(hash, ids))
+    def add(self, block: FastaBlock) -> None:
+        self._hashes.append(block.id_hashes())
 
     def check(self, path: str | os.PathLike) -> None:
-        hashes = np.frombuffer(self._hashes, dtype=np.int64)
-        if len(hashes) < 2:
+        if not self._hashes:
             return
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-        if not repeated:
+        hashes = np.sort(np.concatenate(self._hashes))
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        if not len(repeated):
             return
         first_seen: dict[bytes, int] = {}
         for block in FastaReader(path):
-            for i, rid in enumerate(block.ids):
-                if hash(rid) not in repeated:
-                    continue
-                number = block.first_number + i
+            for i in np.flatnonzero(np.isin(block.id_hashes(), repeated)).tolist():
+                rid, number = block.record_id(i), block.first_number + i
                 if rid in first_seen:
                     raise InputError(path, f"duplicate record ID (first seen at record #{first_seen[rid]})",
                                      "record IDs must be unique within a sample; rename one of them",

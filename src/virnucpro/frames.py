@@ -41,28 +41,25 @@ _INVALID = 4  # code of any letter that is not A, C, G or T (either case)
 def _tables() -> dict[str, np.ndarray]:
     upper = np.arange(256, dtype=np.uint8)
     upper[ord("a"): ord("z") + 1] -= 32
-    code = np.full(256, _INVALID, dtype=np.uint8)
-    for i, base in enumerate(_BASES):
-        code[base] = code[base + 32] = i
     complement_upper = upper.copy()
     for a, b in zip(b"ACGT", b"TGCA"):
         complement_upper[a] = complement_upper[a + 32] = b
     # Codons are indexed in base 5 (c0*25 + c1*5 + c2) so that a codon with any
     # invalid letter maps to "no amino acid" (0). The reverse table gives the
     # amino acid that the reverse strand reads over the same three bases.
-    forward = np.zeros(125, dtype=np.uint8)
-    reverse = np.zeros(125, dtype=np.uint8)
+    forward = np.zeros(256, dtype=np.uint8)
+    reverse = np.zeros(256, dtype=np.uint8)
     for codon, aa in _CODON_TABLE.items():
         c0, c1, c2 = (_BASES.index(ord(x)) for x in codon)
         forward[c0 * 25 + c1 * 5 + c2] = ord(aa)
         reverse[(3 - c2) * 25 + (3 - c1) * 5 + (3 - c0)] = ord(aa)
-    return {"upper": upper, "code": code, "complement_upper": complement_upper,
-            "forward": forward, "reverse": reverse,
-            "forward_stop": forward == ord("*"), "reverse_stop": reverse == ord("*"),
-            "skipped": forward == 0}
+    stop_flags = (forward == ord("*")).astype(np.uint8) | 2 * (reverse == ord("*")).astype(np.uint8)
+    return {"upper": upper, "complement_upper": complement_upper, "forward": forward,
+            "reverse": reverse, "stop_flags": stop_flags}
 
 
 _T = _tables()
+_STOP_FLAGS = _T["stop_flags"].tobytes()
 
 
 @dataclass
@@ -107,48 +104,57 @@ class KeptFrames:
 
 
 def _any_per_phase(flags: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """any(flags[p]) over p in [first, last] with p % 3 == phase, shape (chunks, 3).
+    """OR of flags[p] over p in [first, last] with p % 3 == phase, shape (chunks, 3).
 
     `flags` must extend at least 3 past the last position used. Chunk ranges
     are disjoint and ascending, so one reduceat per phase does it.
     """
-    out = np.zeros((len(first), 3), dtype=bool)
+    out = np.zeros((len(first), 3), dtype=np.uint8)
     for phase in range(3):
         k0 = (first - phase + 2) // 3
         k1 = np.maximum(k0, (last - phase) // 3 + 1)
         bounds = np.empty(2 * len(first), dtype=np.int64)
         bounds[0::2], bounds[1::2] = k0, k1
-        reduced = np.logical_or.reduceat(flags[phase::3], bounds)[0::2]
-        out[:, phase] = reduced & (k1 > k0)
+        reduced = np.bitwise_or.reduceat(flags[phase::3], bounds)[0::2]
+        out[:, phase] = np.where(k1 > k0, reduced, 0)
     return out
 
 
-def select_frames(data: np.ndarray, chunks: Chunks) -> KeptFrames:
+def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFrames:
     """Translate the six frames of every chunk and keep the stop-free ones.
 
-    Works in forward coordinates only: reverse frame f of a chunk [o, o+l)
-    reads, on the forward strand, the codons starting at o+l-3-f, o+l-6-f, ...
-    through the reverse codon table, so nothing is reverse-complemented except
-    the nucleotides of the frames that are kept. Chunks are read in place in
-    `data` when they do not overlap (one chunk per read), else gathered first.
+    `codes` classifies `data` byte for byte (0-3 = A, C, G, T; 4-8 not a base)
+    and extends at least 3 bytes past it. Works in forward coordinates only: reverse frame f of a chunk
+    [o, o+l) reads, on the forward strand, the codons starting at o+l-3-f,
+    o+l-6-f, ... through the reverse codon table, so nothing is
+    reverse-complemented except the nucleotides of the frames that are kept.
+    Chunks are read in place when they do not overlap (one chunk per read),
+    else gathered first.
     """
     disjoint = np.all(chunks.start[1:] >= (chunks.start + chunks.length)[:-1])
     if disjoint:
         x, o = data, chunks.start
     else:
         x = gather_spans(data, chunks.start, chunks.length)
+        codes = np.concatenate([gather_spans(codes, chunks.start, chunks.length),
+                                np.full(3, _INVALID, dtype=np.uint8)])
         o = np.cumsum(chunks.length) - chunks.length
     length = chunks.length
 
-    codes = np.full(len(x) + 5, _INVALID, dtype=np.uint8)
-    codes[:len(x)] = _T["code"][x]
-    idx = codes[:-2] * np.uint8(25)
+    # Codon index in base 5 at every position, then stop flags: bit 0 = stop on
+    # the forward strand, bit 1 = on the reverse strand. Codes above 3 (not a
+    # base) make garbage indices only at codon starts that are never used:
+    # every codon inside a chunk consists of validated sequence letters.
+    buffer = bytearray(len(codes) - 2)
+    idx = np.frombuffer(buffer, dtype=np.uint8)
+    np.multiply(codes[:-2], np.uint8(25), out=idx)
     idx += codes[1:-1] * np.uint8(5)
     idx += codes[2:]
+    stops = np.frombuffer(buffer.translate(_STOP_FLAGS), dtype=np.uint8)
 
     last = o + length - 3  # last codon start inside each chunk
-    forward_stop = _any_per_phase(_T["forward_stop"][idx], o, last)
-    reverse_stop = _any_per_phase(_T["reverse_stop"][idx], o, last)
+    any_stop = _any_per_phase(stops, o, last)
+    forward_stop, reverse_stop = (any_stop & 1) > 0, (any_stop & 2) > 0
 
     f = np.arange(3)
     rows = np.arange(len(o))[:, None]

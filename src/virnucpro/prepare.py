@@ -31,7 +31,7 @@ from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sen
 from virnucpro.errors import UsageError
 from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
 from virnucpro.frames import Chunks, KeptFrames, chunk_layout, select_frames
-from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, from_list
+from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
 
 CHUNK_SIZES = (300, 500)
 FLAT_FILES = ("chunked.fa", "nucleotide.fa", "protein.faa")
@@ -40,7 +40,7 @@ INDEX_HEADER = b"frame_id\tread_index\tchunk\tframe\n"
 READS_HEADER = b"read_index\tread_id\tlength\tchunks\tframes\n"
 
 _GT, _NL, _TAB = const(b">"), const(b"\n"), const(b"\t")
-_FRAME_TAGS = np.frombuffer(b"F1F2F3R1R2R3", dtype=np.uint8)
+FRAME_TAGS = (b"F1", b"F2", b"F3", b"R1", b"R2", b"R3")
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -59,45 +59,52 @@ class PreparedBlock:
     read_index0: int  # 0-based index of the block's first read in the input
 
     @cached_property
-    def _chunk_id(self) -> list[Field]:
-        ids = from_list(self.reads.ids).take(self.chunks.record)
-        return [ids, const(b"_chunk_"), decimal(self.chunks.number)]
+    def _read_id(self) -> Field:
+        return Field(self.reads.text, self.reads.id_start, self.reads.id_length)
+
+    def _chunk_suffix(self, end: bytes) -> Field:
+        """'_chunk_{k}' + end for every chunk, from a table of the distinct texts."""
+        top = int(self.chunks.number.max()) if len(self.chunks) else 0
+        return lookup([b"_chunk_%d%s" % (k, end) for k in range(1, top + 1)], self.chunks.number - 1)
+
+    def _frame_text(self, pattern: bytes) -> Field:
+        """pattern % (chunk number, frame tag) for every kept frame, from a table."""
+        top = int(self.chunks.number.max()) if len(self.chunks) else 0
+        texts = [pattern % (k, tag) for k in range(1, top + 1) for tag in FRAME_TAGS]
+        return lookup(texts, (self.chunks.number[self.frames.chunk] - 1) * 6 + self.frames.frame)
 
     @cached_property
-    def _frame_id(self) -> list[Field]:
-        f = self.frames
-        tag = Field(_FRAME_TAGS, 2 * f.frame, np.full(len(f), 2, dtype=np.int64))
-        return [field.take(f.chunk) for field in self._chunk_id] + [tag]
+    def _frame_read(self) -> np.ndarray:
+        return self.chunks.record[self.frames.chunk]
 
     @cached_property
     def frames_per_read(self) -> np.ndarray:
-        per_chunk = np.bincount(self.frames.chunk, minlength=len(self.chunks))
-        return np.bincount(self.chunks.record, weights=per_chunk,
-                           minlength=len(self.reads.ids)).astype(np.int64)
+        return np.bincount(self._frame_read, minlength=len(self.reads)).astype(np.int64)
 
     def chunked_fasta(self) -> Rows:
-        seq = Field(self.reads.data, self.chunks.start, self.chunks.length)
-        return Rows([_GT, *self._chunk_id, _NL, seq.wrapped(60)], len(self.chunks))
+        seq = Field(self.reads.data, self.chunks.start, self.chunks.length).wrapped(60)
+        return Rows([_GT, self._read_id.take(self.chunks.record), self._chunk_suffix(b"\n"), seq],
+                    len(self.chunks))
+
+    def _frames_fasta(self, sequences: Field) -> Rows:
+        return Rows([_GT, self._read_id.take(self._frame_read), self._frame_text(b"_chunk_%d%s\n"),
+                     sequences, _NL], len(self.frames))
 
     def nucleotide_fasta(self) -> Rows:
-        nuc = from_buffer(self.frames.nucleotide, self.frames.nucleotide_ends)
-        return Rows([_GT, *self._frame_id, _NL, nuc, _NL], len(self.frames))
+        return self._frames_fasta(from_buffer(self.frames.nucleotide, self.frames.nucleotide_ends))
 
     def protein_fasta(self) -> Rows:
-        prot = from_buffer(self.frames.protein, self.frames.protein_ends)
-        return Rows([_GT, *self._frame_id, _NL, prot, _NL], len(self.frames))
+        return self._frames_fasta(from_buffer(self.frames.protein, self.frames.protein_ends))
 
     def index_tsv(self) -> Rows:
-        f = self.frames
-        read_index = decimal(self.read_index0 + self.chunks.record[f.chunk])
-        number = self._chunk_id[2].take(f.chunk)
-        return Rows([*self._frame_id, _TAB, read_index, _TAB, number, _TAB, self._frame_id[-1], _NL],
-                    len(f))
+        return Rows([self._read_id.take(self._frame_read), self._frame_text(b"_chunk_%d%s\t"),
+                     decimal(self.read_index0 + self._frame_read), self._frame_text(b"\t%d\t%s\n")],
+                    len(self.frames))
 
     def reads_tsv(self) -> Rows:
-        n = len(self.reads.ids)
+        n = len(self.reads)
         chunks = np.bincount(self.chunks.record, minlength=n)
-        return Rows([decimal(self.read_index0 + np.arange(n)), _TAB, from_list(self.reads.ids), _TAB,
+        return Rows([decimal(self.read_index0 + np.arange(n)), _TAB, self._read_id, _TAB,
                      decimal(self.reads.lengths), _TAB, decimal(chunks), _TAB,
                      decimal(self.frames_per_read), _NL], n)
 
@@ -115,7 +122,7 @@ class PrepareStats:
     seconds: float = 0.0
 
     def count(self, block: PreparedBlock) -> None:
-        self.reads += len(block.reads.ids)
+        self.reads += len(block.reads)
         self.bases += int(block.reads.lengths.sum())
         self.chunks += len(block.chunks)
         self.frames += len(block.frames)
@@ -136,9 +143,9 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
     duplicates = DuplicateIdCheck()
     progress = Progress(f"prepare {Path(path).name}", reader.total_bytes)
     for block in reader:
-        duplicates.add(block.ids)
+        duplicates.add(block)
         chunks = chunk_layout(block.lengths, block.starts, chunk_size)
-        prepared = PreparedBlock(block, chunks, select_frames(block.data, chunks), stats.reads)
+        prepared = PreparedBlock(block, chunks, select_frames(block.data, block.codes, chunks), stats.reads)
         stats.count(prepared)
         yield prepared
         progress.update(reader.bytes_read, reads=stats.reads, frames=stats.frames)
