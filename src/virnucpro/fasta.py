@@ -210,11 +210,13 @@ class FastaReader:
         spaces = special[kind == SPACE_CODE]
         id_start, id_length = self._id_spans(text, starts, header_end, spaces, number)
 
-        # Per record: (header bytes, sequence bytes) counts of invalid letters.
-        bounds = np.stack([starts, np.minimum(seq_start, len(arr) - 1)], 1).ravel()
-        invalid = np.add.reduceat(text_codes == INVALID_CODE, bounds, dtype=np.int64)[1::2]
-        invalid[seq_start >= record_end] = 0
-        if invalid.any():
+        # Invalid letters in sequences: all invalid bytes minus those in headers.
+        is_invalid = text_codes == INVALID_CODE
+        header_codes = gather_spans(text_codes, starts, seq_start - starts)
+        if np.count_nonzero(is_invalid) > np.count_nonzero(header_codes == INVALID_CODE):
+            bounds = np.stack([starts, np.minimum(seq_start, len(arr) - 1)], 1).ravel()
+            invalid = np.add.reduceat(is_invalid, bounds, dtype=np.int64)[1::2]
+            invalid[seq_start >= record_end] = 0
             i = int(np.argmax(invalid > 0))
             pos = seq_start[i] + int(np.argmax(text_codes[seq_start[i]:record_end[i]] == INVALID_CODE))
             self._invalid_letter(arr, pos, seq_start[i], _span(arr, id_start[i], id_length[i]),
@@ -252,7 +254,7 @@ class FastaReader:
                 id_start[i] = s + 1 + (header.find(fields[0]) if fields else 0)
                 id_end[i] = id_start[i] + (len(fields[0]) if fields else 0)
         else:
-            leading = np.flatnonzero(np.isin(id_start, spaces))
+            leading = np.flatnonzero(np.frombuffer(text, dtype=np.uint8)[id_start] == ord(" "))
             for i in leading.tolist():  # rare: '>  id'; skip the leading spaces
                 header = text[id_start[i]:header_end[i]]
                 id_start[i] += len(header) - len(header.lstrip(b" "))

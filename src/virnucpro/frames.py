@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from virnucpro.textblock import gather_spans, ramp
+from virnucpro.textblock import copy_spans, gather_spans, ramp, translate
 
 _CODON_TABLE = {
     "TTT": "F", "TTC": "F", "TTA": "L", "TTG": "L", "CTT": "L", "CTC": "L", "CTA": "L", "CTG": "L",
@@ -60,6 +60,8 @@ def _tables() -> dict[str, np.ndarray]:
 
 _T = _tables()
 _STOP_FLAGS = _T["stop_flags"].tobytes()
+_UPPER = _T["upper"].tobytes()
+_COMPLEMENT_UPPER = _T["complement_upper"].tobytes()
 
 
 @dataclass
@@ -181,9 +183,16 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     chunk, frame, reverse, shift, plen = chunk[kept], frame[kept], reverse[kept], shift[kept], plen[kept]
 
     # Nucleotides: frame[shift : shift + 1 + 3*len(protein)], clipped to the chunk.
+    # Reverse frames are forward spans read backwards and complemented: gathered
+    # in reverse order, the whole buffer reversed once, then translated.
     n_bases = np.minimum(length[chunk], shift + 1 + 3 * plen) - shift
-    start = np.where(reverse, o[chunk] + length[chunk] - 1 - shift, o[chunk] + shift)
-    pos = np.repeat(start, n_bases) + np.repeat(np.where(reverse, -1, 1), n_bases) * ramp(n_bases)
-    nucleotide = np.where(np.repeat(reverse, n_bases), _T["complement_upper"][x[pos]],
-                          _T["upper"][x[pos]])
+    dst = np.cumsum(n_bases) - n_bases
+    nucleotide = np.empty(int(n_bases.sum()), dtype=np.uint8)
+    fwd, rev = ~reverse, np.flatnonzero(reverse)[::-1]
+    copy_spans(nucleotide, dst[fwd], x, o[chunk[fwd]] + shift[fwd], n_bases[fwd])
+    backwards = gather_spans(x, (o + length)[chunk[rev]] - shift[rev] - n_bases[rev], n_bases[rev])
+    backwards = translate(backwards[::-1], _COMPLEMENT_UPPER)
+    rev = rev[::-1]
+    copy_spans(nucleotide, dst[rev], backwards, np.cumsum(n_bases[rev]) - n_bases[rev], n_bases[rev])
+    nucleotide = translate(nucleotide, _UPPER)
     return KeptFrames(chunk, frame, nucleotide, np.cumsum(n_bases), protein, np.cumsum(plen))

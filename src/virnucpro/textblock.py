@@ -38,25 +38,44 @@ def ramp(counts: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
 
 
+_COMMON = 256  # spans of a length shared by at least this many are copied as one group
+
+
 def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.ndarray,
                length: np.ndarray) -> None:
     """out[dst[i] : dst[i]+length[i]] = source[start[i] : start[i]+length[i]] for all i.
 
-    Spans are grouped by length; each group is one fancy-indexed copy between
-    sliding-window views of `source` and `out`. Destinations must not overlap.
+    Each copy moves many equal-width rows between sliding-window views of
+    `source` and `out` in one fancy-indexed assignment. Spans of a common
+    length are grouped by length; the rest are cut into power-of-two pieces
+    (at most one per bit of the length), so the number of numpy calls stays
+    small whatever the mix of lengths. Destinations must not overlap.
     """
     keep = length > 0
     dst, start, length = dst[keep], start[keep], length[keep]
     if not len(length):
         return
-    key = length.astype(np.uint16) if length.max() < 2**16 else length
-    order = np.argsort(key, kind="stable")
-    ordered = length[order]
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1, [len(order)]])
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        width = int(ordered[a])
-        rows = order[a:b]
-        _windows(out, width)[dst[rows]] = _windows(source, width)[start[rows]]
+    common = np.bincount(length)[length] >= _COMMON if length.max() < 2**20 else \
+        np.zeros(len(length), dtype=bool)
+    if common.any():
+        order = np.flatnonzero(common)
+        key = length[order]
+        order = order[np.argsort(key.astype(np.uint16) if key.max() < 2**16 else key, kind="stable")]
+        ordered = length[order]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1, [len(order)]])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            rows = order[a:b]
+            width = int(ordered[a])
+            _windows(out, width)[dst[rows]] = _windows(source, width)[start[rows]]
+    rare = np.flatnonzero(~common)
+    if len(rare):
+        dst, start, length = dst[rare], start[rare], length[rare]
+        for bit in range(int(length.max()).bit_length()):
+            rows = np.flatnonzero((length >> bit) & 1)
+            if len(rows):
+                offset = (length[rows] >> (bit + 1)) << (bit + 1)
+                width = 1 << bit
+                _windows(out, width)[dst[rows] + offset] = _windows(source, width)[start[rows] + offset]
 
 
 def _windows(array: np.ndarray, width: int) -> np.ndarray:
