@@ -1,0 +1,378 @@
+"""Crash-proof results: levelled validation of feature files, quarantine of bad
+ones, and intra-shard incremental checkpoints.
+
+A result is trusted only when its `.done` sentinel exists *and* the file
+validates. Validation runs in levels, cheapest first:
+  1. the file exists and is not empty;
+  2. it is a zip container (torch.save's format);
+  3. it loads with torch.load(weights_only=True);
+  4. its structure: version not newer than ours, required keys present, IDs
+     unique strings, data a finite float tensor [N, D] with N = len(IDs) and D
+     as expected.
+A file failing 1-3 or the structure checks is *corrupted*: it is moved aside
+(never deleted) and recorded in failed_checkpoints.txt as path|reason|timestamp,
+and the work is redone. A file of a newer major version is *incompatible*: it
+is left alone and the run stops, naming both versions.
+
+Exit statuses (for schedulers): 75 corrupted checkpoint (moved aside; a rerun
+redoes the work), 78 incompatible checkpoint or configuration (needs a decision).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro.atomic import atomic_open, write_sentinel
+from virnucpro.errors import VirNucProError
+
+log = logging.getLogger("virnucpro")
+
+FORMAT_VERSION = "1.0"
+EXIT_CORRUPTED = 75
+EXIT_INCOMPATIBLE = 78
+FAILED_REGISTRY = "failed_checkpoints.txt"
+
+
+class CheckpointError(VirNucProError):
+    """A result file that cannot be trusted: `kind` is "corrupted" or "incompatible"."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, reason: str) -> None:
+        super().__init__(f"{path}: {kind} checkpoint: {reason}")
+        self.path = Path(path)
+        self.kind = kind
+        self.reason = reason
+        self.exit_code = EXIT_CORRUPTED if kind == "corrupted" else EXIT_INCOMPATIBLE
+
+
+def _major(version: str) -> int:
+    match = re.match(r"(\d+)", str(version))
+    if not match:
+        raise ValueError(version)
+    return int(match.group(1))
+
+
+@dataclass
+class FeatureTable:
+    """IDs and their feature rows, from a current or an original-format file."""
+
+    ids: list[str]
+    data: torch.Tensor  # float [N, D]
+    version: str  # "0" for the original tool's unversioned files
+    meta: dict[str, Any]
+
+
+def _load(path: Path) -> Any:
+    if not path.exists() or path.stat().st_size == 0:
+        raise CheckpointError(path, "corrupted", "missing or empty file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "corrupted", "not a torch zip container (truncated or overwritten?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to unpickle safely means the file is unusable
+        raise CheckpointError(path, "corrupted", f"cannot be loaded safely ({type(exc).__name__}: "
+                                                 f"{' '.join(str(exc).split())[:200]})") from None
+
+
+def _as_table(path: Path, obj: Any) -> FeatureTable:
+    """Normalise the current layout and the original tool's three layouts."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, "corrupted", f"holds a {type(obj).__name__}, not a dict")
+    version = str(obj.get("version", "0"))
+    try:
+        newer = _major(version) > _major(FORMAT_VERSION)
+    except ValueError:
+        raise CheckpointError(path, "corrupted", f"unreadable version {version!r}") from None
+    if newer:
+        raise CheckpointError(path, "incompatible",
+                              f"written in format version {version}, this virnucpro reads "
+                              f"format {FORMAT_VERSION} and older; upgrade virnucpro")
+    meta = {k: v for k, v in obj.items() if k not in ("ids", "data", "nucleotide", "proteins")}
+    if "ids" in obj and "data" in obj:  # current, and the original merged file
+        return FeatureTable(obj["ids"], obj["data"], version, meta)
+    if "nucleotide" in obj and "data" in obj:  # original DNABERT-S file
+        try:
+            rows = torch.tensor([d["mean_representation"] for d in obj["data"]], dtype=torch.float32)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise CheckpointError(path, "corrupted", f"malformed DNABERT-S records ({exc})") from None
+        return FeatureTable(obj["nucleotide"], rows, version, meta)
+    if "proteins" in obj and "data" in obj:  # original ESM file
+        try:
+            rows = torch.stack(list(obj["data"])) if obj["data"] else torch.zeros(0, 0)
+        except (TypeError, RuntimeError) as exc:
+            raise CheckpointError(path, "corrupted", f"malformed ESM records ({exc})") from None
+        return FeatureTable(obj["proteins"], rows, version, meta)
+    raise CheckpointError(path, "corrupted", f"missing keys: has {sorted(obj)}, needs 'ids' and 'data'")
+
+
+def _check_structure(path: Path, table: FeatureTable, expected_dim: int | None) -> None:
+    ids, data = table.ids, table.data
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise CheckpointError(path, "corrupted", "'ids' is not a list of strings")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise CheckpointError(path, "corrupted", f"duplicate ID {dup!r}")
+    if not isinstance(data, torch.Tensor) or data.dim() != 2 or not data.is_floating_point():
+        raise CheckpointError(path, "corrupted", "'data' is not a 2-D float tensor")
+    if data.shape[0] != len(ids):
+        raise CheckpointError(path, "corrupted", f"{data.shape[0]} rows for {len(ids)} IDs")
+    if expected_dim is not None and len(ids) and data.shape[1] != expected_dim:
+        raise CheckpointError(path, "corrupted", f"{data.shape[1]} columns, expected {expected_dim}")
+    if not torch.isfinite(data).all():
+        raise CheckpointError(path, "corrupted", "non-finite values (NaN or inf)")
+
+
+def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureTable:
+    """Load and fully validate a feature file; raises CheckpointError."""
+    path = Path(path)
+    table = _as_table(path, _load(path))
+    _check_structure(path, table, expected_dim)
+    return table
+
+
+def save_features(path: str | os.PathLike, ids: list[str], data: torch.Tensor,
+                  **meta: Any) -> None:
+    """Write a versioned feature file atomically (temp file, fsync, rename)."""
+    with atomic_open(path, "wb") as handle:
+        torch.save({"version": FORMAT_VERSION, "ids": list(ids), "data": data.contiguous(), **meta},
+                   handle)
+
+
+def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike) -> Path:
+    """Move a corrupted file aside (never delete it) and record it in the registry."""
+    path = Path(path)
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    aside = path.with_name(f"{path.name}.corrupted-{stamp.replace(':', '')}")
+    if path.exists():
+        os.replace(path, aside)
+    with open(registry, "a") as handle:
+        handle.write(f"{path}|{' '.join(reason.split())}|{stamp}\n")
+    log.warning("moved corrupted %s aside to %s: %s", path, aside.name, reason)
+    return aside
+
+
+def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
+            skip_validation: bool = False) -> bool:
+    """Whether a finished result can be used as is.
+
+    `.done` without a valid file: the file is moved aside, the `.done` removed,
+    and False returned (the work is redone). A file without `.done`: False.
+    """
+    if not sentinel.exists():
+        return False
+    if skip_validation:
+        return True
+    try:
+        read_features(result, expected_dim)
+    except CheckpointError as exc:
+        if exc.kind == "incompatible":
+            raise
+        quarantine(result, exc.reason, registry)
+        sentinel.unlink(missing_ok=True)
+        log.warning("removed %s: its result did not validate", sentinel)
+        return False
+    return True
+
+
+# ---- intra-shard incremental checkpoints ------------------------------------
+
+def checkpoint_policy(frames: int = 10_000, seconds: float = 300.0) -> tuple[int, float]:
+    """Save every `frames` frames or `seconds`, whichever first; environment wins."""
+    env_frames = os.environ.get("VIRNUCPRO_CHECKPOINT_FRAMES")
+    env_seconds = os.environ.get("VIRNUCPRO_CHECKPOINT_SECONDS")
+    return (int(env_frames) if env_frames else frames,
+            float(env_seconds) if env_seconds else seconds)
+
+
+@dataclass
+class Batch:
+    start: int  # index of the first frame in the shard
+    ids: list[str]
+    data: torch.Tensor
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.ids)
+
+    @property
+    def name(self) -> str:
+        return f"batch_{self.start:012d}_{self.stop:012d}"
+
+
+_BATCH = re.compile(r"batch_(\d{12})_(\d{12})\.pt$")
+
+
+class PartialShard:
+    """The saved batches of one shard, in a directory that is not a declared
+    output (Snakemake deletes declared outputs before rerunning a job).
+
+    Layout: fingerprint.json (what produced the batches: model identities and
+    settings, not paths), batch_START_STOP.pt and batch_START_STOP.done.
+    """
+
+    FINGERPRINT = "fingerprint.json"
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: dict[str, Any],
+                 registry: str | os.PathLike, force_resume: bool = False) -> None:
+        self.directory = Path(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        self.registry = Path(registry)
+        self.force_resume = force_resume
+
+    def _check_fingerprint(self) -> None:
+        path = self.directory / self.FINGERPRINT
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != self.fingerprint:
+                changed = sorted(k for k in set(saved) | set(self.fingerprint)
+                                 if saved.get(k) != self.fingerprint.get(k))
+                if not self.force_resume:
+                    raise CheckpointError(
+                        self.directory, "incompatible",
+                        f"partial results were made with different settings ({', '.join(changed)}); "
+                        f"set force_resume to keep them, or delete {self.directory} to start the shard over")
+                log.warning("force_resume: keeping partial results made with different %s",
+                            ", ".join(changed))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "w") as handle:
+            json.dump(self.fingerprint, handle, sort_keys=True)
+
+    def resume(self, ids: list[str]) -> list[Batch]:
+        """Valid saved batches from frame 0 on; everything after the first gap,
+        unmarked or corrupt batch is removed (logged) and will be redone."""
+        self._check_fingerprint()
+        files = sorted((int(m.group(1)), int(m.group(2)), p) for p in self.directory.iterdir()
+                       if (m := _BATCH.match(p.name)))
+        batches: list[Batch] = []
+        expected = 0
+        stopped = False
+        for start, stop, path in files:
+            sentinel = path.with_suffix(".done")
+            if not stopped:
+                problem = self._batch_problem(path, sentinel, start, stop, expected, ids)
+                if problem is None:
+                    table = read_features(path)
+                    batches.append(Batch(start, table.ids, table.data))
+                    expected = stop
+                    continue
+                stopped = True
+                log.warning("resume of %s stops at %s: %s", self.directory, path.name, problem)
+            if sentinel.exists():
+                sentinel.unlink()
+            if path.exists():
+                path.unlink()
+        return batches
+
+    def _batch_problem(self, path: Path, sentinel: Path, start: int, stop: int, expected: int,
+                       ids: list[str]) -> str | None:
+        if start != expected:
+            return f"gap before frame {start} (expected a batch starting at {expected})"
+        if not sentinel.exists():
+            return "no .done sentinel (interrupted while writing)"
+        try:
+            table = read_features(path)
+        except CheckpointError as exc:
+            if exc.kind == "incompatible":
+                raise
+            quarantine(path, exc.reason, self.registry)
+            return exc.reason
+        if table.ids != ids[start:stop]:
+            quarantine(path, "frame IDs do not match the shard", self.registry)
+            return "frame IDs do not match the shard"
+        return None
+
+    def frames_saved(self) -> int:
+        """Frames in marked batches, from file names alone (for `virnucpro status`)."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(int(m.group(2)) - int(m.group(1)) for p in self.directory.iterdir()
+                   if (m := _BATCH.match(p.name)) and p.with_suffix(".done").exists())
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class BatchWriter:
+    """Writes batches on a background thread so computation never waits on disk.
+
+    Each batch file is atomic and gets its `.done` after it is on disk. A write
+    error is re-raised in the caller at the next submit() or at close().
+    close() flushes and joins; use it in a finally block (also on SIGTERM).
+    """
+
+    def __init__(self, directory: Path, max_pending: int = 4) -> None:
+        self.directory = directory
+        self._queue: queue.Queue[Batch | None] = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                path = self.directory / f"{batch.name}.pt"
+                save_features(path, batch.ids, batch.data)
+                write_sentinel(path.with_suffix(".done"), f"{len(batch.ids)}\n")
+            except BaseException as exc:  # surfaced to the caller
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, batch: Batch) -> None:
+        self._raise()
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+
+class Accumulator:
+    """Collects consecutive results and cuts them into batches every N frames
+    or T seconds, whichever comes first."""
+
+    def __init__(self, ids: list[str], start: int, frames: int, seconds: float) -> None:
+        self.ids = ids
+        self.start = start
+        self.frames = frames
+        self.seconds = seconds
+        self._parts: list[torch.Tensor] = []
+        self._count = 0
+        self._since = time.monotonic()
+
+    def add(self, data: torch.Tensor) -> Iterator[Batch]:
+        self._parts.append(data)
+        self._count += data.shape[0]
+        if self._count >= self.frames or time.monotonic() - self._since >= self.seconds:
+            yield self._cut()
+
+    def finish(self) -> Iterator[Batch]:
+        if self._count:
+            yield self._cut()
+
+    def _cut(self) -> Batch:
+        data = torch.cat(self._parts)
+        batch = Batch(self.start, self.ids[self.start:self.start + len(data)], data)
+        self.start += len(data)
+        self._parts, self._count, self._since = [], 0, time.monotonic()
+        return batch

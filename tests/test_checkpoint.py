@@ -1,0 +1,210 @@
+"""Validation levels, quarantine and incremental checkpoints on real files."""
+
+import os
+import time
+
+import pytest
+import torch
+
+from virnucpro.checkpoint import (EXIT_CORRUPTED, EXIT_INCOMPATIBLE, Accumulator, Batch, BatchWriter,
+                                  CheckpointError, PartialShard, checkpoint_policy, quarantine,
+                                  read_features, save_features, trusted)
+
+
+def good(path, n=4, d=6, **meta):
+    save_features(path, [f"f{i}" for i in range(n)], torch.arange(n * d, dtype=torch.float32).view(n, d),
+                  **meta)
+    return path
+
+
+def corrupt_cases(tmp_path):
+    cases = {}
+    cases["zero-byte"] = tmp_path / "zero.pt"
+    cases["zero-byte"].write_bytes(b"")
+    cases["truncated"] = tmp_path / "trunc.pt"
+    data = good(tmp_path / "src.pt").read_bytes()
+    cases["truncated"].write_bytes(data[: len(data) // 2])
+    cases["random-bytes"] = tmp_path / "random.pt"
+    cases["random-bytes"].write_bytes(os.urandom(3000))
+    for name, obj in {
+        "wrong-shape": {"version": "1.0", "ids": ["a", "b"], "data": torch.zeros(3, 6)},
+        "one-dimensional": {"version": "1.0", "ids": ["a"], "data": torch.zeros(6)},
+        "non-finite": {"version": "1.0", "ids": ["a", "b"], "data": torch.tensor([[1.0, float("nan")]] * 2)},
+        "duplicate-id": {"version": "1.0", "ids": ["a", "a"], "data": torch.zeros(2, 6)},
+        "missing-keys": {"version": "1.0", "ids": ["a"]},
+        "not-a-dict": [1, 2, 3],
+    }.items():
+        cases[name] = tmp_path / f"{name}.pt"
+        torch.save(obj, cases[name])
+    return cases
+
+
+EXPECTED = {"zero-byte": "missing or empty", "truncated": "not a torch zip container",
+            "random-bytes": "not a torch zip container", "wrong-shape": "3 rows for 2 IDs",
+            "one-dimensional": "not a 2-D float tensor", "non-finite": "non-finite",
+            "duplicate-id": "duplicate ID 'a'", "missing-keys": "missing keys",
+            "not-a-dict": "holds a list"}
+
+
+def test_each_corruption_is_reported_as_corrupted_with_its_reason(tmp_path):
+    for name, path in corrupt_cases(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            read_features(path)
+        assert info.value.kind == "corrupted" and info.value.exit_code == EXIT_CORRUPTED, name
+        assert EXPECTED[name] in str(info.value), name
+        assert str(path) in str(info.value)
+
+
+def test_pickled_code_is_refused_at_load(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    path = tmp_path / "evil.pt"
+    torch.save({"version": "1.0", "ids": ["a"], "data": torch.zeros(1, 2), "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        read_features(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_expected_width_is_checked(tmp_path):
+    with pytest.raises(CheckpointError, match="6 columns, expected 3328"):
+        read_features(good(tmp_path / "a.pt"), expected_dim=3328)
+
+
+def test_future_major_version_is_incompatible_and_names_both_versions(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"version": "2.0", "ids": ["a"], "data": torch.zeros(1, 2)}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_features(path)
+    assert info.value.kind == "incompatible" and info.value.exit_code == EXIT_INCOMPATIBLE
+    assert "version 2.0" in str(info.value) and "format 1.0" in str(info.value)
+    # A newer minor version of the same major is read.
+    good(tmp_path / "minor.pt")
+    obj = torch.load(tmp_path / "minor.pt", weights_only=True)
+    obj["version"] = "1.7"
+    torch.save(obj, tmp_path / "minor.pt")
+    assert read_features(tmp_path / "minor.pt").version == "1.7"
+
+
+@pytest.mark.parametrize("name, width", [("output_1_merged.pt", 3328), ("output_1_DNABERT_S.pt", 768),
+                                         ("output_1_ESM.pt", 2560)])
+def test_original_unversioned_files_are_read(reference, name, width):
+    table = read_features(reference / "original-format" / name, expected_dim=width)
+    assert table.version == "0"
+    frames = [line.split("\t")[0] for line in
+              (reference / "original-format" / "prediction_results.txt").read_text().splitlines()[1:]]
+    assert sorted(table.ids) == sorted(frames)  # the ESM file is in batch order
+    assert table.data.shape == (len(table.ids), width)
+
+
+def test_round_trip_keeps_ids_data_and_metadata(tmp_path):
+    path = good(tmp_path / "a.pt", models={"esm": {"layers": 2}})
+    table = read_features(path)
+    assert table.version == "1.0" and table.ids == ["f0", "f1", "f2", "f3"]
+    assert table.meta["models"] == {"esm": {"layers": 2}}
+    assert torch.equal(table.data, torch.arange(24, dtype=torch.float32).view(4, 6))
+
+
+def test_quarantine_moves_aside_and_records(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"junk")
+    registry = tmp_path / "failed_checkpoints.txt"
+    aside = quarantine(path, "not a torch zip container", registry)
+    assert not path.exists() and aside.read_bytes() == b"junk"
+    recorded, reason, stamp = registry.read_text().strip().split("|")
+    assert recorded == str(path) and reason == "not a torch zip container" and stamp.startswith("20")
+
+
+def test_trusted_needs_sentinel_and_valid_file(tmp_path):
+    registry = tmp_path / "failed_checkpoints.txt"
+    result, sentinel = good(tmp_path / "s.pt"), tmp_path / "s.done"
+    assert not trusted(result, sentinel, registry)  # file without .done: redo
+    sentinel.write_text("4\n")
+    assert trusted(result, sentinel, registry)
+    result.write_bytes(result.read_bytes()[:100])  # .done without a valid file
+    assert not trusted(result, sentinel, registry)
+    assert not sentinel.exists() and not result.exists()
+    assert "not a torch zip container" in registry.read_text()
+    # skip_validation trusts the sentinel alone.
+    sentinel.write_text("4\n")
+    assert trusted(result, sentinel, registry, skip_validation=True)
+
+
+def batches_of(ids, sizes):
+    start = 0
+    for size in sizes:
+        yield Batch(start, ids[start:start + size], torch.full((size, 3), float(start)))
+        start += size
+
+
+def write_batches(directory, batches):
+    writer = BatchWriter(directory)
+    for batch in batches:
+        writer.submit(batch)
+    writer.close()
+
+
+def test_resume_loads_marked_batches_and_stops_at_the_first_bad_one(tmp_path):
+    ids = [f"f{i}" for i in range(20)]
+    partial = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt")
+    assert partial.resume(ids) == []
+    write_batches(partial.directory, batches_of(ids, [5, 5, 5, 5]))
+    assert partial.frames_saved() == 20
+    # Batch 3 loses its sentinel (killed between file and .done); batch 4 is then orphaned.
+    (partial.directory / "batch_000000000010_000000000015.done").unlink()
+    loaded = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt").resume(ids)
+    assert [b.start for b in loaded] == [0, 5] and sum(len(b.ids) for b in loaded) == 10
+    assert sorted(p.name for p in partial.directory.glob("batch_*")) == [
+        "batch_000000000000_000000000005.done", "batch_000000000000_000000000005.pt",
+        "batch_000000000005_000000000010.done", "batch_000000000005_000000000010.pt"]
+
+
+def test_resume_quarantines_a_corrupt_marked_batch(tmp_path):
+    ids = [f"f{i}" for i in range(10)]
+    partial = PartialShard(tmp_path / "p", {}, tmp_path / "failed.txt")
+    partial.resume(ids)
+    write_batches(partial.directory, batches_of(ids, [5, 5]))
+    second = partial.directory / "batch_000000000005_000000000010.pt"
+    second.write_bytes(second.read_bytes()[:50])
+    loaded = partial.resume(ids)
+    assert [b.stop for b in loaded] == [5]
+    assert "batch_000000000005_000000000010.pt|not a torch zip container" in \
+        (tmp_path / "failed.txt").read_text()
+    assert list(partial.directory.glob("*.corrupted-*"))
+
+
+def test_resume_refuses_a_different_fingerprint_unless_forced(tmp_path):
+    ids = [f"f{i}" for i in range(5)]
+    PartialShard(tmp_path / "p", {"esm": "a", "dtype": "float32"}, tmp_path / "f").resume(ids)
+    write_batches(tmp_path / "p", batches_of(ids, [5]))
+    other = PartialShard(tmp_path / "p", {"esm": "b", "dtype": "float32"}, tmp_path / "f")
+    with pytest.raises(CheckpointError, match=r"different settings \(esm\)") as info:
+        other.resume(ids)
+    assert info.value.exit_code == EXIT_INCOMPATIBLE
+    forced = PartialShard(tmp_path / "p", {"esm": "b", "dtype": "float32"}, tmp_path / "f",
+                          force_resume=True)
+    assert len(forced.resume(ids)) == 1
+
+
+def test_writer_surfaces_errors(tmp_path):
+    writer = BatchWriter(tmp_path / "missing-dir")
+    writer.submit(Batch(0, ["a"], torch.zeros(1, 2)))
+    with pytest.raises(FileNotFoundError):
+        writer.close()
+
+
+def test_accumulator_cuts_every_n_frames_or_t_seconds():
+    ids = [f"f{i}" for i in range(10)]
+    acc = Accumulator(ids, 0, frames=4, seconds=3600)
+    cut = [b for part in (torch.zeros(3, 1),) * 3 for b in acc.add(part)] + list(acc.finish())
+    assert [(b.start, b.stop) for b in cut] == [(0, 6), (6, 9)]
+    timed = Accumulator(ids, 2, frames=100, seconds=0.01)
+    time.sleep(0.02)
+    assert [(b.start, b.stop) for b in timed.add(torch.zeros(2, 1))] == [(2, 4)]
+
+
+def test_policy_environment_overrides(monkeypatch):
+    assert checkpoint_policy() == (10_000, 300.0)
+    monkeypatch.setenv("VIRNUCPRO_CHECKPOINT_FRAMES", "50")
+    monkeypatch.setenv("VIRNUCPRO_CHECKPOINT_SECONDS", "2.5")
+    assert checkpoint_policy(1000, 60) == (50, 2.5)
