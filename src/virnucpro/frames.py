@@ -61,6 +61,9 @@ def _tables() -> dict[str, np.ndarray]:
 _T = _tables()
 _STOP_FLAGS = _T["stop_flags"].tobytes()
 _UPPER = _T["upper"].tobytes()
+_PHASE_SHIFT = np.tile(np.array([1, 4, 16], dtype=np.uint8), 1 << 21)  # longer than most blocks
+_FORWARD_AMINO = _T["forward"].tobytes()
+_REVERSE_AMINO = _T["reverse"].tobytes()
 _COMPLEMENT_UPPER = _T["complement_upper"].tobytes()
 
 
@@ -105,21 +108,21 @@ class KeptFrames:
         return len(self.chunk)
 
 
-def _any_per_phase(flags: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """OR of flags[p] over p in [first, last] with p % 3 == phase, shape (chunks, 3).
+def _stops_per_phase(stops: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Stop flags of the codons starting in [first, last] of every chunk, per
+    phase (position % 3), shape (chunks, 3, 2): [..., 0] forward, [..., 1] reverse.
 
-    `flags` must extend at least 3 past the last position used. Chunk ranges
-    are disjoint and ascending, so one reduceat per phase does it.
+    Each position's two flag bits are shifted by 2 * (position % 3), so one
+    OR-reduction over each chunk's contiguous range gives all six answers.
     """
-    out = np.zeros((len(first), 3), dtype=np.uint8)
-    for phase in range(3):
-        k0 = (first - phase + 2) // 3
-        k1 = np.maximum(k0, (last - phase) // 3 + 1)
-        bounds = np.empty(2 * len(first), dtype=np.int64)
-        bounds[0::2], bounds[1::2] = k0, k1
-        reduced = np.bitwise_or.reduceat(flags[phase::3], bounds)[0::2]
-        out[:, phase] = np.where(k1 > k0, reduced, 0)
-    return out
+    shift = _PHASE_SHIFT if len(stops) <= len(_PHASE_SHIFT) else \
+        np.tile(_PHASE_SHIFT[:3], -(-len(stops) // 3))
+    phased = stops * shift[: len(stops)]
+    bounds = np.empty(2 * len(first), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = first, np.maximum(first, last + 1)
+    bits = np.bitwise_or.reduceat(phased, bounds)[0::2] if len(first) else np.zeros(0, np.uint8)
+    bits[last < first] = 0
+    return ((bits[:, None] >> np.arange(6, dtype=np.uint8)) & 1).reshape(-1, 3, 2).astype(bool)
 
 
 def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFrames:
@@ -155,8 +158,8 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     stops = np.frombuffer(buffer.translate(_STOP_FLAGS), dtype=np.uint8)
 
     last = o + length - 3  # last codon start inside each chunk
-    any_stop = _any_per_phase(stops, o, last)
-    forward_stop, reverse_stop = (any_stop & 1) > 0, (any_stop & 2) > 0
+    phase_stop = _stops_per_phase(stops, o, last)
+    forward_stop, reverse_stop = phase_stop[:, :, 0], phase_stop[:, :, 1]
 
     f = np.arange(3)
     rows = np.arange(len(o))[:, None]
@@ -168,17 +171,21 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     reverse = frame >= 3
     shift = frame % 3
 
-    # Proteins: codon positions ascending (forward) or descending (reverse);
-    # codons with ambiguous letters translate to nothing and are dropped.
+    # Proteins: the amino acids at codon starts o+shift, o+shift+3, ... (forward)
+    # or last-shift, last-shift-3, ... (reverse); codons with ambiguous letters
+    # translate to nothing (0) and are dropped afterwards.
     n_codons = codons[chunk, shift]
-    start = np.where(reverse, last[chunk] - shift, o[chunk] + shift)
-    step = np.where(reverse, -3, 3)
-    pos = np.repeat(start, n_codons) + np.repeat(step, n_codons) * ramp(n_codons)
-    letters = np.where(np.repeat(reverse, n_codons), _T["reverse"][idx[pos]], _T["forward"][idx[pos]])
+    first = np.cumsum(n_codons) - n_codons
+    letters = np.empty(int(n_codons.sum()), dtype=np.uint8)
+    fwd = ~reverse
+    copy_spans(letters, first[fwd], translate(buffer, _FORWARD_AMINO), o[chunk[fwd]] + shift[fwd],
+               n_codons[fwd], step=3)
+    copy_spans(letters, first[reverse], translate(buffer, _REVERSE_AMINO),
+               last[chunk[reverse]] - shift[reverse], n_codons[reverse], step=-3)
     translated = letters != 0
     protein = letters[translated]
-    plen = np.add.reduceat(translated, np.cumsum(n_codons) - n_codons, dtype=np.int64) \
-        if len(candidate) else np.zeros(0, dtype=np.int64)
+    plen = np.add.reduceat(translated, first, dtype=np.int64) if len(candidate) else \
+        np.zeros(0, dtype=np.int64)
     kept = plen > 0  # an all-ambiguous frame has an empty protein: not written
     chunk, frame, reverse, shift, plen = chunk[kept], frame[kept], reverse[kept], shift[kept], plen[kept]
 

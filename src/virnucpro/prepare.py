@@ -31,6 +31,7 @@ from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sen
 from virnucpro.errors import UsageError
 from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
 from virnucpro.frames import Chunks, KeptFrames, chunk_layout, select_frames
+from virnucpro.progress import Progress
 from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
 
 CHUNK_SIZES = (300, 500)
@@ -136,8 +137,6 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
     Duplicate read IDs are detected when the stream ends (InputError), so a
     consumer must treat its output as incomplete until the iterator is exhausted.
     """
-    from virnucpro.progress import Progress
-
     check_chunk_size(chunk_size)
     reader = FastaReader(path)
     duplicates = DuplicateIdCheck()
@@ -169,7 +168,7 @@ def write_flat(path: str | os.PathLike, chunk_size: int, outdir: str | os.PathLi
             for block in prepare_blocks(path, chunk_size, stats):
                 for handle, rows in zip(handles, (block.chunked_fasta(), block.nucleotide_fasta(),
                                                   block.protein_fasta())):
-                    handle.write(rows.text)
+                    handle.write(rows.buffer)
         finally:
             for handle in handles:
                 handle.close()
@@ -256,7 +255,7 @@ def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
                 reads.write(READS_HEADER)
                 for block in prepare_blocks(path, chunk_size, stats):
                     writer.add(block)
-                    reads.write(block.reads_tsv().text)
+                    reads.write(block.reads_tsv().buffer)
             stats.shards = writer.close()
         finally:
             writer.abort()

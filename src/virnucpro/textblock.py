@@ -42,14 +42,15 @@ _COMMON = 256  # spans of a length shared by at least this many are copied as on
 
 
 def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.ndarray,
-               length: np.ndarray) -> None:
-    """out[dst[i] : dst[i]+length[i]] = source[start[i] : start[i]+length[i]] for all i.
+               length: np.ndarray, step: int = 1) -> None:
+    """out[dst[i] : dst[i]+length[i]] = source[start[i] :: step][:length[i]] for all i.
 
-    Each copy moves many equal-width rows between sliding-window views of
-    `source` and `out` in one fancy-indexed assignment. Spans of a common
-    length are grouped by length; the rest are cut into power-of-two pieces
-    (at most one per bit of the length), so the number of numpy calls stays
-    small whatever the mix of lengths. Destinations must not overlap.
+    Each copy moves many equal-width rows between window views of `source`
+    and `out` in one fancy-indexed assignment. Spans of a common length are
+    grouped by length; the rest are cut into power-of-two pieces (at most one
+    per bit of the length), so the number of numpy calls stays small whatever
+    the mix of lengths. Destinations must not overlap. `step` may be negative
+    (read backwards from start).
     """
     keep = length > 0
     dst, start, length = dst[keep], start[keep], length[keep]
@@ -66,7 +67,7 @@ def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.n
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             rows = order[a:b]
             width = int(ordered[a])
-            _windows(out, width)[dst[rows]] = _windows(source, width)[start[rows]]
+            _copy_rows(out, dst[rows], source, start[rows], width, step)
     rare = np.flatnonzero(~common)
     if len(rare):
         dst, start, length = dst[rare], start[rare], length[rare]
@@ -74,18 +75,22 @@ def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.n
             rows = np.flatnonzero((length >> bit) & 1)
             if len(rows):
                 offset = (length[rows] >> (bit + 1)) << (bit + 1)
-                width = 1 << bit
-                _windows(out, width)[dst[rows] + offset] = _windows(source, width)[start[rows] + offset]
+                _copy_rows(out, dst[rows] + offset, source, start[rows] + offset * step, 1 << bit, step)
 
 
-def _windows(array: np.ndarray, width: int) -> np.ndarray:
-    """All windows of `width` consecutive bytes, as rows of a view (no copy).
+def _copy_rows(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.ndarray,
+               width: int, step: int) -> None:
+    """out[dst[i] : dst[i] + width] = source[start[i] :: step][:width], all i at once.
 
-    (numpy's sliding_window_view does the same with far more per-call overhead,
-    which matters here: copy_spans makes one per distinct span length.)
+    Rows of a window view (no copy) are selected by fancy indexing. numpy's
+    sliding_window_view does the same with far more per-call overhead.
     """
-    return np.ndarray((len(array) - width + 1, width), dtype=np.uint8, buffer=array,
-                      strides=(1, 1))
+    reach = abs(step) * (width - 1)
+    first = reach if step < 0 else 0  # window r reads source[first + r :: step]
+    windows = np.ndarray((len(source) - reach, width), dtype=np.uint8, buffer=source,
+                         offset=first, strides=(1, step))
+    target = np.ndarray((len(out) - width + 1, width), dtype=np.uint8, buffer=out, strides=(1, 1))
+    target[dst] = windows[start - first]
 
 
 def gather_spans(source: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -124,13 +129,28 @@ class Field:
         elif not self.wrap:
             copy_spans(out, dst, self.source, start, length)
         else:
-            lines = -(-length // self.wrap)
-            line = ramp(lines)
-            line_dst = np.repeat(dst, lines) + line * (self.wrap + 1)
-            line_len = np.minimum(np.repeat(length, lines) - line * self.wrap, self.wrap)
-            copy_spans(out, line_dst, self.source, np.repeat(start, lines) + line * self.wrap,
-                       line_len)
-            out[line_dst + line_len] = ord("\n")
+            _write_wrapped(out, dst, self.source, start, length, self.wrap)
+
+
+def _write_wrapped(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.ndarray,
+                   length: np.ndarray, width: int) -> None:
+    """Each span as lines of `width` plus a newline each. A span's full lines are
+    copied together (rows grouped by their number of full lines), then the last
+    partial line, then all the newlines at once."""
+    full, rest = np.divmod(length, width)
+    for q in (np.flatnonzero(np.bincount(full)[1:]) + 1).tolist():
+        rows = np.flatnonzero(full == q)
+        src = np.ndarray((len(source) - q * width + 1, q, width), dtype=np.uint8, buffer=source,
+                         strides=(1, width, 1))
+        target = np.ndarray((len(out) - q * (width + 1) + 2, q, width), dtype=np.uint8, buffer=out,
+                            strides=(1, width + 1, 1))
+        target[dst[rows]] = src[start[rows]]
+    copy_spans(out, dst + full * (width + 1), source, start + full * width, rest)
+    lines = full + (rest > 0)
+    line = ramp(lines)
+    line_end = np.repeat(dst, lines) + line * (width + 1) + \
+        np.minimum(np.repeat(length, lines) - line * width, width)
+    out[line_end] = ord("\n")
 
 
 def const(text: bytes) -> Field:
@@ -176,22 +196,26 @@ def decimal(values: np.ndarray) -> Field:
 
 
 class Rows:
-    """Text of consecutive records and where each record ends."""
+    """Text of consecutive records (a uint8 buffer) and where each record ends."""
 
     def __init__(self, fields: list[Field], rows: int) -> None:
         widths = np.stack([f.out_length(rows) for f in fields], axis=1) if rows else \
             np.zeros((0, len(fields)), dtype=np.int64)
         offsets = np.cumsum(widths.ravel()).reshape(widths.shape) - widths
-        out = np.empty(int(widths.sum()), dtype=np.uint8)
+        self.buffer = np.empty(int(widths.sum()), dtype=np.uint8)
         for j, field in enumerate(fields):
-            field.write(out, offsets[:, j])
-        self.text = out.tobytes()
+            field.write(self.buffer, offsets[:, j])
         self.ends = np.cumsum(widths.sum(axis=1))
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def slice(self, first: int, stop: int) -> bytes:
-        """The text of records first..stop-1."""
+    @property
+    def text(self) -> bytes:
+        return self.buffer.tobytes()
+
+    def slice(self, first: int, stop: int) -> memoryview:
+        """The text of records first..stop-1 (a view, for writing to a file)."""
         begin = int(self.ends[first - 1]) if first else 0
-        return self.text[begin:int(self.ends[stop - 1])] if stop > first else b""
+        end = int(self.ends[stop - 1]) if stop > first else begin
+        return memoryview(self.buffer)[begin:end]
