@@ -21,6 +21,57 @@ def _prepare(args: argparse.Namespace) -> None:
           f"({stats.reads_without_frames:,} reads without one) -> {args.outdir}")
 
 
+def _embed(args: argparse.Namespace) -> None:
+    # Imported here: torch and the models take seconds to import, which `prepare` need not pay.
+    from virnucpro.embed import EmbeddingEngine, embed_shard
+
+    engine = EmbeddingEngine.from_config(args.esm_model, args.dnabert_model, device=args.device,
+                                         dtype=args.dtype, esm_tokens=args.esm_tokens,
+                                         dnabert_tokens=args.dnabert_tokens)
+    frames = embed_shard(args.nucleotide, args.protein, args.out, engine)
+    print(f"{frames:,} frames x {engine.embed_dim} features -> {args.out}")
+
+
+def _make_demo_models(args: argparse.Namespace) -> None:
+    from virnucpro.demo_models import write_demo_models
+
+    paths = write_demo_models(args.directory)
+    print(f"--esm-model {paths['esm']} --dnabert-model {paths['dnabert']}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed a shard's frames with DNABERT-S and ESM-2",
+                       description="Write the shard's feature file: one row per frame, "
+                                   "DNABERT-S mean embedding then ESM-2 mean embedding.")
+    p.add_argument("--nucleotide", required=True, help="the shard's nucleotide FASTA (.fna)")
+    p.add_argument("--protein", required=True, help="the shard's protein FASTA (.faa)")
+    p.add_argument("--esm-model", required=True, help="ESM-2 checkpoint: a .pt path, or a "
+                   "model name in $TORCH_HOME/hub/checkpoints (e.g. esm2_t36_3B_UR50D)")
+    p.add_argument("--dnabert-model", required=True, help="DNABERT-S model directory")
+    p.add_argument("--out", required=True, help="feature file to write (.pt)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--esm-tokens", type=_positive, default=None,
+                   help="ESM-2 padded tokens per batch (default: set per device type)")
+    p.add_argument("--dnabert-tokens", type=_positive, default=None,
+                   help="DNABERT-S padded tokens per batch (default: set per device type)")
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("make-demo-models", help="write small random-init models for demos",
+                       description="Write a random-init ESM-2 checkpoint and DNABERT-S model "
+                                   "directory (same file formats as the real ones) into DIR.")
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(func=_make_demo_models)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__)
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
@@ -37,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=0,
                    help="write the workflow layout (shards of this many frames) instead")
     p.set_defaults(func=_prepare)
+    _add_embed_parsers(sub)
     return parser
 
 

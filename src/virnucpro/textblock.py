@@ -210,10 +210,6 @@ class Rows:
     def __len__(self) -> int:
         return len(self.ends)
 
-    @property
-    def text(self) -> bytes:
-        return self.buffer.tobytes()
-
     def slice(self, first: int, stop: int) -> memoryview:
         """The text of records first..stop-1 (a view, for writing to a file)."""
         begin = int(self.ends[first - 1]) if first else 0
