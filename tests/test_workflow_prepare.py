@@ -27,7 +27,7 @@ def test_dry_run_lists_one_prepare_job_per_sample(tmp_path, config):
 
 
 def test_run_writes_shards_equal_to_the_cli_output(tmp_path, config, reference):
-    proc = snakemake(tmp_path, "--configfile", config)
+    proc = snakemake(tmp_path, "out/prepare_summary.tsv", "--configfile", config)
     assert proc.returncode == 0, proc.stdout
     out = tmp_path / "out"
     for sample in SAMPLES:
@@ -49,7 +49,7 @@ def test_run_writes_shards_equal_to_the_cli_output(tmp_path, config, reference):
     rows = {line.split("\t")[0]: line.split("\t") for line in summary[1:]}
     assert rows["test_sequences_small"][5] == "11"  # every read without a stop-free frame
     # A second run has nothing to do.
-    again = snakemake(tmp_path, "-n", "--configfile", config)
+    again = snakemake(tmp_path, "-n", "out/prepare_summary.tsv", "--configfile", config)
     assert "Nothing to be done" in again.stdout
 
 

@@ -23,13 +23,17 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     # Imported here: torch and the models take seconds to import, which `prepare` need not pay.
-    from virnucpro.embed import EmbeddingEngine, embed_shard
+    from virnucpro.embed import EmbeddingEngine
+    from virnucpro.resume import CheckpointSettings, embed_shard_resumable
 
     engine = EmbeddingEngine.from_config(args.esm_model, args.dnabert_model, device=args.device,
                                          dtype=args.dtype, esm_tokens=args.esm_tokens,
                                          dnabert_tokens=args.dnabert_tokens)
-    frames = embed_shard(args.nucleotide, args.protein, args.out, engine)
-    print(f"{frames:,} frames x {engine.embed_dim} features -> {args.out}")
+    settings = CheckpointSettings(args.checkpoint_frames, args.checkpoint_seconds,
+                                  force_resume=args.force_resume)
+    frames = embed_shard_resumable(args.nucleotide, args.protein, args.out, f"{args.out}.done",
+                                   engine, settings)
+    print(f"{frames:,} frames embedded x {engine.embed_dim} features -> {args.out}")
 
 
 def _make_demo_models(args: argparse.Namespace) -> None:
@@ -49,7 +53,9 @@ def _positive(text: str) -> int:
 def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a shard's frames with DNABERT-S and ESM-2",
                        description="Write the shard's feature file: one row per frame, "
-                                   "DNABERT-S mean embedding then ESM-2 mean embedding.")
+                                   "DNABERT-S mean embedding then ESM-2 mean embedding. "
+                                   "OUT.done is written last; progress is checkpointed in "
+                                   "OUT.partial/ so an interrupted run resumes.")
     p.add_argument("--nucleotide", required=True, help="the shard's nucleotide FASTA (.fna)")
     p.add_argument("--protein", required=True, help="the shard's protein FASTA (.faa)")
     p.add_argument("--esm-model", required=True, help="ESM-2 checkpoint: a .pt path, or a "
@@ -63,6 +69,12 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
                    help="ESM-2 padded tokens per batch (default: set per device type)")
     p.add_argument("--dnabert-tokens", type=_positive, default=None,
                    help="DNABERT-S padded tokens per batch (default: set per device type)")
+    p.add_argument("--checkpoint-frames", type=_positive, default=10_000,
+                   help="save progress every N frames (in OUT.partial/; a rerun resumes)")
+    p.add_argument("--checkpoint-seconds", type=float, default=300.0,
+                   help="... or every S seconds, whichever comes first")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume from partial results made with different models or settings")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("make-demo-models", help="write small random-init models for demos",

@@ -1,0 +1,305 @@
+"""Embedding throughput: the project's engine against the original's way of calling the models.
+
+Frames come from random 150-bp reads through the project's own prepare (~50 residues and
+~151 nt a frame, as real short reads give). Models are random-init (speed does not depend on
+the weights).
+
+CPU mode (default), one process, the same frames for both sides, repeats interleaved so that
+machine noise hits both alike (the best of the repeats is reported):
+  (a) ESM-2: our engine vs fair-esm's own model with the original's batching
+      (FastaBatchedDataset.get_batch_indices(2048) + the alphabet's batch converter, forward
+      with repr_layers, mean over 1..len) on the same checkpoint (esm2_t6_8M shape), fp32;
+      our engine in bf16 is reported beside it, with its distance from fp32.
+  (b) DNABERT-2: our batched engine vs the original's loop (tokenise one sequence, forward,
+      mean) on the same DNABERT-2-shaped model.
+GPU mode (--gpu): ESM-2 3B and DNABERT-S architectures built on the GPU in bf16; ESM tokens/s,
+model FLOP utilisation, DNABERT frames/s, both together, peak memory.
+
+    .venv/bin/python bench/embed.py [--frames 2000] [--repeats 3]
+    PYTHONPATH=src python bench/embed.py --gpu [--frames 60000] [--esm-tokens N]
+
+Results: printed, and saved to bench/results/embed.json (embed_gpu.json with --gpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from virnucpro.embed import EmbeddingEngine, read_frames  # noqa: E402
+from virnucpro.models.dnabert2 import load_dnabert2, write_demo_dnabert2  # noqa: E402
+from virnucpro.models.esm2 import (MAX_RESIDUES, load_esm2, random_esm2,  # noqa: E402
+                                   read_checkpoint, write_demo_esm2)
+from virnucpro.prepare import write_flat  # noqa: E402
+
+H100_BF16_DENSE_FLOPS = 989e12
+ESM_8M_SHAPE = {"layers": 6, "embed_dim": 320, "heads": 20}
+# DNABERT-S's width (ALiBi, fused Wqkv, gated GLU, 4096 BPE vocabulary) with fewer layers, which
+# changes the time per frame but not the ratio between batched and one at a time.
+DNABERT_CPU_SHAPE = {"hidden": 768, "layers": 2, "heads": 12, "intermediate": 3072,
+                     "vocab_size": 4096}
+DNABERT_S_SHAPE = {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072,
+                   "vocab_size": 4096}
+TINY_DNABERT = {"hidden": 32, "layers": 1, "heads": 4, "intermediate": 64, "vocab_size": 256}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str]]:
+    """`count` frames of random 150-bp reads, through the project's prepare."""
+    rng = random.Random(seed)
+    reads = workdir / "reads.fa"
+    with open(reads, "w") as out:
+        for i in range(count * 2 + 1000):  # ~0.55 stop-free frames per random 150-bp read
+            out.write(f">read{i}\n{''.join(rng.choices('ACGT', k=150))}\n")
+    write_flat(reads, 300, workdir / "prepared")
+    _, nucleotides, proteins = read_frames(workdir / "prepared" / "nucleotide.fa",
+                                           workdir / "prepared" / "protein.faa")
+    if len(proteins) < count:
+        raise SystemExit(f"only {len(proteins)} frames from the reads; need {count}")
+    return nucleotides[:count], proteins[:count]
+
+
+def esm_tokens(proteins: list[str]) -> int:
+    return sum(min(len(p), MAX_RESIDUES) + 2 for p in proteins)
+
+
+class OnlyEngine(EmbeddingEngine):
+    """The engine with one model's batches computed and the other's answered with zeros.
+
+    Times one model through the real pipeline (loader thread, batching, staging).
+    """
+
+    def __init__(self, *args, only: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.only = only
+
+    def forward_batch(self, model, inputs):
+        if model == self.only:
+            return super().forward_batch(model, inputs)
+        width = self.esm.embed_dim if model == "esm" else self.dnabert.hidden_size
+        return torch.zeros(inputs[0].shape[0], width, device=self.device)
+
+
+def timed(func: Callable[[], object], sync: bool = False) -> tuple[float, object]:
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = func()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int
+                ) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds of each run, repeats interleaved; and each run's last result."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, object] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            elapsed, results[name] = timed(run)
+            seconds[name].append(round(elapsed, 3))
+    return seconds, results
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def fair_esm_original(checkpoint: Path, proteins: list[str]) -> Callable[[], torch.Tensor]:
+    """The original VirNucPro's ESM extraction (fair-esm's extract.py logic) on a checkpoint."""
+    import esm
+    from esm.data import FastaBatchedDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, alphabet = esm.pretrained.load_model_and_alphabet_core(
+            checkpoint.stem, read_checkpoint(checkpoint), None)
+    model.eval()
+    dataset = FastaBatchedDataset([f"frame{i}" for i in range(len(proteins))], proteins)
+    batches = dataset.get_batch_indices(2048, extra_toks_per_seq=1)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
+                                         collate_fn=alphabet.get_batch_converter(MAX_RESIDUES))
+    layer = model.num_layers
+
+    def run() -> torch.Tensor:
+        means = {}
+        with torch.no_grad():
+            for labels, strs, toks in loader:
+                representation = model(toks, repr_layers=[layer])["representations"][layer]
+                for i, label in enumerate(labels):
+                    length = min(MAX_RESIDUES, len(strs[i]))
+                    means[label] = representation[i, 1:length + 1].mean(0).clone()
+        return torch.stack([means[f"frame{i}"] for i in range(len(proteins))])
+
+    return run
+
+
+def dnabert_one_at_a_time(encoder, nucleotides: list[str]) -> Callable[[], torch.Tensor]:
+    """The original's DNABERT-S loop: one sequence per forward pass, mean over all tokens."""
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.stack([encoder.model(encoder.tokenize([seq])[0].to(encoder.device))[0]
+                                .float().mean(0) for seq in nucleotides])
+    return run
+
+
+# --------------------------------------------------------------------------- CPU mode
+
+
+def _ratio(slow: list[float], fast: list[float]) -> float:
+    return round(min(slow) / min(fast), 2)
+
+
+def cpu_esm(workdir: Path, proteins: list[str], nucleotides: list[str], repeats: int) -> dict:
+    checkpoint = write_demo_esm2(workdir / "esm2_t6_8M_UR50D.pt", seed=1, **ESM_8M_SHAPE)
+    tiny = write_demo_dnabert2(workdir / "tiny_dnabert", **TINY_DNABERT)
+    engines = {dtype: OnlyEngine(load_esm2(checkpoint, dtype=dtype),
+                                 load_dnabert2(tiny, dtype=dtype), only="esm")
+               for dtype in (torch.float32, torch.bfloat16)}
+    fair = fair_esm_original(checkpoint, proteins)
+    runs = {"fair_esm": fair,
+            "ours_fp32": lambda: engines[torch.float32].embed(nucleotides, proteins),
+            "ours_bf16": lambda: engines[torch.bfloat16].embed(nucleotides, proteins)}
+    seconds, results = interleaved(runs, repeats)
+    columns = slice(TINY_DNABERT["hidden"], None)
+    ours, low, theirs = (results[name][:, columns] if name != "fair_esm" else results[name]
+                         for name in ("ours_fp32", "ours_bf16", "fair_esm"))
+    tokens = esm_tokens(proteins)
+    return {
+        "model": "esm2_t6_8M shape (6 layers, 320 dim, 20 heads), random init, one checkpoint",
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": {name: round(tokens / min(s)) for name, s in seconds.items()},
+        "speedup_fp32": _ratio(seconds["fair_esm"], seconds["ours_fp32"]),
+        "speedup_bf16": _ratio(seconds["fair_esm"], seconds["ours_bf16"]),
+        "max_abs_diff_fp32_vs_fair_esm": float((ours - theirs).abs().max()),
+        "max_abs_diff_bf16_vs_fp32": float((low - ours).abs().max()),
+        "min_cosine_bf16_vs_fp32": float(torch.cosine_similarity(low, ours).min()),
+        "budget_tokens": engines[torch.float32].budgets.esm,
+    }
+
+
+def cpu_dnabert(workdir: Path, proteins: list[str], nucleotides: list[str],
+                repeats: int) -> dict:
+    directory = write_demo_dnabert2(workdir / "dnabert", **DNABERT_CPU_SHAPE)
+    tiny_esm = write_demo_esm2(workdir / "esm2_tiny.pt", layers=1, embed_dim=32, heads=4)
+    engines = {dtype: OnlyEngine(load_esm2(tiny_esm, dtype=dtype),
+                                 load_dnabert2(directory, dtype=dtype), only="dnabert")
+               for dtype in (torch.float32, torch.bfloat16)}
+    runs = {"one_at_a_time": dnabert_one_at_a_time(engines[torch.float32].dnabert, nucleotides),
+            "ours_batched_fp32": lambda: engines[torch.float32].embed(nucleotides, proteins),
+            "ours_batched_bf16": lambda: engines[torch.bfloat16].embed(nucleotides, proteins)}
+    seconds, results = interleaved(runs, repeats)
+    columns = slice(0, DNABERT_CPU_SHAPE["hidden"])
+    ours, low = (results[name][:, columns] for name in ("ours_batched_fp32", "ours_batched_bf16"))
+    frames = len(nucleotides)
+    return {
+        "model": "DNABERT-2 architecture, random init: " + ", ".join(
+            f"{k} {v}" for k, v in DNABERT_CPU_SHAPE.items()),
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_s": {name: round(frames / min(s), 1) for name, s in seconds.items()},
+        "speedup_fp32": _ratio(seconds["one_at_a_time"], seconds["ours_batched_fp32"]),
+        "speedup_bf16": _ratio(seconds["one_at_a_time"], seconds["ours_batched_bf16"]),
+        "max_abs_diff_batched_vs_one_at_a_time":
+            float((ours - results["one_at_a_time"]).abs().max()),
+        "min_cosine_bf16_vs_fp32": float(torch.cosine_similarity(low, ours).min()),
+        "budget_tokens": engines[torch.float32].budgets.dnabert,
+    }
+
+
+def cpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
+    nucleotides, proteins = make_frames(args.frames, workdir)
+    return {"mode": "cpu", "frames": len(proteins),
+            "mean_residues": round(statistics.mean(map(len, proteins)), 1),
+            "mean_nucleotides": round(statistics.mean(map(len, nucleotides)), 1),
+            "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+            "esm": cpu_esm(workdir, proteins, nucleotides, args.repeats),
+            "dnabert": cpu_dnabert(workdir, proteins, nucleotides, args.repeats)}
+
+
+# --------------------------------------------------------------------------- GPU mode
+
+
+def gpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
+    device = torch.device("cuda")
+    nucleotides, proteins = make_frames(args.frames, workdir)
+    load_s, esm = timed(lambda: random_esm2(device=device, dtype=torch.bfloat16), sync=True)
+    directory = write_demo_dnabert2(workdir / "dnabert_s", **DNABERT_S_SHAPE)
+    dnabert_load_s, dnabert = timed(lambda: load_dnabert2(directory, device, torch.bfloat16),
+                                    sync=True)
+    params = sum(p.numel() for p in esm.parameters())
+    budgets = {"esm_tokens": args.esm_tokens, "dnabert_tokens": args.dnabert_tokens}
+    engines = {only: OnlyEngine(esm, dnabert, only=only, **budgets) for only in ("esm", "dnabert")}
+    engines["both"] = EmbeddingEngine(esm, dnabert, **budgets)
+    warm = min(2000, len(proteins))
+    for engine in engines.values():  # CUDA context, kernels, allocator pools
+        engine.embed(nucleotides[:warm], proteins[:warm])
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds = {name: round(timed(lambda e=engine: e.embed(nucleotides, proteins), sync=True)[0], 3)
+               for name, engine in engines.items()}
+    tokens, frames = esm_tokens(proteins), len(proteins)
+    esm_rate = tokens / seconds["esm"]
+    return {
+        "mode": "gpu", "device": torch.cuda.get_device_name(device), "dtype": "bfloat16",
+        "frames": frames, "esm_tokens": tokens,
+        "mean_residues": round(statistics.mean(map(len, proteins)), 1),
+        "esm_model": "ESM-2 3B architecture (36 layers, 2560 dim, 40 heads), random init",
+        "esm_params": params,
+        "dnabert_model": "DNABERT-S architecture (12 layers, 768 hidden), random init",
+        "seconds": seconds,
+        "esm_tokens_per_s": round(esm_rate),
+        "esm_frames_per_s": round(frames / seconds["esm"], 1),
+        "mfu_vs_989_tflops": round(2 * params * esm_rate / H100_BF16_DENSE_FLOPS, 3),
+        "dnabert_frames_per_s": round(frames / seconds["dnabert"], 1),
+        "both_frames_per_s": round(frames / seconds["both"], 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+        "esm_build_s": round(load_s, 1), "dnabert_load_s": round(dnabert_load_s, 1),
+        "budgets": {"esm": engines["both"].budgets.esm,
+                    "dnabert": engines["both"].budgets.dnabert},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="GPU mode (needs CUDA)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames to embed (default 2000 on CPU, 60000 on GPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="CPU mode: interleaved repeats")
+    parser.add_argument("--esm-tokens", type=int, default=None,
+                        help="GPU mode: ESM-2 token budget (default: the engine's)")
+    parser.add_argument("--dnabert-tokens", type=int, default=None,
+                        help="GPU mode: DNABERT token budget (default: the engine's)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device")
+    args.frames = args.frames or (60_000 if args.gpu else 2_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = (gpu_mode if args.gpu else cpu_mode)(args, Path(tmp))
+    result.update(torch=torch.__version__, machine=platform.processor() or platform.machine(),
+                  date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(json.dumps(result, indent=2))
+    out = args.out or HERE / "results" / ("embed_gpu.json" if args.gpu else "embed.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Resumable shard embedding: interrupted runs finish with results identical to
+uninterrupted ones, every frame exactly once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucpro.checkpoint import CheckpointError, read_features
+from virnucpro.demo_models import write_demo_models
+from virnucpro.embed import EmbeddingEngine
+from virnucpro.resume import CheckpointSettings, embed_shard_resumable, partial_dir
+
+
+def write_shard(directory: Path, frames: int, seed: int = 0) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+    nuc, prot = directory / "s.fna", directory / "s.faa"
+    with open(nuc, "w") as n, open(prot, "w") as p:
+        for i in range(frames):
+            residues = rng.randint(20, 60)
+            p.write(f">f{i}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=residues))}\n")
+            n.write(f">f{i}\n{''.join(rng.choices('ACGT', k=3 * residues + 1))}\n")
+    return nuc, prot
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_demo_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def engine(models):
+    return EmbeddingEngine.from_config(models["esm"], models["dnabert"], device="cpu")
+
+
+class Interrupted(Exception):
+    pass
+
+
+class DyingEngine(EmbeddingEngine):
+    """Raises after `windows` windows, as a crash in the middle of a shard would."""
+
+    def __init__(self, base: EmbeddingEngine, windows: int) -> None:
+        super().__init__(base.esm, base.dnabert)
+        self.left = windows
+
+    def embed_windows(self, *args, **kwargs):
+        for item in super().embed_windows(*args, **kwargs):
+            if self.left == 0:
+                raise Interrupted
+            self.left -= 1
+            yield item
+
+
+SETTINGS = CheckpointSettings(frames=10, seconds=3600, window_frames=5)
+
+
+def run(engine, shard, out, settings=SETTINGS):
+    return embed_shard_resumable(*shard, out, out.with_suffix(".done"), engine, settings)
+
+
+def test_interrupted_run_resumes_to_identical_results(tmp_path, engine):
+    shard = write_shard(tmp_path, 47)
+    assert run(engine, shard, tmp_path / "clean.pt") == 47
+    clean = read_features(tmp_path / "clean.pt")
+
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(Interrupted):
+        run(DyingEngine(engine, windows=5), shard, out)  # 25 frames done, 20 saved
+    assert not out.exists() and not out.with_suffix(".done").exists()
+    saved = sorted(p.name for p in partial_dir(out).glob("batch_*.done"))
+    assert saved == ["batch_000000000000_000000000010.done", "batch_000000000010_000000000020.done"]
+    assert run(engine, shard, out) == 27  # only the frames after the saved batches
+    resumed = read_features(out)
+    assert resumed.ids == clean.ids and torch.equal(resumed.data, clean.data)
+    assert out.with_suffix(".done").read_text() == "47\n"
+    assert not partial_dir(out).exists()
+
+
+def test_crash_during_final_assembly_redoes_nothing(tmp_path, engine, monkeypatch):
+    shard = write_shard(tmp_path, 20)
+    out = tmp_path / "a.pt"
+
+    def crash(*args, **kwargs):
+        raise Interrupted
+    monkeypatch.setattr("virnucpro.resume.save_features", crash)
+    with pytest.raises(Interrupted):
+        run(engine, shard, out)
+    monkeypatch.undo()
+    # Every batch was saved before the crash: nothing is embedded again.
+    assert run(engine, shard, out) == 0
+    assert read_features(out).ids == [f"f{i}" for i in range(20)]
+
+
+def test_resume_refuses_partial_results_from_other_settings(tmp_path, engine):
+    shard = write_shard(tmp_path, 20)
+    out = tmp_path / "a.pt"
+    with pytest.raises(Interrupted):
+        run(DyingEngine(engine, windows=2), shard, out)
+    with pytest.raises(CheckpointError, match="different settings"):
+        run(engine, shard, out, CheckpointSettings(10, 3600, window_frames=2))
+    assert run(engine, shard, out, CheckpointSettings(10, 3600, 2, force_resume=True)) == 10
+
+
+def test_sigkill_of_the_cli_loses_at_most_one_interval(tmp_path, models):
+    shard = write_shard(tmp_path, 3000, seed=1)
+    out = tmp_path / "k.pt"
+    cmd = [sys.executable, "-m", "virnucpro.cli", "-q", "embed", "--nucleotide", shard[0],
+           "--protein", shard[1], "--esm-model", models["esm"], "--dnabert-model", models["dnabert"],
+           "--device", "cpu", "--checkpoint-frames", "200", "--out", out]
+    proc = subprocess.Popen(list(map(str, cmd)))
+    partial = partial_dir(out)
+    deadline = time.monotonic() + 120
+    while len(list(partial.glob("batch_*.done"))) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
+    assert saved >= 400
+    rerun = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    redone = int(rerun.stdout.split()[0].replace(",", ""))
+    assert redone == 3000 - saved  # nothing saved was embedded again
+    clean = tmp_path / "clean.pt"
+    subprocess.run(list(map(str, cmd[:-1] + [clean])), check=True)
+    a, b = read_features(out), read_features(clean)
+    assert a.ids == b.ids and torch.equal(a.data, b.data)

@@ -1,0 +1,58 @@
+"""prepare -> embed through real Snakemake runs, with the demo models made by the workflow."""
+
+import pytest
+import torch
+
+from conftest import run_cli
+from virnucpro.checkpoint import read_features
+from workflow_helpers import snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
+    fasta = reference / "prepare" / "test_fixed_500bp.fa"
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                          shard_size=3, models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
+                                                "dnabert": "resources/demo-models/dnabert2_demo"},
+                          embed={"device": "cpu"})
+    dry = snakemake(tmp_path, "-n", "--configfile", config)
+    assert dry.returncode == 0, dry.stdout
+    proc = snakemake(tmp_path, "--configfile", config, "--resources", "gpu=1")
+    assert proc.returncode == 0, proc.stdout
+    out = tmp_path / "out" / "s"
+    manifest = (out / "features" / "manifest.tsv").read_text().splitlines()
+    assert manifest[0] == "shard\tframes\tfeatures" and len(manifest) == 3  # 4 frames, 2 shards
+    models = tmp_path / "resources" / "demo-models"
+    for row in manifest[1:]:
+        shard, frames, features = row.split("\t")
+        table = read_features(tmp_path / features, expected_dim=64)
+        prepared = out / "prepare" / "shards" / shard
+        index = [l.split("\t")[0] for l in prepared.with_suffix(".index.tsv").read_text().splitlines()[1:]]
+        assert table.ids == index and len(index) == int(frames)
+        assert (out / "features" / f"{shard}.done").read_text() == f"{frames}\n"
+        assert not (out / "features" / f"{shard}.pt.partial").exists()
+        cli = tmp_path / f"{shard}.pt"
+        run_cli("embed", "--nucleotide", prepared.with_suffix(".fna"), "--protein",
+                prepared.with_suffix(".faa"), "--esm-model", models / "esm2_demo_t2_d32.pt",
+                "--dnabert-model", models / "dnabert2_demo", "--device", "cpu", "--out", cli, check=True)
+        assert torch.equal(read_features(cli).data, table.data)
+
+
+@pytest.mark.parametrize("missing", ["esm", "dnabert"])
+def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, missing):
+    fasta = reference / "prepare" / "test_with_orfs.fa"
+    models = {"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
+              "dnabert": "resources/demo-models/dnabert2_demo"}
+    models[missing] = str(tmp_path / {"esm": "esm2_t36_3B_UR50D.pt", "dnabert": "DNABERT-S"}[missing])
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", models=models)
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode != 0
+    log = (tmp_path / "out" / "logs" / f"download_{missing}.log").read_text()
+    expected = {"esm": f"copy esm2_t36_3B_UR50D.pt to {models['esm']} on this machine, or set "
+                       "models.esm in your config to a local .pt file",
+                "dnabert": "copy the model directory (config.json, model.safetensors or "
+                           f"pytorch_model.bin, tokenizer.json) to {models['dnabert']}, or set "
+                           "models.dnabert in your config to that directory"}[missing]
+    assert expected in log and "Traceback" not in log
+    assert not (tmp_path / models[missing]).exists()

@@ -1,0 +1,107 @@
+# Embed: one job per shard (one GPU, one model load), DNABERT-S + ESM-2 features.
+# Intra-shard checkpoints live in {shard}.pt.partial/, which is not a declared
+# output, so a rerun after a kill resumes instead of starting the shard over.
+
+
+rule demo_models:
+    output:
+        esm=f"{DEMO_MODELS}/esm2_demo_t2_d32.pt",
+        dnabert=directory(f"{DEMO_MODELS}/dnabert2_demo"),
+        manifest=f"{DEMO_MODELS}/models.json",
+    log:
+        f"{OUTDIR}/logs/demo_models.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/demo_models.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/demo_models.py"
+
+
+if not esm_checkpoint().startswith(DEMO_MODELS):
+
+    rule download_esm:
+        output:
+            esm_checkpoint(),
+        log:
+            f"{OUTDIR}/logs/download_esm.log",
+        benchmark:
+            f"{OUTDIR}/benchmarks/download_esm.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=120,
+        conda:
+            ENV
+        script:
+            "../scripts/download_models.py"
+
+
+if not config["models"]["dnabert"].startswith(DEMO_MODELS):
+
+    rule download_dnabert:
+        output:
+            directory(config["models"]["dnabert"]),
+        log:
+            f"{OUTDIR}/logs/download_dnabert.log",
+        benchmark:
+            f"{OUTDIR}/benchmarks/download_dnabert.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../scripts/download_models.py"
+
+
+rule embed:
+    input:
+        nucleotide=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.fna",
+        protein=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.faa",
+        prepared=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.done",
+        esm=esm_checkpoint(),
+        dnabert=config["models"]["dnabert"],
+    output:
+        features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
+        done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
+    params:
+        embed=config["embed"],
+        checkpoint=config["checkpoint"],
+    log:
+        f"{OUTDIR}/logs/embed/{{sample}}/{{shard}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/embed/{{sample}}/{{shard}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=config["embed"]["mem_mb"],
+        runtime=config["embed"]["runtime"],
+    conda:
+        ENV
+    script:
+        "../scripts/embed.py"
+
+
+rule embed_manifest:
+    input:
+        shard_features,
+    output:
+        f"{OUTDIR}/{{sample}}/features/manifest.tsv",
+    log:
+        f"{OUTDIR}/logs/embed_manifest/{{sample}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/embed_manifest/{{sample}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/embed_manifest.py"

@@ -1,0 +1,20 @@
+# Snakemake adapter: embed one shard with incremental checkpoints (logic in virnucpro.resume).
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from virnucpro.resume import CheckpointSettings, embed_shard_resumable
+from virnucpro.runner import run_step
+
+
+def embed(sm):
+    from virnucpro.embed import EmbeddingEngine
+
+    e, c = sm.params.embed, sm.params.checkpoint
+    engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"], e["dtype"],
+                                         e["esm_tokens"] or None, e["dnabert_tokens"] or None)
+    settings = CheckpointSettings(c["frames"], c["seconds"], c["window_frames"], c["force_resume"])
+    embed_shard_resumable(sm.input.nucleotide, sm.input.protein, sm.output.features,
+                          sm.output.done, engine, settings)
+
+
+run_step(snakemake.log[0], embed, snakemake)
