@@ -24,8 +24,10 @@ test: venv
 	$(BIN)/python -m pytest
 
 demo: venv
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 	@echo; echo "Prepare summary (results/prepare_summary.tsv):"; column -t results/prepare_summary.tsv
+	@echo; echo "Embedding (results/demo/features/manifest.tsv):"; column -t results/demo/features/manifest.tsv
+	@echo; $(BIN)/virnucpro status results
 
 lint: venv
 	$(BIN)/snakemake --lint
@@ -35,6 +37,8 @@ dryrun: venv
 
 bench: venv
 	$(BIN)/python bench/prepare.py
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/kill_resume.py
 
 clean:
 	rm -rf results .snakemake .test/results

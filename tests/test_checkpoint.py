@@ -125,9 +125,13 @@ def test_trusted_needs_sentinel_and_valid_file(tmp_path):
     assert not trusted(result, sentinel, registry)
     assert not sentinel.exists() and not result.exists()
     assert "not a torch zip container" in registry.read_text()
-    # skip_validation trusts the sentinel alone.
+    # skip_validation trusts the sentinel alone; "quick" checks the container only.
     sentinel.write_text("4\n")
-    assert trusted(result, sentinel, registry, skip_validation=True)
+    assert trusted(result, sentinel, registry, level="sentinel")
+    good(result)
+    assert trusted(result, sentinel, registry, level="quick")
+    result.write_bytes(b"")
+    assert not trusted(result, sentinel, registry, level="quick") and not sentinel.exists()
 
 
 def batches_of(ids, sizes):

@@ -165,19 +165,37 @@ def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike
     return aside
 
 
+def quick_problem(path: Path) -> str | None:
+    """Levels 1-2 only (no loading): cheap enough to run on every shard at DAG time."""
+    if not path.exists() or path.stat().st_size == 0:
+        return "missing or empty file"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "torch container without data.pkl"
+    except (zipfile.BadZipFile, OSError):
+        return "not a torch zip container (truncated or overwritten?)"
+    return None
+
+
 def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
-            skip_validation: bool = False) -> bool:
-    """Whether a finished result can be used as is.
+            level: str = "full") -> bool:
+    """Whether a finished result can be used as is (level: "full", "quick" or "sentinel").
 
     `.done` without a valid file: the file is moved aside, the `.done` removed,
     and False returned (the work is redone). A file without `.done`: False.
     """
     if not sentinel.exists():
         return False
-    if skip_validation:
+    if level == "sentinel":
         return True
     try:
-        read_features(result, expected_dim)
+        if level == "quick":
+            problem = quick_problem(result)
+            if problem:
+                raise CheckpointError(result, "corrupted", problem)
+        else:
+            read_features(result, expected_dim)
     except CheckpointError as exc:
         if exc.kind == "incompatible":
             raise
@@ -186,6 +204,18 @@ def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | No
         log.warning("removed %s: its result did not validate", sentinel)
         return False
     return True
+
+
+def validate_tree(directory: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """(path, "valid" | "corrupted" | "incompatible", reason) for every .pt file below."""
+    results = []
+    for path in sorted(Path(directory).rglob("*.pt")):
+        try:
+            read_features(path)
+            results.append((path, "valid", ""))
+        except CheckpointError as exc:
+            results.append((path, exc.kind, exc.reason))
+    return results
 
 
 # ---- intra-shard incremental checkpoints ------------------------------------

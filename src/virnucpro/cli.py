@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from virnucpro import __version__
+from virnucpro.errors import UsageError
 from virnucpro.prepare import CHUNK_SIZES, write_flat, write_shards
 from virnucpro.runner import call_reporting_errors, configure_logging
 
@@ -41,6 +42,30 @@ def _make_demo_models(args: argparse.Namespace) -> None:
 
     paths = write_demo_models(args.directory)
     print(f"--esm-model {paths['esm']} --dnabert-model {paths['dnabert']}")
+
+
+def _status(args: argparse.Namespace) -> None:
+    from virnucpro.status import run_progress
+
+    progress = run_progress(args.outdir)
+    if not progress:
+        raise UsageError(f"{args.outdir}: no samples found (is this the workflow's outdir?)")
+    for sample in progress:
+        print(sample.line())
+
+
+def _validate_checkpoints(args: argparse.Namespace) -> None:
+    from virnucpro.checkpoint import CheckpointError, validate_tree
+
+    results = validate_tree(args.directory)
+    for path, status, reason in results:
+        print(f"{status}\t{path}" + (f"\t{reason}" if reason else ""))
+    kinds = {status for _, status, _ in results} - {"valid"}
+    if kinds:
+        bad = sum(status != "valid" for _, status, _ in results)
+        raise CheckpointError(args.directory, "incompatible" if "incompatible" in kinds else
+                              "corrupted", f"{bad} of {len(results)} files are not valid")
+    print(f"all {len(results)} files valid")
 
 
 def _positive(text: str) -> int:
@@ -83,11 +108,25 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", metavar="DIR")
     p.set_defaults(func=_make_demo_models)
 
+    p = sub.add_parser("status", help="progress of a workflow run, per sample",
+                       description="Shards complete and frames saved in partial shards, per "
+                                   "sample, from the .done sentinels alone.")
+    p.add_argument("outdir", nargs="?", default="results", help="the workflow's outdir")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("validate-checkpoints", help="check every feature file under DIR",
+                       description="Load and validate every .pt file under DIR; print valid, "
+                                   "corrupted or incompatible per file. Exit status: 0 all valid, "
+                                   "75 some corrupted, 78 some incompatible.")
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(func=_validate_checkpoints)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virnucpro", description=__doc__)
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="chunk reads and select stop-free frames",
@@ -106,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(logging.WARNING if args.quiet else logging.INFO)
+    configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
     func: Callable[[argparse.Namespace], None] = args.func
     return call_reporting_errors(func, args)
 

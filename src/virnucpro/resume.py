@@ -93,7 +93,10 @@ def embed_shard_resumable(nucleotide_fasta: str | os.PathLike, protein_fasta: st
             first_window = -(-start // settings.window_frames)  # saved batches end on windows
             windows = engine.embed_windows(nucleotides, proteins, settings.window_frames,
                                            first_window)
+            embedded = start
             for _, rows in windows:
+                embedded += len(rows)
+                log.debug("embedded frames up to %d of %d", embedded, len(ids))
                 for batch in accumulator.add(rows):
                     writer.submit(batch)
                     data[batch.start:batch.stop] = batch.data

@@ -24,7 +24,10 @@ def call_reporting_errors(func: Callable[..., Any], *args: Any) -> int:
     """Call func; an expected failure becomes one error line and its exit status."""
     try:
         func(*args)
-    except VirNucProError as exc:
+    except Exception as exc:
+        if not isinstance(exc, VirNucProError):
+            log.exception("unexpected error (a bug: please report it with this log)")
+            return 1
         line = f"virnucpro: error: {exc.one_line()}"
         log.debug("%s", line)
         for handler in logging.getLogger().handlers:

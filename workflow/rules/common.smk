@@ -1,8 +1,10 @@
 # Shared helpers: paths and sample lookup.
 import os
+import sys
 import re
 from pathlib import Path
 
+sys.path.insert(0, f"{workflow.basedir}/../src")  # the virnucpro package, installed or not
 OUTDIR = config["outdir"].rstrip("/")
 SAMPLES = sorted(config["samples"])
 ENV = "../../envs/virnucpro.yaml"
@@ -40,8 +42,17 @@ def shard_names(sample):
     return sorted(p.name[: -len(".done")] for p in prepared.glob("shard_*.done"))
 
 
+FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
+
+
 def shard_features(wildcards):
-    return expand(
-        f"{OUTDIR}/{wildcards.sample}/features/{{shard}}.done",
-        shard=shard_names(wildcards.sample),
-    )
+    """Finished shard features; a .done whose file fails the quick check is removed
+    (the file moved aside and recorded) so that the shard is embedded again."""
+    from virnucpro.checkpoint import trusted
+
+    level = "sentinel" if config["checkpoint"]["skip_validation"] else "quick"
+    features = Path(OUTDIR, wildcards.sample, "features")
+    names = shard_names(wildcards.sample)
+    for name in names:
+        trusted(features / f"{name}.pt", features / f"{name}.done", Path(FAILED_REGISTRY), level=level)
+    return [str(features / f"{name}.done") for name in names]

@@ -71,8 +71,10 @@ rule embed:
         features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
         done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
     params:
-        embed=config["embed"],
-        checkpoint=config["checkpoint"],
+        # Only what changes the numbers: a changed param reruns finished shards
+        # (rerun-triggers). Batch sizes, memory and checkpoint intervals do not;
+        # the script reads them from the config.
+        dtype=config["embed"]["dtype"],
     log:
         f"{OUTDIR}/logs/embed/{{sample}}/{{shard}}.log",
     benchmark:

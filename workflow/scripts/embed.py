@@ -9,12 +9,13 @@ from virnucpro.runner import run_step
 def embed(sm):
     from virnucpro.embed import EmbeddingEngine
 
-    e, c = sm.params.embed, sm.params.checkpoint
-    engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"], e["dtype"],
+    e, c = sm.config["embed"], sm.config["checkpoint"]
+    engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"], sm.params.dtype,
                                          e["esm_tokens"] or None, e["dnabert_tokens"] or None)
     settings = CheckpointSettings(c["frames"], c["seconds"], c["window_frames"], c["force_resume"])
     embed_shard_resumable(sm.input.nucleotide, sm.input.protein, sm.output.features,
-                          sm.output.done, engine, settings)
+                          sm.output.done, engine, settings,
+                          f"{sm.config['outdir'].rstrip('/')}/failed_checkpoints.txt")
 
 
 run_step(snakemake.log[0], embed, snakemake)

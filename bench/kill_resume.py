@@ -1,0 +1,142 @@
+"""Crash-proof resume under fire: SIGKILL `virnucpro embed` at 20+ random points
+(some timed to land inside a checkpoint write or the final assembly), resume
+each time, and check that no frame is lost or duplicated and that the work
+redone after each kill stays within one checkpoint interval.
+
+    .venv/bin/python bench/kill_resume.py [--kills 24] [--frames 4000] [--interval 250]
+
+Results: printed, and saved to bench/results/kill_resume.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+from virnucpro.checkpoint import read_features  # noqa: E402
+from virnucpro.demo_models import write_demo_models  # noqa: E402
+from virnucpro.resume import partial_dir  # noqa: E402
+
+EMBEDDED = re.compile(r"embedded frames up to (\d+) of")
+
+
+def write_shard(directory: Path, frames: int) -> tuple[Path, Path]:
+    rng = random.Random(0)
+    nuc, prot = directory / "s.fna", directory / "s.faa"
+    with open(nuc, "w") as n, open(prot, "w") as p:
+        for i in range(frames):
+            k = rng.randint(30, 60)
+            p.write(f">f{i}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=k))}\n")
+            n.write(f">f{i}\n{''.join(rng.choices('ACGT', k=3 * k + 1))}\n")
+    return nuc, prot
+
+
+def saved_frames(out: Path) -> int:
+    return sum(int(p.read_text()) for p in partial_dir(out).glob("batch_*.done"))
+
+
+def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool:
+    """Wait for the kill point; False if the process finished first."""
+    partial = partial_dir(out)
+    deadline = time.monotonic() + delay
+    while proc.poll() is None:
+        if mode == "random" and time.monotonic() >= deadline:
+            return True
+        if mode == "checkpoint-write" and partial.is_dir() and any(partial.glob(".batch_*.tmp")):
+            return True
+        if mode == "final-assembly" and any(out.parent.glob(f".{out.name}.*.tmp")):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kills", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=4000)
+    parser.add_argument("--interval", type=int, default=250)
+    args = parser.parse_args()
+    rng = random.Random(42)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = write_demo_models(tmp / "models")
+        nuc, prot = write_shard(tmp, args.frames)
+
+        def command(out: Path) -> list[str]:
+            return [sys.executable, "-m", "virnucpro.cli", "-v", "embed", "--nucleotide", str(nuc),
+                    "--protein", str(prot), "--esm-model", str(models["esm"]),
+                    "--dnabert-model", str(models["dnabert"]), "--device", "cpu",
+                    "--checkpoint-frames", str(args.interval), "--out", str(out)]
+
+        clean = tmp / "clean.pt"
+        start = time.monotonic()
+        subprocess.run(command(clean), check=True, capture_output=True)
+        clean_seconds = time.monotonic() - start
+        expected = read_features(clean)
+
+        kills, chains, out = [], 0, None
+        modes = ["random", "random", "checkpoint-write", "final-assembly"]
+        while len(kills) < args.kills:
+            if out is None or (out.with_name(out.name + ".done")).exists():
+                chains += 1
+                out = tmp / f"run{chains}.pt"
+            mode = modes[len(kills) % len(modes)]
+            log = tmp / f"kill{len(kills)}.log"
+            with open(log, "w") as stderr:
+                proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=stderr)
+                landed = wait_for(proc, mode, out, rng.uniform(0.3, clean_seconds))
+                if not landed:
+                    continue  # finished before the kill point: try again
+                before = saved_frames(out)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            computed = max([int(m) for m in EMBEDDED.findall(log.read_text())], default=0)
+            after = saved_frames(out)
+            kills.append({"mode": mode, "saved_before_kill": before, "saved_after_kill": after,
+                          "computed_at_kill": computed,
+                          "redone": max(0, computed - after)})
+
+        # Finish every chain, then compare every result with the clean run.
+        lost = duplicated = mismatched = 0
+        for chain in range(1, chains + 1):
+            out = tmp / f"run{chain}.pt"
+            subprocess.run(command(out), check=True, capture_output=True)
+            table = read_features(out)
+            lost += len(set(expected.ids) - set(table.ids))
+            duplicated += len(table.ids) - len(set(table.ids))
+            mismatched += int(table.ids != expected.ids or not torch.equal(table.data, expected.data))
+
+    redone = [k["redone"] for k in kills]
+    result = {
+        "kills": len(kills), "chains": chains, "frames": args.frames,
+        "checkpoint_interval_frames": args.interval,
+        "kills_by_mode": {m: sum(k["mode"] == m for k in kills) for m in set(modes)},
+        "frames_lost": lost, "frames_duplicated": duplicated,
+        "results_differing_from_uninterrupted": mismatched,
+        "redone_frames_per_kill": {"max": max(redone), "mean": round(sum(redone) / len(redone), 1)},
+        "redone_within_one_interval": all(r <= args.interval for r in redone),
+        "clean_run_seconds": round(clean_seconds, 2),
+        "per_kill": kills,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "per_kill"}, indent=2))
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "kill_resume.json").write_text(json.dumps(result, indent=2) + "\n")
+    if lost or duplicated or mismatched:
+        sys.exit("FAILED: frames lost, duplicated or different after resume")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`virnucpro status` and `virnucpro validate-checkpoints` on real run directories."""
+
+import torch
+
+from conftest import run_cli
+from virnucpro.checkpoint import Batch, BatchWriter, save_features
+from virnucpro.prepare import write_shards
+
+
+def make_run(tmp_path, reference):
+    sample = tmp_path / "results" / "s"
+    write_shards(reference / "prepare" / "test_fixed_500bp.fa", 500, 1, sample / "prepare")
+    features = sample / "features"
+    features.mkdir()
+    save_features(features / "shard_000000.pt", ["a"], torch.zeros(1, 4))
+    (features / "shard_000000.done").write_text("1\n")
+    partial = features / "shard_000001.pt.partial"
+    partial.mkdir()
+    writer = BatchWriter(partial)
+    writer.submit(Batch(0, ["x", "y"], torch.ones(2, 4)))
+    writer.close()
+    return tmp_path / "results"
+
+
+def test_status_counts_shards_and_checkpointed_frames(tmp_path, reference):
+    outdir = make_run(tmp_path, reference)
+    proc = run_cli("status", outdir, check=True)
+    assert proc.stdout == "s: Progress: 1/4 shards complete, 2 frames checkpointed in partial shards\n"
+    empty = run_cli("status", tmp_path / "nothing")
+    assert empty.returncode == 64 and "no samples found" in empty.stderr
+
+
+def test_validate_checkpoints_reports_each_file_and_fails_on_bad_ones(tmp_path, reference):
+    outdir = make_run(tmp_path, reference)
+    good = run_cli("validate-checkpoints", outdir)
+    assert good.returncode == 0 and good.stdout.count("valid\t") == 2, good.stdout
+    bad = outdir / "s" / "features" / "shard_000002.pt"
+    bad.write_bytes(b"\x00" * 10)
+    future = outdir / "s" / "features" / "shard_000003.pt"
+    torch.save({"version": "3.0", "ids": [], "data": torch.zeros(0, 4)}, future)
+    proc = run_cli("validate-checkpoints", outdir)
+    assert proc.returncode == 78  # incompatible wins over corrupted
+    assert f"corrupted\t{bad}\tnot a torch zip container" in proc.stdout
+    assert f"incompatible\t{future}\twritten in format version 3.0" in proc.stdout
+    assert "2 of 4 files are not valid" in proc.stderr
+    future.unlink()
+    assert run_cli("validate-checkpoints", outdir).returncode == 75

@@ -1,0 +1,88 @@
+"""A real SIGKILL in the middle of a workflow run: resume redoes at most one
+checkpoint interval, and the results equal an uninterrupted run."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from virnucpro.checkpoint import read_features
+from workflow_helpers import SNAKEFILE, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+INTERVAL = 300
+
+
+def orf_reads(path, n, seed=0):
+    """Reads whose first frame is an open reading frame (every read gives a frame)."""
+    rng = random.Random(seed)
+    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+              if a + b + c not in ("TAA", "TAG", "TGA")]
+    with open(path, "w") as out:
+        for i in range(n):
+            out.write(f">r{i}\n{''.join(rng.choices(codons, k=50))}\n")
+
+
+def config_for(tmp_path, fasta):
+    return write_config(
+        tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=100000,
+        models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
+                "dnabert": "resources/demo-models/dnabert2_demo"},
+        embed={"device": "cpu"}, checkpoint={"frames": INTERVAL, "window_frames": 100})
+
+
+def test_sigkill_during_embedding_then_resume(tmp_path):
+    fasta = tmp_path / "reads.fa"
+    orf_reads(fasta, 6000)
+    work, clean = tmp_path / "killed", tmp_path / "clean"
+    work.mkdir()
+    clean.mkdir()
+    config = config_for(tmp_path, fasta)
+    # Models and prepare first, so that the kill lands in the embedding job.
+    assert snakemake(work, "out/prepare_summary.tsv", "--configfile", config).returncode == 0
+    assert snakemake(work, "resources/demo-models/models.json", "--configfile", config).returncode == 0
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(work),
+           "--cores", "2", "--configfile", str(config)]
+    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = work / "out" / "s" / "features" / "shard_000000.pt.partial"
+    deadline = time.monotonic() + 300
+    while len(list(partial.glob("batch_*.done"))) < 3:
+        assert runner.poll() is None and time.monotonic() < deadline, "finished before the kill"
+        time.sleep(0.01)
+    tree = psutil.Process(runner.pid).children(recursive=True) + [psutil.Process(runner.pid)]
+    assert any("embed.py" in " ".join(p.cmdline()) for p in tree[:-1])
+    for process in tree:  # the whole run dies at once, as on a node failure
+        os.kill(process.pid, signal.SIGKILL)
+    runner.wait()
+    time.sleep(0.2)
+    saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
+    frames = int((work / "out" / "s" / "prepare" / "shards" / "shard_000000.done").read_text())
+    assert INTERVAL * 3 <= saved < frames
+    assert not (work / "out" / "s" / "features" / "shard_000000.done").exists()
+
+    # A dry-run shows exactly what the resume will redo.
+    dry = snakemake(work, "-n", "--configfile", config)
+    assert dry.returncode == 0, dry.stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout[dry.stdout.index("Job stats"):], re.M))
+    assert jobs == {"embed": "1", "embed_manifest": "1", "all": "1", "total": "3"}
+    assert snakemake(work, "--unlock", "--configfile", config).returncode == 0
+    rerun = snakemake(work, "--configfile", config)
+    assert rerun.returncode == 0, rerun.stdout
+    log = (work / "out" / "logs" / "embed" / "s" / "shard_000000.log").read_text()
+    assert f"resuming after {saved} of {frames} frames" in log  # nothing saved is redone
+    assert f"embed done after" in log and f": {frames - saved:,} frames (" in log
+
+    assert snakemake(clean, "--configfile", config).returncode == 0
+    killed = read_features(work / "out" / "s" / "features" / "shard_000000.pt")
+    uninterrupted = read_features(clean / "out" / "s" / "features" / "shard_000000.pt")
+    assert killed.ids == uninterrupted.ids and len(set(killed.ids)) == frames
+    assert torch.equal(killed.data, uninterrupted.data)
+    assert not partial.exists()
