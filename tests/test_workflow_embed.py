@@ -5,7 +5,7 @@ import torch
 
 from conftest import run_cli
 from virnucpro.checkpoint import read_features
-from workflow_helpers import snakemake, write_config
+from workflow_helpers import job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +56,29 @@ def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, mi
                            "models.dnabert in your config to that directory"}[missing]
     assert expected in log and "Traceback" not in log
     assert not (tmp_path / models[missing]).exists()
+
+
+def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference):
+    fasta = reference / "prepare" / "test_fixed_500bp.fa"
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=3,
+                          models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
+                                  "dnabert": "resources/demo-models/dnabert2_demo"},
+                          embed={"device": "cpu"})
+    assert snakemake(tmp_path, "--configfile", config).returncode == 0
+    features = tmp_path / "out" / "s" / "features" / "shard_000001.pt"
+    good = read_features(features)
+    features.write_bytes(features.read_bytes()[:200])  # .done stays: it must not be trusted
+    dry = snakemake(tmp_path, "-n", "--configfile", config)
+    assert job_counts(dry.stdout) == {"embed_manifest": 1, "all": 1, "total": 2}, dry.stdout
+    first = snakemake(tmp_path, "--configfile", config)  # the consumer finds and reports it
+    assert first.returncode != 0
+    log = (tmp_path / "out" / "logs" / "embed_manifest" / "s.log").read_text()
+    assert "corrupted checkpoint: 1 shard result(s) did not validate (shard_000001.pt)" in log
+    assert not features.with_suffix(".done").exists()
+    dry = snakemake(tmp_path, "-n", "--configfile", config)
+    assert job_counts(dry.stdout)["embed"] == 1, dry.stdout  # exactly that shard is redone
+    assert snakemake(tmp_path, "--configfile", config).returncode == 0
+    assert torch.equal(read_features(features).data, good.data)
+    registry = (tmp_path / "out" / "failed_checkpoints.txt").read_text().splitlines()
+    assert len(registry) == 1 and registry[0].startswith("out/s/features/shard_000001.pt|not a torch zip")
+    assert len(list(features.parent.glob("shard_000001.pt.corrupted-*"))) == 1

@@ -3,7 +3,6 @@ checkpoint interval, and the results equal an uninterrupted run."""
 
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from virnucpro.checkpoint import read_features
-from workflow_helpers import SNAKEFILE, snakemake, write_config
+from workflow_helpers import SNAKEFILE, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 INTERVAL = 300
@@ -71,8 +70,7 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     # A dry-run shows exactly what the resume will redo.
     dry = snakemake(work, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout[dry.stdout.index("Job stats"):], re.M))
-    assert jobs == {"embed": "1", "embed_manifest": "1", "all": "1", "total": "3"}
+    assert job_counts(dry.stdout) == {"embed": 1, "embed_manifest": 1, "all": 1, "total": 3}
     assert snakemake(work, "--unlock", "--configfile", config).returncode == 0
     rerun = snakemake(work, "--configfile", config)
     assert rerun.returncode == 0, rerun.stdout

@@ -24,3 +24,13 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
            str(workdir), "--cores", "2", *map(str, args)]
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry-run, as {rule: count}."""
+    import re
+
+    if "Job stats:" not in output:
+        return {}
+    table = output[output.index("Job stats:"):]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}

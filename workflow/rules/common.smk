@@ -46,13 +46,12 @@ FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
 
 
 def shard_features(wildcards):
-    """Finished shard features; a .done whose file fails the quick check is removed
-    (the file moved aside and recorded) so that the shard is embedded again."""
-    from virnucpro.checkpoint import trusted
-
-    level = "sentinel" if config["checkpoint"]["skip_validation"] else "quick"
-    features = Path(OUTDIR, wildcards.sample, "features")
+    """Feature files and sentinels of every shard of a sample. The feature files are
+    inputs too, so a result modified after its job finished (newer mtime) makes its
+    consumers rerun -- and they validate what they read."""
     names = shard_names(wildcards.sample)
-    for name in names:
-        trusted(features / f"{name}.pt", features / f"{name}.done", Path(FAILED_REGISTRY), level=level)
-    return [str(features / f"{name}.done") for name in names]
+    features = f"{OUTDIR}/{wildcards.sample}/features"
+    return {
+        "features": [f"{features}/{name}.pt" for name in names],
+        "done": [f"{features}/{name}.done" for name in names],
+    }

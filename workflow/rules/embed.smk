@@ -92,9 +92,11 @@ rule embed:
 
 rule embed_manifest:
     input:
-        shard_features,
+        unpack(shard_features),
     output:
         f"{OUTDIR}/{{sample}}/features/manifest.tsv",
+    params:
+        registry=FAILED_REGISTRY,
     log:
         f"{OUTDIR}/logs/embed_manifest/{{sample}}.log",
     benchmark:
