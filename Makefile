@@ -26,7 +26,8 @@ test: venv
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 	@echo; echo "Prepare summary (results/prepare_summary.tsv):"; column -t results/prepare_summary.tsv
-	@echo; echo "Embedding (results/demo/features/manifest.tsv):"; column -t results/demo/features/manifest.tsv
+	@echo; echo "Per-read summary (first rows of results/demo/summary.tsv):"; head -6 results/demo/summary.tsv | column -t
+	@echo; echo "Calls:"; cat results/demo/counts.json | head -6
 	@echo; $(BIN)/virnucpro status results
 
 lint: venv

@@ -5,7 +5,7 @@ import torch
 
 from conftest import run_cli
 from virnucpro.checkpoint import read_features
-from workflow_helpers import job_counts, snakemake, write_config
+from workflow_helpers import DEMO_MODELS, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -13,20 +13,19 @@ pytestmark = pytest.mark.slow
 def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
     config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
-                          shard_size=3, models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
-                                                "dnabert": "resources/demo-models/dnabert2_demo"},
+                          shard_size=3, models=DEMO_MODELS,
                           embed={"device": "cpu"})
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
     proc = snakemake(tmp_path, "--configfile", config, "--resources", "gpu=1")
     assert proc.returncode == 0, proc.stdout
     out = tmp_path / "out" / "s"
-    manifest = (out / "features" / "manifest.tsv").read_text().splitlines()
-    assert manifest[0] == "shard\tframes\tfeatures" and len(manifest) == 3  # 4 frames, 2 shards
+    sentinels = sorted((out / "features").glob("shard_*.done"))
+    assert [p.stem for p in sentinels] == ["shard_000000", "shard_000001"]  # 4 frames, 3 per shard
     models = tmp_path / "resources" / "demo-models"
-    for row in manifest[1:]:
-        shard, frames, features = row.split("\t")
-        table = read_features(tmp_path / features, expected_dim=64)
+    for sentinel in sentinels:
+        shard, frames = sentinel.stem, sentinel.read_text().strip()
+        table = read_features(sentinel.with_suffix(".pt"), expected_dim=64)
         prepared = out / "prepare" / "shards" / shard
         index = [l.split("\t")[0] for l in prepared.with_suffix(".index.tsv").read_text().splitlines()[1:]]
         assert table.ids == index and len(index) == int(frames)
@@ -42,8 +41,7 @@ def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
 @pytest.mark.parametrize("missing", ["esm", "dnabert"])
 def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, missing):
     fasta = reference / "prepare" / "test_with_orfs.fa"
-    models = {"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
-              "dnabert": "resources/demo-models/dnabert2_demo"}
+    models = dict(DEMO_MODELS)
     models[missing] = str(tmp_path / {"esm": "esm2_t36_3B_UR50D.pt", "dnabert": "DNABERT-S"}[missing])
     config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", models=models)
     proc = snakemake(tmp_path, "--configfile", config)
@@ -61,24 +59,29 @@ def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, mi
 def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
     config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=3,
-                          models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
-                                  "dnabert": "resources/demo-models/dnabert2_demo"},
-                          embed={"device": "cpu"})
-    assert snakemake(tmp_path, "--configfile", config).returncode == 0
+                          models=DEMO_MODELS, embed={"device": "cpu"})
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert snakemake(clean, "--configfile", config).returncode == 0
+    # Embed only, then damage one result while its .done stays: it must not be trusted.
+    assert snakemake(tmp_path, "out/prepare_summary.tsv", "--configfile", config).returncode == 0
+    done = [f"out/s/features/shard_00000{i}.done" for i in (0, 1)]
+    assert snakemake(tmp_path, *done, "--configfile", config).returncode == 0
     features = tmp_path / "out" / "s" / "features" / "shard_000001.pt"
-    good = read_features(features)
-    features.write_bytes(features.read_bytes()[:200])  # .done stays: it must not be trusted
-    dry = snakemake(tmp_path, "-n", "--configfile", config)
-    assert job_counts(dry.stdout) == {"embed_manifest": 1, "all": 1, "total": 2}, dry.stdout
+    features.write_bytes(features.read_bytes()[:200])
     first = snakemake(tmp_path, "--configfile", config)  # the consumer finds and reports it
     assert first.returncode != 0
-    log = (tmp_path / "out" / "logs" / "embed_manifest" / "s.log").read_text()
-    assert "corrupted checkpoint: 1 shard result(s) did not validate (shard_000001.pt)" in log
+    log = (tmp_path / "out" / "logs" / "classify" / "s" / "shard_000001.log").read_text()
+    assert "virnucpro: error: out/s/features/shard_000001.pt: corrupted checkpoint: not a torch zip " \
+        "container" in log
     assert not features.with_suffix(".done").exists()
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert job_counts(dry.stdout)["embed"] == 1, dry.stdout  # exactly that shard is redone
     assert snakemake(tmp_path, "--configfile", config).returncode == 0
-    assert torch.equal(read_features(features).data, good.data)
+    assert torch.equal(read_features(features).data,
+                       read_features(clean / "out" / "s" / "features" / "shard_000001.pt").data)
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv"):
+        assert (tmp_path / "out" / "s" / name).read_text() == (clean / "out" / "s" / name).read_text()
     registry = (tmp_path / "out" / "failed_checkpoints.txt").read_text().splitlines()
     assert len(registry) == 1 and registry[0].startswith("out/s/features/shard_000001.pt|not a torch zip")
     assert len(list(features.parent.glob("shard_000001.pt.corrupted-*"))) == 1

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from virnucpro.checkpoint import read_features
-from workflow_helpers import SNAKEFILE, job_counts, snakemake, write_config
+from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 INTERVAL = 300
@@ -32,8 +32,7 @@ def orf_reads(path, n, seed=0):
 def config_for(tmp_path, fasta):
     return write_config(
         tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=100000,
-        models={"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
-                "dnabert": "resources/demo-models/dnabert2_demo"},
+        models=DEMO_MODELS,
         embed={"device": "cpu"}, checkpoint={"frames": INTERVAL, "window_frames": 100})
 
 
@@ -70,7 +69,8 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     # A dry-run shows exactly what the resume will redo.
     dry = snakemake(work, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
-    assert job_counts(dry.stdout) == {"embed": 1, "embed_manifest": 1, "all": 1, "total": 3}
+    assert job_counts(dry.stdout) == {"embed": 1, "classify": 1, "aggregate": 1, "sample_report": 1,
+                                      "all": 1, "total": 5}
     assert snakemake(work, "--unlock", "--configfile", config).returncode == 0
     rerun = snakemake(work, "--configfile", config)
     assert rerun.returncode == 0, rerun.stdout

@@ -34,3 +34,8 @@ def job_counts(output: str) -> dict[str, int]:
         return {}
     table = output[output.index("Job stats:"):]
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+DEMO_MODELS = {"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
+               "dnabert": "resources/demo-models/dnabert2_demo",
+               "classifier": "resources/demo-models/classifier.pth"}

@@ -178,6 +178,24 @@ def quick_problem(path: Path) -> str | None:
     return None
 
 
+def read_trusted(result: Path, sentinel: Path, registry: Path,
+                 expected_dim: int | None = None) -> FeatureTable:
+    """read_features for a consumer: a corrupted result is moved aside and its
+    `.done` removed before the error propagates, so the next run redoes it."""
+    try:
+        return read_features(result, expected_dim)
+    except CheckpointError as exc:
+        if exc.kind == "corrupted":
+            _discard(result, sentinel, exc.reason, registry)
+        raise
+
+
+def _discard(result: Path, sentinel: Path, reason: str, registry: Path) -> None:
+    quarantine(result, reason, registry)
+    sentinel.unlink(missing_ok=True)
+    log.warning("removed %s: its result did not validate", sentinel)
+
+
 def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
             level: str = "full") -> bool:
     """Whether a finished result can be used as is (level: "full", "quick" or "sentinel").
@@ -189,19 +207,16 @@ def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | No
         return False
     if level == "sentinel":
         return True
+    if level == "quick":
+        problem = quick_problem(result)
+        if problem:
+            _discard(result, sentinel, problem, registry)
+        return problem is None
     try:
-        if level == "quick":
-            problem = quick_problem(result)
-            if problem:
-                raise CheckpointError(result, "corrupted", problem)
-        else:
-            read_features(result, expected_dim)
+        read_trusted(result, sentinel, registry, expected_dim)
     except CheckpointError as exc:
         if exc.kind == "incompatible":
             raise
-        quarantine(result, exc.reason, registry)
-        sentinel.unlink(missing_ok=True)
-        log.warning("removed %s: its result did not validate", sentinel)
         return False
     return True
 

@@ -44,6 +44,14 @@ def _make_demo_models(args: argparse.Namespace) -> None:
     print(f"--esm-model {paths['esm']} --dnabert-model {paths['dnabert']}")
 
 
+def _classify(args: argparse.Namespace) -> None:
+    from virnucpro.classify import classify_run
+
+    counts = classify_run(args.features, args.prepared, args.model, args.outdir)
+    print(f"{counts['reads']:,} reads: {counts['virus']:,} virus, {counts['non-virus']:,} non-virus, "
+          f"{counts['no_coding_frame']:,} without a stop-free frame -> {args.outdir}")
+
+
 def _status(args: argparse.Namespace) -> None:
     from virnucpro.status import run_progress
 
@@ -66,6 +74,26 @@ def _validate_checkpoints(args: argparse.Namespace) -> None:
         raise CheckpointError(args.directory, "incompatible" if "incompatible" in kinds else
                               "corrupted", f"{bad} of {len(results)} files are not valid")
     print(f"all {len(results)} files valid")
+
+
+def _convert_model(args: argparse.Namespace) -> None:
+    from virnucpro.models.classifier import convert_model, sidecar_path
+
+    described = convert_model(args.input, args.output)
+    print(f"{described['architecture']} {described['input_dim']} -> {described['hidden_dim']} -> "
+          f"{described['num_class']} -> {args.output} (+ {sidecar_path(args.output)})")
+
+
+def _add_convert_model_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-model", help="convert a classifier .pth to .safetensors",
+                       description="Load a VirNucPro classifier safely (the published whole-"
+                                   "module 300_model.pth / 500_model.pth, a state dict .pth or "
+                                   ".safetensors; a file that would run code is refused) and "
+                                   "write OUT (.safetensors, the original parameter names) and "
+                                   "OUT.json (architecture, sizes, sha256 of IN).")
+    p.add_argument("input", metavar="IN", help="classifier file to convert")
+    p.add_argument("output", metavar="OUT", help="the .safetensors file to write")
+    p.set_defaults(func=_convert_model)
 
 
 def _positive(text: str) -> int:
@@ -108,6 +136,17 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", metavar="DIR")
     p.set_defaults(func=_make_demo_models)
 
+    p = sub.add_parser("classify", help="score feature files and write the result tables",
+                       description="Score shard feature files with the VirNucPro classifier and "
+                                   "write prediction_results.txt, prediction_results_highestscore.csv "
+                                   "and summary.tsv (one row per read) into OUTDIR.")
+    p.add_argument("--features", nargs="+", required=True, help="shard feature files (shard_N.pt)")
+    p.add_argument("--prepared", required=True,
+                   help="the prepare directory of the sample (reads.tsv, shards/*.index.tsv)")
+    p.add_argument("--model", required=True, help="classifier: published .pth or .safetensors")
+    p.add_argument("--outdir", required=True)
+    p.set_defaults(func=_classify)
+
     p = sub.add_parser("status", help="progress of a workflow run, per sample",
                        description="Shards complete and frames saved in partial shards, per "
                                    "sample, from the .done sentinels alone.")
@@ -140,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the workflow layout (shards of this many frames) instead")
     p.set_defaults(func=_prepare)
     _add_embed_parsers(sub)
+    _add_convert_model_parser(sub)
     return parser
 
 

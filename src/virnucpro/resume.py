@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from virnucpro.atomic import atomic_open, write_sentinel
-from virnucpro.checkpoint import (FAILED_REGISTRY, Accumulator, BatchWriter, CheckpointError,
-                                  PartialShard, checkpoint_policy, save_features, trusted)
+from virnucpro.atomic import write_sentinel
+from virnucpro.checkpoint import (FAILED_REGISTRY, Accumulator, BatchWriter, PartialShard,
+                                  checkpoint_policy, save_features)
 from virnucpro.embed import EmbeddingEngine, read_frames
 
 log = logging.getLogger("virnucpro")
@@ -109,27 +109,3 @@ def embed_shard_resumable(nucleotide_fasta: str | os.PathLike, protein_fasta: st
     write_sentinel(done, f"{len(ids)}\n")
     partial.clear()
     return len(ids) - start
-
-
-def write_manifest(sentinels: list[str | os.PathLike], out: str | os.PathLike,
-                   registry: str | os.PathLike, level: str = "quick") -> None:
-    """shard, frames, features file: one row per finished shard.
-
-    Every shard's result is checked first (see checkpoint.trusted): a bad one is
-    moved aside and its `.done` removed, and the step fails with the corrupted-
-    checkpoint exit status, so that the next run embeds that shard again.
-    """
-    rows = ["shard\tframes\tfeatures"]
-    bad = []
-    for sentinel in map(Path, sentinels):
-        features = sentinel.with_suffix(".pt")
-        frames = sentinel.read_text().strip()
-        if not trusted(features, sentinel, Path(registry), level=level):
-            bad.append(features.name)
-        rows.append(f"{sentinel.stem}\t{frames}\t{features}")
-    if bad:
-        raise CheckpointError(Path(out).parent, "corrupted",
-                              f"{len(bad)} shard result(s) did not validate ({', '.join(bad[:5])}); "
-                              f"moved aside and recorded in {registry}; rerun to embed them again")
-    with atomic_open(out, "w") as handle:
-        handle.write("\n".join(rows) + "\n")

@@ -36,6 +36,11 @@ def esm_checkpoint():
     return esm if esm.endswith(".pt") else f"{TORCH_HUB}/checkpoints/{esm}.pt"
 
 
+def prepared_reads(wildcards):
+    """reads.tsv of a sample, once its prepare checkpoint has run."""
+    return f"{checkpoints.prepare.get(sample=wildcards.sample).output[0]}/reads.tsv"
+
+
 def shard_names(sample):
     """Shards of a sample, known once its prepare checkpoint has run."""
     prepared = Path(checkpoints.prepare.get(sample=sample).output[0]) / "shards"
@@ -45,13 +50,8 @@ def shard_names(sample):
 FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
 
 
-def shard_features(wildcards):
-    """Feature files and sentinels of every shard of a sample. The feature files are
-    inputs too, so a result modified after its job finished (newer mtime) makes its
-    consumers rerun -- and they validate what they read."""
-    names = shard_names(wildcards.sample)
-    features = f"{OUTDIR}/{wildcards.sample}/features"
-    return {
-        "features": [f"{features}/{name}.pt" for name in names],
-        "done": [f"{features}/{name}.done" for name in names],
-    }
+def shard_scores(wildcards):
+    return [
+        f"{OUTDIR}/{wildcards.sample}/scores/{name}.tsv"
+        for name in shard_names(wildcards.sample)
+    ]

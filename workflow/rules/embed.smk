@@ -7,6 +7,7 @@ rule demo_models:
     output:
         esm=f"{DEMO_MODELS}/esm2_demo_t2_d32.pt",
         dnabert=directory(f"{DEMO_MODELS}/dnabert2_demo"),
+        classifier=f"{DEMO_MODELS}/classifier.pth",
         manifest=f"{DEMO_MODELS}/models.json",
     log:
         f"{OUTDIR}/logs/demo_models.log",
@@ -88,24 +89,3 @@ rule embed:
         ENV
     script:
         "../scripts/embed.py"
-
-
-rule embed_manifest:
-    input:
-        unpack(shard_features),
-    output:
-        f"{OUTDIR}/{{sample}}/features/manifest.tsv",
-    params:
-        registry=FAILED_REGISTRY,
-    log:
-        f"{OUTDIR}/logs/embed_manifest/{{sample}}.log",
-    benchmark:
-        f"{OUTDIR}/benchmarks/embed_manifest/{{sample}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../scripts/embed_manifest.py"

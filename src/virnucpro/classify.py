@@ -1,0 +1,221 @@
+"""Classify shard features with the MLP, and aggregate scores per frame, chunk and read.
+
+Data flow: one scores file per shard (frame_id, read_index, chunk, score1,
+score2), then one streaming pass per sample over reads.tsv and the scores files
+(both in input order) writes:
+
+- prediction_results.txt: the original's per-frame table (Sequence_ID,
+  Prediction, score1 = P(others), score2 = P(virus)); scores printed as the
+  original prints numpy float32 values. Frames in input order (the original's
+  order depended on os.listdir).
+- prediction_results_highestscore.csv (tab-separated, as the original): per
+  chunk, Modified_ID = Sequence_ID minus its last 2 characters, Is_Virus =
+  max(score2) >= max(score1) over the chunk's frames; rows sorted by
+  Modified_ID as pandas' groupby sorts them (merged across shards, streaming).
+- summary.tsv: one row per input read, in input order, none missing (see
+  SUMMARY_COLUMNS for how the per-read call is made).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from virnucpro.atomic import atomic_open
+from virnucpro.checkpoint import read_trusted
+from virnucpro.errors import InputError
+from virnucpro.models.classifier import MLPClassifier
+
+SCORES_HEADER = "frame_id\tread_index\tchunk\tscore1\tscore2\n"
+PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
+SUMMARY_COLUMNS = ("read_id", "length", "chunks", "frames", "best_virus_score", "read_score",
+                   "virus_chunks", "call")
+"""summary.tsv, one row per read:
+- best_virus_score: max P(virus) over the read's frames;
+- read_score: mean over the read's chunks with frames of the chunk's max P(virus);
+- virus_chunks: chunks called virus by the original rule (max score2 >= max score1);
+- call: no_coding_frame when the read has no stop-free frame, else virus when at
+  least half of its scored chunks are virus chunks (for a one-chunk read: the
+  original's chunk call), else non-virus."""
+
+
+def _float32_text(values: np.ndarray) -> list[str]:
+    """As the original prints scores: str() of numpy float32 (shortest round-trip)."""
+    return [str(v) for v in values.astype(np.float32)]
+
+
+def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifier: MLPClassifier,
+                out: str | os.PathLike, registry: str | os.PathLike) -> int:
+    """Score one shard's frames; write its scores file atomically; return the frame count.
+
+    A corrupted feature file is moved aside and its `.done` removed (exit 75): the
+    next run embeds the shard again.
+    """
+    features = Path(features)
+    table = read_trusted(features, features.with_suffix(".done"), Path(registry),
+                         expected_dim=classifier.input_dim)
+    with open(index) as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    if [r[0] for r in rows] != table.ids:
+        raise InputError(features, f"frame IDs differ from the shard index {index}",
+                         "the features do not belong to this shard; delete them and rerun")
+    probabilities = classifier.predict_proba(table.data).numpy()
+    score1, score2 = _float32_text(probabilities[:, 0]), _float32_text(probabilities[:, 1])
+    with atomic_open(out, "w") as handle:
+        handle.write(SCORES_HEADER)
+        handle.writelines(f"{r[0]}\t{r[1]}\t{r[2]}\t{s1}\t{s2}\n"
+                          for r, s1, s2 in zip(rows, score1, score2))
+    return len(rows)
+
+
+@dataclass
+class FrameScore:
+    frame_id: str
+    read_index: int
+    chunk: int
+    score1: str
+    score2: str
+
+    @property
+    def is_virus(self) -> bool:
+        # torch.max picks the first maximum: a tie is "others", as in the original.
+        return float(self.score2) > float(self.score1)
+
+
+def _frames(score_files: list[str | os.PathLike]) -> Iterator[FrameScore]:
+    for path in score_files:
+        with open(path) as handle:
+            next(handle)
+            for line in handle:
+                f, r, c, s1, s2 = line.rstrip("\n").split("\t")
+                yield FrameScore(f, int(r), int(c), s1, s2)
+
+
+def _chunk_rows(score_files: list[str | os.PathLike]
+                ) -> Iterator[Iterator[tuple[str, float, float]]]:
+    """(Modified_ID, max score1, max score2) per chunk and shard, each shard sorted."""
+    for path in score_files:
+        best: dict[str, list[float]] = {}
+        for frame in _frames([path]):
+            key = frame.frame_id[:-2]
+            s1, s2 = float(frame.score1), float(frame.score2)
+            if key in best:
+                best[key][0] = max(best[key][0], s1)
+                best[key][1] = max(best[key][1], s2)
+            else:
+                best[key] = [s1, s2]
+        yield iter(sorted((k, v[0], v[1]) for k, v in best.items()))
+
+
+def _highest_score_rows(score_files: list[str | os.PathLike]) -> Iterator[str]:
+    """Sorted across shards by a k-way merge; a chunk split over two shards is combined."""
+    current: list | None = None
+    for key, s1, s2 in heapq.merge(*_chunk_rows(score_files)):
+        if current is not None and current[0] == key:
+            current[1], current[2] = max(current[1], s1), max(current[2], s2)
+            continue
+        if current is not None:
+            yield f"{current[0]}\t{current[2] >= current[1]}\n"
+        current = [key, s1, s2]
+    if current is not None:
+        yield f"{current[0]}\t{current[2] >= current[1]}\n"
+
+
+def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
+               ) -> Iterator[tuple[list[str], list[FrameScore]]]:
+    """Each read's reads.tsv fields with its frames (both streams are in input order)."""
+    frames = _frames(score_files)
+    pending = next(frames, None)
+    with open(reads_tsv) as handle:
+        next(handle)
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            index = int(fields[0])
+            mine = []
+            while pending is not None and pending.read_index == index:
+                mine.append(pending)
+                pending = next(frames, None)
+            if len(mine) != int(fields[4]):
+                raise InputError(reads_tsv, f"read #{index + 1} has {fields[4]} frames but "
+                                 f"{len(mine)} scores", "the scores are stale; delete them and rerun",
+                                 fields[1])
+            yield fields, mine
+    if pending is not None:
+        raise InputError(reads_tsv, f"a score for read index {pending.read_index} has no read",
+                         "the scores are stale; delete them and rerun")
+
+
+def _summary_row(fields: list[str], frames: list[FrameScore]) -> tuple[str, dict]:
+    read_id, length, chunks = fields[1], fields[2], fields[3]
+    if not frames:
+        return f"{read_id}\t{length}\t{chunks}\t0\tNA\tNA\t0\tno_coding_frame\n", {"call": "no_coding_frame"}
+    per_chunk: dict[int, list[float]] = {}
+    for f in frames:
+        s1, s2 = float(f.score1), float(f.score2)
+        best = per_chunk.setdefault(f.chunk, [s1, s2])
+        best[0], best[1] = max(best[0], s1), max(best[1], s2)
+    virus_chunks = sum(s2 >= s1 for s1, s2 in per_chunk.values())
+    best_virus = max(float(f.score2) for f in frames)
+    read_score = sum(s2 for _, s2 in per_chunk.values()) / len(per_chunk)
+    call = "virus" if 2 * virus_chunks >= len(per_chunk) else "non-virus"
+    row = (f"{read_id}\t{length}\t{chunks}\t{len(frames)}\t{best_virus:.6g}\t{read_score:.6g}\t"
+           f"{virus_chunks}\t{call}\n")
+    return row, {"call": call, "best": best_virus}
+
+
+def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
+              outdir: str | os.PathLike) -> dict:
+    """Write the three per-sample result files; return counts for the report."""
+    outdir = Path(outdir)
+    counts = {"reads": 0, "frames": 0, "virus": 0, "non-virus": 0, "no_coding_frame": 0}
+    histogram = np.zeros(20, dtype=np.int64)
+    with atomic_open(outdir / "prediction_results.txt", "w") as prediction, \
+            atomic_open(outdir / "summary.tsv", "w") as summary:
+        prediction.write(PREDICTION_HEADER)
+        summary.write("\t".join(SUMMARY_COLUMNS) + "\n")
+        for fields, frames in _read_rows(reads_tsv, score_files):
+            for f in frames:
+                prediction.write(f"{f.frame_id}\t{'virus' if f.is_virus else 'others'}\t"
+                                 f"{f.score1}\t{f.score2}\n")
+            row, info = _summary_row(fields, frames)
+            summary.write(row)
+            counts["reads"] += 1
+            counts["frames"] += len(frames)
+            counts[info["call"]] += 1
+            if "best" in info:
+                histogram[min(int(info["best"] * 20), 19)] += 1
+    with atomic_open(outdir / "prediction_results_highestscore.csv", "w") as highest:
+        highest.write(HIGHEST_HEADER)
+        highest.writelines(_highest_score_rows(score_files))
+    counts["best_virus_score_histogram"] = histogram.tolist()
+    with atomic_open(outdir / "counts.json", "w") as handle:
+        json.dump(counts, handle, indent=2)
+    return counts
+
+
+def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
+                 model: str | os.PathLike, outdir: str | os.PathLike) -> dict:
+    """The classification stage alone: score each shard's features (shard_N.pt is
+    matched with prepared/shards/shard_N.index.tsv), then aggregate per sample."""
+    from virnucpro.checkpoint import FAILED_REGISTRY
+    from virnucpro.models.classifier import load_classifier
+
+    outdir, prepared = Path(outdir), Path(prepared)
+    (outdir / "scores").mkdir(parents=True, exist_ok=True)
+    classifier = load_classifier(model)
+    score_files = []
+    for path in sorted(map(Path, features)):
+        index = prepared / "shards" / f"{path.stem}.index.tsv"
+        if not index.exists():
+            raise InputError(path, f"no shard index {index}",
+                             "give --prepared the prepare directory these features came from")
+        score_files.append(outdir / "scores" / f"{path.stem}.tsv")
+        score_shard(path, index, classifier, score_files[-1], outdir / FAILED_REGISTRY)
+    return aggregate(prepared / "reads.tsv", score_files, outdir)

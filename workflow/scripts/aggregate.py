@@ -1,0 +1,10 @@
+# Snakemake adapter: per-sample result files from the shard scores (logic in virnucpro.classify).
+import sys
+from pathlib import Path
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from virnucpro.classify import aggregate
+from virnucpro.runner import run_step
+
+run_step(snakemake.log[0], aggregate, snakemake.input.reads, list(snakemake.input.scores),
+         Path(snakemake.output.summary).parent)

@@ -1,0 +1,16 @@
+# Snakemake adapter: score one shard with the classifier (logic in virnucpro.classify).
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from virnucpro.runner import run_step
+
+
+def classify(sm):
+    from virnucpro.classify import score_shard
+    from virnucpro.models.classifier import load_classifier
+
+    score_shard(sm.input.features, sm.input.index, load_classifier(sm.input.model), sm.output[0],
+                sm.params.registry)
+
+
+run_step(snakemake.log[0], classify, snakemake)
