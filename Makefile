@@ -25,10 +25,12 @@ test: venv
 
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
+	$(BIN)/snakemake --report results/report.html
 	@echo; echo "Prepare summary (results/prepare_summary.tsv):"; column -t results/prepare_summary.tsv
 	@echo; echo "Per-read summary (first rows of results/demo/summary.tsv):"; head -6 results/demo/summary.tsv | column -t
 	@echo; echo "Calls:"; cat results/demo/counts.json | head -6
 	@echo; $(BIN)/virnucpro status results
+	@echo; echo "Report: results/report.html"
 
 lint: venv
 	$(BIN)/snakemake --lint

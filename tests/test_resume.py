@@ -135,3 +135,26 @@ def test_sigkill_of_the_cli_loses_at_most_one_interval(tmp_path, models):
     subprocess.run(list(map(str, cmd[:-1] + [clean])), check=True)
     a, b = read_features(out), read_features(clean)
     assert a.ids == b.ids and torch.equal(a.data, b.data)
+
+
+def test_sigterm_flushes_the_writer_and_the_run_resumes(tmp_path, models):
+    shard = write_shard(tmp_path, 3000, seed=2)
+    out = tmp_path / "t.pt"
+    cmd = list(map(str, [sys.executable, "-m", "virnucpro.cli", "-q", "embed", "--nucleotide",
+                         shard[0], "--protein", shard[1], "--esm-model", models["esm"],
+                         "--dnabert-model", models["dnabert"], "--device", "cpu",
+                         "--checkpoint-frames", "200", "--out", out]))
+    proc = subprocess.Popen(cmd)
+    partial = partial_dir(out)
+    deadline = time.monotonic() + 120
+    while not list(partial.glob("batch_*.done")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 128 + signal.SIGTERM
+    # Every batch the writer had been handed is on disk with its sentinel; no temp file is left.
+    batches = sorted(partial.glob("batch_*.pt"))
+    assert batches and all(b.with_suffix(".done").exists() for b in batches)
+    assert not list(partial.glob(".*.tmp"))
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert read_features(out).ids == [f"f{i}" for i in range(3000)]
