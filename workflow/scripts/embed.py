@@ -7,6 +7,16 @@ from virnucpro.runner import run_step
 
 
 def embed(sm):
+    from virnucpro.gpu import gpu_lease
+
+    # The lease (and CUDA_VISIBLE_DEVICES) must be in place before CUDA starts. An
+    # explicit device (cpu, cuda:N) is used as given.
+    leased = sm.config["embed"]["device"] in ("auto", "cuda")
+    with gpu_lease(None if leased else []):
+        embed_on_device(sm)
+
+
+def embed_on_device(sm):
     from virnucpro.embed import EmbeddingEngine
 
     e, c = sm.config["embed"], sm.config["checkpoint"]
