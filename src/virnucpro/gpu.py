@@ -68,7 +68,9 @@ def gpu_lease(devices: list[str] | None = None, lock_dir: str | os.PathLike | No
                 handle.write(f"{os.getpid()}\n")
                 handle.flush()
                 os.environ["CUDA_VISIBLE_DEVICES"] = device
-                log.info("GPU lease: device %s (pid %d)", device, os.getpid())
+                slurm = os.environ.get("SLURM_JOB_ID")
+                log.info("GPU lease: device %s (pid %d%s)", device, os.getpid(),
+                         f", SLURM job {slurm}" if slurm else "")
                 yield device
             finally:
                 handle.close()  # releases the lock
