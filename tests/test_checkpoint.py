@@ -8,7 +8,7 @@ import torch
 
 from virnucpro.checkpoint import (EXIT_CORRUPTED, EXIT_INCOMPATIBLE, Accumulator, Batch, BatchWriter,
                                   CheckpointError, PartialShard, checkpoint_policy, quarantine,
-                                  read_features, save_features, trusted)
+                                  frames_checkpointed, read_features, read_trusted, save_features)
 
 
 def good(path, n=4, d=6, **meta):
@@ -115,23 +115,27 @@ def test_quarantine_moves_aside_and_records(tmp_path):
     assert recorded == str(path) and reason == "not a torch zip container" and stamp.startswith("20")
 
 
-def test_trusted_needs_sentinel_and_valid_file(tmp_path):
+def test_a_consumer_moves_a_corrupt_result_aside_and_removes_its_sentinel(tmp_path):
     registry = tmp_path / "failed_checkpoints.txt"
     result, sentinel = good(tmp_path / "s.pt"), tmp_path / "s.done"
-    assert not trusted(result, sentinel, registry)  # file without .done: redo
     sentinel.write_text("4\n")
-    assert trusted(result, sentinel, registry)
+    assert read_trusted(result, sentinel, registry).ids == ["f0", "f1", "f2", "f3"]
     result.write_bytes(result.read_bytes()[:100])  # .done without a valid file
-    assert not trusted(result, sentinel, registry)
+    with pytest.raises(CheckpointError, match="not a torch zip container"):
+        read_trusted(result, sentinel, registry)
     assert not sentinel.exists() and not result.exists()
     assert "not a torch zip container" in registry.read_text()
-    # skip_validation trusts the sentinel alone; "quick" checks the container only.
-    sentinel.write_text("4\n")
-    assert trusted(result, sentinel, registry, level="sentinel")
-    good(result)
-    assert trusted(result, sentinel, registry, level="quick")
-    result.write_bytes(b"")
-    assert not trusted(result, sentinel, registry, level="quick") and not sentinel.exists()
+
+
+def test_skip_validation_trusts_the_data_but_still_checks_the_container(tmp_path):
+    path = tmp_path / "nan.pt"
+    torch.save({"version": "1.0", "ids": ["a", "a"], "data": torch.full((2, 3), float("nan"))}, path)
+    assert read_features(path, validate=False).ids == ["a", "a"]
+    with pytest.raises(CheckpointError, match="duplicate ID"):
+        read_features(path)
+    path.write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a torch zip"):
+        read_features(path, validate=False)
 
 
 def batches_of(ids, sizes):
@@ -153,7 +157,7 @@ def test_resume_loads_marked_batches_and_stops_at_the_first_bad_one(tmp_path):
     partial = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt")
     assert partial.resume(ids) == []
     write_batches(partial.directory, batches_of(ids, [5, 5, 5, 5]))
-    assert partial.frames_saved() == 20
+    assert frames_checkpointed(partial.directory) == 20
     # Batch 3 loses its sentinel (killed between file and .done); batch 4 is then orphaned.
     (partial.directory / "batch_000000000010_000000000015.done").unlink()
     loaded = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt").resume(ids)

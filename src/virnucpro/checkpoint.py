@@ -136,11 +136,18 @@ def _check_structure(path: Path, table: FeatureTable, expected_dim: int | None) 
         raise CheckpointError(path, "corrupted", "non-finite values (NaN or inf)")
 
 
-def read_features(path: str | os.PathLike, expected_dim: int | None = None) -> FeatureTable:
-    """Load and fully validate a feature file; raises CheckpointError."""
+def read_features(path: str | os.PathLike, expected_dim: int | None = None,
+                  validate: bool = True) -> FeatureTable:
+    """Load and validate a feature file; raises CheckpointError.
+
+    validate=False (config checkpoint.skip_validation) skips the structure checks
+    that scan the data (unique IDs, finite values); the container, the layout and
+    the version are always checked, since loading needs them.
+    """
     path = Path(path)
     table = _as_table(path, _load(path))
-    _check_structure(path, table, expected_dim)
+    if validate:
+        _check_structure(path, table, expected_dim)
     return table
 
 
@@ -165,60 +172,29 @@ def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike
     return aside
 
 
-def quick_problem(path: Path) -> str | None:
-    """Levels 1-2 only (no loading): cheap enough to run on every shard at DAG time."""
-    if not path.exists() or path.stat().st_size == 0:
-        return "missing or empty file"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
-                return "torch container without data.pkl"
-    except (zipfile.BadZipFile, OSError):
-        return "not a torch zip container (truncated or overwritten?)"
-    return None
+def read_trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
+                 validate: bool = True) -> FeatureTable:
+    """read_features for a consumer of a finished result (one with a `.done`).
 
-
-def read_trusted(result: Path, sentinel: Path, registry: Path,
-                 expected_dim: int | None = None) -> FeatureTable:
-    """read_features for a consumer: a corrupted result is moved aside and its
-    `.done` removed before the error propagates, so the next run redoes it."""
+    A corrupted result is moved aside and its `.done` removed before the error
+    propagates (exit 75), so that the next run redoes that work.
+    """
     try:
-        return read_features(result, expected_dim)
+        return read_features(result, expected_dim, validate)
     except CheckpointError as exc:
         if exc.kind == "corrupted":
-            _discard(result, sentinel, exc.reason, registry)
+            quarantine(result, exc.reason, registry)
+            sentinel.unlink(missing_ok=True)
+            log.warning("removed %s: its result did not validate", sentinel)
         raise
 
 
-def _discard(result: Path, sentinel: Path, reason: str, registry: Path) -> None:
-    quarantine(result, reason, registry)
-    sentinel.unlink(missing_ok=True)
-    log.warning("removed %s: its result did not validate", sentinel)
-
-
-def trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
-            level: str = "full") -> bool:
-    """Whether a finished result can be used as is (level: "full", "quick" or "sentinel").
-
-    `.done` without a valid file: the file is moved aside, the `.done` removed,
-    and False returned (the work is redone). A file without `.done`: False.
-    """
-    if not sentinel.exists():
-        return False
-    if level == "sentinel":
-        return True
-    if level == "quick":
-        problem = quick_problem(result)
-        if problem:
-            _discard(result, sentinel, problem, registry)
-        return problem is None
-    try:
-        read_trusted(result, sentinel, registry, expected_dim)
-    except CheckpointError as exc:
-        if exc.kind == "incompatible":
-            raise
-        return False
-    return True
+def frames_checkpointed(directory: Path) -> int:
+    """Frames in marked batches of a partial shard, from file names alone (fast)."""
+    if not directory.is_dir():
+        return 0
+    return sum(int(m.group(2)) - int(m.group(1)) for entry in os.scandir(directory)
+               if (m := _BATCH_DONE.match(entry.name)))
 
 
 def validate_tree(directory: str | os.PathLike) -> list[tuple[Path, str, str]]:
@@ -259,6 +235,7 @@ class Batch:
 
 
 _BATCH = re.compile(r"batch_(\d{12})_(\d{12})\.pt$")
+_BATCH_DONE = re.compile(r"batch_(\d{12})_(\d{12})\.done$")
 
 
 class PartialShard:
@@ -339,13 +316,6 @@ class PartialShard:
             quarantine(path, "frame IDs do not match the shard", self.registry)
             return "frame IDs do not match the shard"
         return None
-
-    def frames_saved(self) -> int:
-        """Frames in marked batches, from file names alone (for `virnucpro status`)."""
-        if not self.directory.is_dir():
-            return 0
-        return sum(int(m.group(2)) - int(m.group(1)) for p in self.directory.iterdir()
-                   if (m := _BATCH.match(p.name)) and p.with_suffix(".done").exists())
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

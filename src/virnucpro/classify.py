@@ -52,7 +52,7 @@ def _float32_text(values: np.ndarray) -> list[str]:
 
 
 def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifier: MLPClassifier,
-                out: str | os.PathLike, registry: str | os.PathLike) -> int:
+                out: str | os.PathLike, registry: str | os.PathLike, validate: bool = True) -> int:
     """Score one shard's frames; write its scores file atomically; return the frame count.
 
     A corrupted feature file is moved aside and its `.done` removed (exit 75): the
@@ -60,7 +60,7 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     """
     features = Path(features)
     table = read_trusted(features, features.with_suffix(".done"), Path(registry),
-                         expected_dim=classifier.input_dim)
+                         classifier.input_dim, validate)
     with open(index) as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]
     if [r[0] for r in rows] != table.ids:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_BATCH_DONE = re.compile(r"batch_(\d{12})_(\d{12})\.done$")
+from virnucpro.checkpoint import frames_checkpointed
 
 
 @dataclass
@@ -32,11 +31,8 @@ def sample_progress(sample_dir: Path) -> SampleProgress:
     shards = _names(sample_dir / "prepare" / "shards", ".done")
     features = sample_dir / "features"
     done = _names(features, ".done") & shards
-    checkpointed = 0
-    for partial in _names(features, ".pt.partial") - done:
-        for entry in os.scandir(features / f"{partial}.pt.partial"):
-            if match := _BATCH_DONE.match(entry.name):
-                checkpointed += int(match.group(2)) - int(match.group(1))
+    checkpointed = sum(frames_checkpointed(features / f"{partial}.pt.partial")
+                       for partial in _names(features, ".pt.partial") - done)
     return SampleProgress(sample_dir.name, len(shards), len(done), checkpointed)
 
 
