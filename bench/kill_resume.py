@@ -32,8 +32,9 @@ from virnucpro.resume import partial_dir  # noqa: E402
 EMBEDDED = re.compile(r"embedded frames up to (\d+) of")
 
 
-def write_shard(directory: Path, frames: int) -> tuple[Path, Path]:
-    rng = random.Random(0)
+def write_shard(directory: Path, frames: int, seed: int = 0) -> tuple[Path, Path]:
+    """A shard of random frames (30-60 residues) with IDs f0, f1, ... (also used by tests)."""
+    rng = random.Random(seed)
     nuc, prot = directory / "s.fna", directory / "s.faa"
     with open(nuc, "w") as n, open(prot, "w") as p:
         for i in range(frames):

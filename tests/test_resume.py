@@ -4,31 +4,19 @@ uninterrupted ones, every frame exactly once."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from kill_resume import write_shard
 from virnucpro.checkpoint import CheckpointError, read_features
 from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import EmbeddingEngine
 from virnucpro.resume import CheckpointSettings, embed_shard_resumable, partial_dir
-
-
-def write_shard(directory: Path, frames: int, seed: int = 0) -> tuple[Path, Path]:
-    rng = random.Random(seed)
-    nuc, prot = directory / "s.fna", directory / "s.faa"
-    with open(nuc, "w") as n, open(prot, "w") as p:
-        for i in range(frames):
-            residues = rng.randint(20, 60)
-            p.write(f">f{i}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=residues))}\n")
-            n.write(f">f{i}\n{''.join(rng.choices('ACGT', k=3 * residues + 1))}\n")
-    return nuc, prot
 
 
 @pytest.fixture(scope="module")
