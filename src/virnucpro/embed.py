@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -40,11 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from virnucpro.errors import InputError, MissingInputError, UsageError, VirNucProError
 from virnucpro.models.dnabert2 import DnaBert2Encoder, load_dnabert2
 from virnucpro.models.esm2 import MAX_RESIDUES, Esm2Encoder, load_esm2
+from virnucpro.progress import Progress
 
 log = logging.getLogger("virnucpro")
 
@@ -256,39 +255,6 @@ class _Loader:
         self.close()
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """Frames and ESM tokens done: a bar on a terminal, a log line every LOG_EVERY_S."""
-
-    def __init__(self, total_frames: int) -> None:
-        self.total = total_frames
-        self.start = self._last_log = time.monotonic()
-        self.frames = self.esm_tokens = 0
-        self._bar = tqdm(total=total_frames, unit="frame", desc="embed", leave=False,
-                         disable=not sys.stderr.isatty())
-
-    def add(self, frames: int, esm_tokens: int) -> None:
-        self.frames += frames
-        self.esm_tokens += esm_tokens
-        self._bar.update(frames)
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            log.info("embed: %s", self.rates())
-
-    def rates(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        return (f"{self.frames:,} frames ({self.frames / elapsed:,.1f}/s), "
-                f"{self.esm_tokens:,} ESM tokens ({self.esm_tokens / elapsed:,.0f}/s)")
-
-    def close(self) -> None:
-        self._bar.close()
-        state = "done" if self.frames == self.total else "stopped"
-        log.info("embed %s after %.1f s: %s", state, time.monotonic() - self.start, self.rates())
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -398,7 +364,8 @@ class EmbeddingEngine:
         Window k holds frames k*window_frames .. (k+1)*window_frames - 1, rows in input order.
         """
         total = _check_windows(nucleotides, proteins, window_frames, start_window)
-        progress = _Progress(total)
+        progress = Progress("embed", total, unit="frame", log_every_s=LOG_EVERY_S)
+        done = {"frames": 0, "ESM tokens": 0}
         pending: list[tuple[_Model, torch.Tensor, torch.Tensor]] = []
         batches = self._staged_batches(nucleotides, proteins, window_frames, start_window)
         try:
@@ -412,9 +379,11 @@ class EmbeddingEngine:
                     result = self._embed_batch(item.model, item.inputs)
                     pending.append((item.model, item.rows, self._to_host(result)))
                     if item.model.name == "esm":
-                        progress.add(len(item.rows), item.tokens)
+                        done["frames"] += len(item.rows)
+                        done["ESM tokens"] += item.tokens
+                        progress.update(done["frames"], **done)
         finally:
-            progress.close()
+            progress.close(**done)
 
     def forward_batch(self, model: str, inputs: tuple[torch.Tensor, torch.Tensor]
                       ) -> torch.Tensor:
