@@ -63,20 +63,32 @@ class PreparedBlock:
     def _read_id(self) -> Field:
         return Field(self.reads.text, self.reads.id_start, self.reads.id_length)
 
+    @cached_property
+    def _chunk_numbers(self) -> range:
+        """1..the highest chunk number of the block (tables of ID suffixes are built over it)."""
+        return range(1, int(self.chunks.number.max()) + 1 if len(self.chunks) else 1)
+
     def _chunk_suffix(self, end: bytes) -> Field:
         """'_chunk_{k}' + end for every chunk, from a table of the distinct texts."""
-        top = int(self.chunks.number.max()) if len(self.chunks) else 0
-        return lookup([b"_chunk_%d%s" % (k, end) for k in range(1, top + 1)], self.chunks.number - 1)
+        return lookup([b"_chunk_%d%s" % (k, end) for k in self._chunk_numbers], self.chunks.number - 1)
 
     def _frame_text(self, pattern: bytes) -> Field:
         """pattern % (chunk number, frame tag) for every kept frame, from a table."""
-        top = int(self.chunks.number.max()) if len(self.chunks) else 0
-        texts = [pattern % (k, tag) for k in range(1, top + 1) for tag in FRAME_TAGS]
+        texts = [pattern % (k, tag) for k in self._chunk_numbers for tag in FRAME_TAGS]
         return lookup(texts, (self.chunks.number[self.frames.chunk] - 1) * 6 + self.frames.frame)
 
     @cached_property
     def _frame_read(self) -> np.ndarray:
         return self.chunks.record[self.frames.chunk]
+
+    @cached_property
+    def _frame_read_id(self) -> Field:
+        return self._read_id.take(self._frame_read)
+
+    @cached_property
+    def _frame_header(self) -> list[Field]:
+        """'>' + frame ID + newline, shared by the nucleotide and protein FASTA."""
+        return [_GT, self._frame_read_id, self._frame_text(b"_chunk_%d%s\n")]
 
     @cached_property
     def frames_per_read(self) -> np.ndarray:
@@ -88,8 +100,7 @@ class PreparedBlock:
                     len(self.chunks))
 
     def _frames_fasta(self, sequences: Field) -> Rows:
-        return Rows([_GT, self._read_id.take(self._frame_read), self._frame_text(b"_chunk_%d%s\n"),
-                     sequences, _NL], len(self.frames))
+        return Rows([*self._frame_header, sequences, _NL], len(self.frames))
 
     def nucleotide_fasta(self) -> Rows:
         return self._frames_fasta(from_buffer(self.frames.nucleotide, self.frames.nucleotide_ends))
@@ -98,7 +109,7 @@ class PreparedBlock:
         return self._frames_fasta(from_buffer(self.frames.protein, self.frames.protein_ends))
 
     def index_tsv(self) -> Rows:
-        return Rows([self._read_id.take(self._frame_read), self._frame_text(b"_chunk_%d%s\t"),
+        return Rows([self._frame_read_id, self._frame_text(b"_chunk_%d%s\t"),
                      decimal(self.read_index0 + self._frame_read), self._frame_text(b"\t%d\t%s\n")],
                     len(self.frames))
 
