@@ -19,10 +19,12 @@ score2), then one streaming pass per sample over reads.tsv and the scores files
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -98,34 +100,30 @@ def _frames(score_files: list[str | os.PathLike]) -> Iterator[FrameScore]:
                 yield FrameScore(f, int(r), int(c), s1, s2)
 
 
+def _chunk_maxima(frames: Iterable[FrameScore], key: Callable[[FrameScore], Hashable]
+                  ) -> dict[Hashable, tuple[float, float]]:
+    """(max score1, max score2) over the frames of each chunk, chunks named by `key`."""
+    best: dict[Hashable, tuple[float, float]] = {}
+    for frame in frames:
+        name, s1, s2 = key(frame), float(frame.score1), float(frame.score2)
+        b1, b2 = best.get(name, (s1, s2))
+        best[name] = (max(b1, s1), max(b2, s2))
+    return best
+
+
 def _chunk_rows(score_files: list[str | os.PathLike]
                 ) -> Iterator[Iterator[tuple[str, float, float]]]:
     """(Modified_ID, max score1, max score2) per chunk and shard, each shard sorted."""
     for path in score_files:
-        best: dict[str, list[float]] = {}
-        for frame in _frames([path]):
-            key = frame.frame_id[:-2]
-            s1, s2 = float(frame.score1), float(frame.score2)
-            if key in best:
-                best[key][0] = max(best[key][0], s1)
-                best[key][1] = max(best[key][1], s2)
-            else:
-                best[key] = [s1, s2]
-        yield iter(sorted((k, v[0], v[1]) for k, v in best.items()))
+        maxima = _chunk_maxima(_frames([path]), lambda frame: frame.frame_id[:-2])
+        yield iter(sorted((key, s1, s2) for key, (s1, s2) in maxima.items()))
 
 
 def _highest_score_rows(score_files: list[str | os.PathLike]) -> Iterator[str]:
     """Sorted across shards by a k-way merge; a chunk split over two shards is combined."""
-    current: list | None = None
-    for key, s1, s2 in heapq.merge(*_chunk_rows(score_files)):
-        if current is not None and current[0] == key:
-            current[1], current[2] = max(current[1], s1), max(current[2], s2)
-            continue
-        if current is not None:
-            yield f"{current[0]}\t{current[2] >= current[1]}\n"
-        current = [key, s1, s2]
-    if current is not None:
-        yield f"{current[0]}\t{current[2] >= current[1]}\n"
+    for key, group in itertools.groupby(heapq.merge(*_chunk_rows(score_files)), key=itemgetter(0)):
+        rows = list(group)
+        yield f"{key}\t{max(r[2] for r in rows) >= max(r[1] for r in rows)}\n"
 
 
 def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
@@ -156,11 +154,7 @@ def _summary_row(fields: list[str], frames: list[FrameScore]) -> tuple[str, dict
     read_id, length, chunks = fields[1], fields[2], fields[3]
     if not frames:
         return f"{read_id}\t{length}\t{chunks}\t0\tNA\tNA\t0\tno_coding_frame\n", {"call": "no_coding_frame"}
-    per_chunk: dict[int, list[float]] = {}
-    for f in frames:
-        s1, s2 = float(f.score1), float(f.score2)
-        best = per_chunk.setdefault(f.chunk, [s1, s2])
-        best[0], best[1] = max(best[0], s1), max(best[1], s2)
+    per_chunk = _chunk_maxima(frames, lambda frame: frame.chunk)
     virus_chunks = sum(s2 >= s1 for s1, s2 in per_chunk.values())
     best_virus = max(float(f.score2) for f in frames)
     read_score = sum(s2 for _, s2 in per_chunk.values()) / len(per_chunk)
