@@ -285,22 +285,22 @@ class PartialShard:
         for start, stop, path in files:
             sentinel = path.with_suffix(".done")
             if not stopped:
-                problem = self._batch_problem(path, sentinel, start, stop, expected, ids)
-                if problem is None:
-                    table = read_features(path)
-                    batches.append(Batch(start, table.ids, table.data))
+                loaded = self._load_batch(path, sentinel, start, stop, expected, ids)
+                if isinstance(loaded, Batch):
+                    batches.append(loaded)
                     expected = stop
                     continue
                 stopped = True
-                log.warning("resume of %s stops at %s: %s", self.directory, path.name, problem)
+                log.warning("resume of %s stops at %s: %s", self.directory, path.name, loaded)
             if sentinel.exists():
                 sentinel.unlink()
             if path.exists():
                 path.unlink()
         return batches
 
-    def _batch_problem(self, path: Path, sentinel: Path, start: int, stop: int, expected: int,
-                       ids: list[str]) -> str | None:
+    def _load_batch(self, path: Path, sentinel: Path, start: int, stop: int, expected: int,
+                    ids: list[str]) -> Batch | str:
+        """The batch, or why it cannot be used (a corrupt file is quarantined)."""
         if start != expected:
             return f"gap before frame {start} (expected a batch starting at {expected})"
         if not sentinel.exists():
@@ -315,7 +315,7 @@ class PartialShard:
         if table.ids != ids[start:stop]:
             quarantine(path, "frame IDs do not match the shard", self.registry)
             return "frame IDs do not match the shard"
-        return None
+        return Batch(start, table.ids, table.data)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
