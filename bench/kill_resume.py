@@ -25,7 +25,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-from virnucpro.checkpoint import read_features  # noqa: E402
+from virnucpro.checkpoint import frames_checkpointed, read_features  # noqa: E402
 from virnucpro.demo_models import write_demo_models  # noqa: E402
 from virnucpro.resume import partial_dir  # noqa: E402
 
@@ -42,10 +42,6 @@ def write_shard(directory: Path, frames: int, seed: int = 0) -> tuple[Path, Path
             p.write(f">f{i}\n{''.join(rng.choices('ACDEFGHIKLMNPQRSTVWY', k=k))}\n")
             n.write(f">f{i}\n{''.join(rng.choices('ACGT', k=3 * k + 1))}\n")
     return nuc, prot
-
-
-def saved_frames(out: Path) -> int:
-    return sum(int(p.read_text()) for p in partial_dir(out).glob("batch_*.done"))
 
 
 def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool:
@@ -100,11 +96,11 @@ def main() -> None:
                 landed = wait_for(proc, mode, out, rng.uniform(0.3, clean_seconds))
                 if not landed:
                     continue  # finished before the kill point: try again
-                before = saved_frames(out)
+                before = frames_checkpointed(partial_dir(out))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
             computed = max([int(m) for m in EMBEDDED.findall(log.read_text())], default=0)
-            after = saved_frames(out)
+            after = frames_checkpointed(partial_dir(out))
             kills.append({"mode": mode, "saved_before_kill": before, "saved_after_kill": after,
                           "computed_at_kill": computed,
                           "redone": max(0, computed - after)})
