@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from virnucpro.errors import InputError, MissingInputError
+from virnucpro.errors import ModelError
 from virnucpro.models.dnabert2 import (
     DnaBert2Encoder,
     alibi_slopes,
@@ -216,7 +216,7 @@ def test_missing_weights_names_the_directory(demo_dir: Path, tmp_path: Path) -> 
     broken = tmp_path / "no-weights"
     shutil.copytree(demo_dir, broken)
     (broken / "model.safetensors").unlink()
-    with pytest.raises(MissingInputError) as error:
+    with pytest.raises(ModelError) as error:
         load_dnabert2(broken)
     assert str(broken) in str(error.value)
     assert "model.safetensors" in str(error.value)
@@ -229,7 +229,7 @@ def test_missing_encoder_key_is_an_error(demo_dir: Path, tmp_path: Path) -> None
     del state["encoder.layer.1.mlp.wo.weight"]
     (broken / "model.safetensors").unlink()
     torch.save(state, broken / "pytorch_model.bin")
-    with pytest.raises(InputError, match="encoder.layer.1.mlp.wo.weight") as error:
+    with pytest.raises(ModelError, match="encoder.layer.1.mlp.wo.weight") as error:
         load_dnabert2(broken)
     assert str(broken) in str(error.value)
 

@@ -4,6 +4,7 @@ Exit statuses (also in README "When things go wrong"):
   65  bad input data (EX_DATAERR): the message names the file, the record and what to do
   66  an input file is missing or unreadable (EX_NOINPUT)
   64  bad usage or configuration (EX_USAGE)
+  66  also: a model file is missing, unreadable, refused or of the wrong architecture
 """
 
 from __future__ import annotations
@@ -45,3 +46,15 @@ class MissingInputError(InputError):
 
 class UsageError(VirNucProError):
     exit_code = EXIT_USAGE
+
+
+class ModelError(VirNucProError):
+    """A model is missing, unreadable, refused or of the wrong architecture."""
+
+    exit_code = EXIT_NOINPUT
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

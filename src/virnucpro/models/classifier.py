@@ -47,7 +47,7 @@ from torch import nn
 
 from virnucpro.atomic import atomic_open
 from virnucpro.errors import UsageError
-from virnucpro.models.esm2 import ModelError, _one_line
+from virnucpro.errors import ModelError, one_line
 
 ARCHITECTURE = "VirNucPro MLPClassifier"
 NUM_CLASSES = 2  # column 0: others, column 1: virus
@@ -256,7 +256,7 @@ def _tensor_records(obj: Any, path: Path) -> dict[str, _TensorRecord]:
         records = _module_tensors(obj) if isinstance(obj, _ModuleRecord) else obj
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: not a VirNucPro classifier: malformed pickled module "
-                         f"({_one_line(exc)})") from None
+                         f"({one_line(exc)})") from None
     if not (isinstance(records, dict) and records
             and all(isinstance(k, str) and isinstance(v, _TensorRecord)
                     for k, v in records.items())):
@@ -322,7 +322,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{path}: not a PyTorch zip archive ({_one_line(exc)}); only files "
+        raise ModelError(f"{path}: not a PyTorch zip archive ({one_line(exc)}); only files "
                          "written by torch.save (torch >= 1.6) or .safetensors files are read"
                          ) from None
     with archive:
@@ -336,7 +336,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         except ModelError:
             raise
         except Exception as exc:  # a hostile file can provoke any error: all mean "damaged"
-            raise ModelError(f"{path}: cannot read the classifier ({_one_line(exc)}); the file "
+            raise ModelError(f"{path}: cannot read the classifier ({one_line(exc)}); the file "
                              "is damaged or not a PyTorch file") from None
 
 
@@ -344,7 +344,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the classifier ({_one_line(exc)}); "
+        raise ModelError(f"{path}: cannot read the classifier ({one_line(exc)}); "
                          "the file is damaged or not a .safetensors file") from None
 
 
@@ -368,7 +368,7 @@ def _classifier_from_state(state: dict[str, torch.Tensor], path: Path) -> MLPCla
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: not a VirNucPro classifier ({_one_line(exc, 400)})") from None
+        raise ModelError(f"{path}: not a VirNucPro classifier ({one_line(exc, 400)})") from None
     model.source = str(path)
     return model
 
@@ -383,7 +383,7 @@ def _check_sidecar(path: Path, model: MLPClassifier) -> None:
         wrong = {key: (recorded.get(key), value) for key, value in describe(model).items()
                  if recorded.get(key) != value}
     except (OSError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{sidecar}: unreadable classifier description ({_one_line(exc)}); "
+        raise ModelError(f"{sidecar}: unreadable classifier description ({one_line(exc)}); "
                          "delete it or convert the model again") from None
     if wrong:
         listed = ", ".join(f"{key} {said!r} but the weights say {value!r}"

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from tokenizers import Tokenizer
@@ -48,7 +49,8 @@ from tokenizers.processors import TemplateProcessing
 from tokenizers.trainers import BpeTrainer
 from torch import nn
 
-from virnucpro.errors import InputError, MissingInputError
+from virnucpro.errors import ModelError, one_line
+from virnucpro.models.torchfile import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,9 @@ class DnaBert2Config:
 
     def validate(self, where: str) -> None:
         if self.hidden_size % self.num_attention_heads:
-            raise InputError(where, f"hidden_size {self.hidden_size} is not a multiple of "
-                             f"num_attention_heads {self.num_attention_heads}",
-                             "check the model's config.json")
+            raise ModelError(f"{where}: hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}; check the "
+                             "model's config.json")
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -263,12 +265,13 @@ def _sha256_prefix(path: Path, length: int = 16) -> str:
 def _read_config(model_dir: Path) -> DnaBert2Config:
     path = model_dir / CONFIG_NAME
     if not path.is_file():
-        raise MissingInputError(str(model_dir), f"no {CONFIG_NAME}",
-                                "point to a DNABERT-2/DNABERT-S model directory")
+        raise ModelError(f"{model_dir}: no {CONFIG_NAME}; point to a DNABERT-2/DNABERT-S "
+                         "model directory")
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(str(path), f"unreadable config ({exc})", "replace the file") from exc
+        raise ModelError(f"{path}: unreadable config ({one_line(exc)}); download the model "
+                         "directory again") from None
     config = DnaBert2Config.from_dict(data)
     config.validate(str(path))
     return config
@@ -278,18 +281,22 @@ def _weights_path(model_dir: Path) -> Path:
     for name in (SAFETENSORS_NAME, PYTORCH_BIN_NAME):
         if (model_dir / name).is_file():
             return model_dir / name
-    raise MissingInputError(str(model_dir), f"no model weights ({SAFETENSORS_NAME} or "
-                            f"{PYTORCH_BIN_NAME})", "point to a complete DNABERT-2/DNABERT-S "
-                            "model directory")
+    raise ModelError(f"{model_dir}: no model weights ({SAFETENSORS_NAME} or "
+                     f"{PYTORCH_BIN_NAME}); point to a complete DNABERT-2/DNABERT-S model "
+                     "directory")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.name == SAFETENSORS_NAME:
-        return load_safetensors(str(path))
-    # weights_only: a user-supplied pickle must not be able to run code.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise InputError(str(path), "not a state_dict", "save the model's state_dict")
+    if path.name != SAFETENSORS_NAME:
+        state = load_weights_only(path)
+    else:
+        try:
+            state = load_safetensors(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path}: cannot read the weights ({one_line(exc)}); the file is "
+                             "truncated or not a safetensors file: download it again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state_dict of tensors; save the model's state_dict")
     return state
 
 
@@ -317,19 +324,22 @@ def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor],
         shown = ", ".join(missing[:5])
         if len(missing) > 5:
             shown += f" and {len(missing) - 5} more"
-        raise InputError(str(model_dir),
-                         f"weights lack {len(missing)} DNABERT-2 parameters ({shown})",
-                         "the directory does not hold a DNABERT-2/DNABERT-S checkpoint "
-                         "matching its config.json")
+        raise ModelError(f"{model_dir}: weights lack {len(missing)} DNABERT-2 parameters "
+                         f"({shown}); the directory does not hold a DNABERT-2/DNABERT-S "
+                         "checkpoint matching its config.json")
     unexpected = sorted(state.keys() - expected)
     if unexpected:
         log.warning("%s: ignoring %d unexpected weights: %s", model_dir, len(unexpected),
                     ", ".join(unexpected[:5]))
-    try:
-        model.load_state_dict({key: state[key] for key in expected})
-    except RuntimeError as exc:
-        raise InputError(str(model_dir), f"weights do not fit config.json ({exc})",
-                         "check that config.json belongs to these weights") from exc
+    wanted = model.state_dict()
+    wrong = [key for key in expected if state[key].shape != wanted[key].shape]
+    if wrong:
+        first = wrong[0]
+        raise ModelError(f"{model_dir}: weights do not fit config.json: {len(wrong)} tensors "
+                         f"differ in shape, first {first} is {list(state[first].shape)}, the "
+                         f"config makes it {list(wanted[first].shape)}; check that config.json "
+                         "belongs to these weights")
+    model.load_state_dict({key: state[key] for key in expected})
     return model
 
 
@@ -347,22 +357,26 @@ def _read_tokenizer(model_dir: Path) -> tuple[Tokenizer, dict[str, int]]:
     """The directory's tokenizer.json, without truncation (as the original calls it)."""
     path = model_dir / TOKENIZER_NAME
     if not path.is_file():
-        raise MissingInputError(str(model_dir), f"no {TOKENIZER_NAME}",
-                                "point to a complete DNABERT-2/DNABERT-S model directory")
-    tokenizer = Tokenizer.from_file(str(path))
+        raise ModelError(f"{model_dir}: no {TOKENIZER_NAME}; point to a complete "
+                         "DNABERT-2/DNABERT-S model directory")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises plain Exception
+        raise ModelError(f"{path}: unreadable tokenizer ({one_line(exc, 120)}); download the "
+                         "model directory again") from None
     tokenizer.no_truncation()
     tokenizer.no_padding()
     ids = {}
     for role, name in _special_token_names(model_dir).items():
         token_id = tokenizer.token_to_id(name)
         if token_id is None:
-            raise InputError(str(path), f"vocabulary has no {name} token",
-                             "use DNABERT-2's tokenizer")
+            raise ModelError(f"{path}: vocabulary has no {name} token; use DNABERT-2's "
+                             "tokenizer")
         ids[role] = token_id
     probe = tokenizer.encode("A").ids
     if probe[0] != ids["cls_token"] or probe[-1] != ids["sep_token"]:
-        raise InputError(str(path), "tokenizer does not add [CLS] ... [SEP]",
-                         "use DNABERT-2's tokenizer.json (TemplateProcessing post-processor)")
+        raise ModelError(f"{path}: tokenizer does not add [CLS] ... [SEP]; use DNABERT-2's "
+                         "tokenizer.json (TemplateProcessing post-processor)")
     return tokenizer, ids
 
 
@@ -444,8 +458,8 @@ def load_dnabert2(model_dir: str | Path, device: str | torch.device = "cpu",
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise MissingInputError(str(model_dir), "model directory not found",
-                                "download DNABERT-S there or pass the right path")
+        raise ModelError(f"{model_dir}: model directory not found; download DNABERT-S there "
+                         "or pass the right path")
     config = _read_config(model_dir)
     weights_path = _weights_path(model_dir)
     state = _encoder_state_dict(_read_state_dict(weights_path))

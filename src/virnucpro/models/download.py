@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virnucpro.models.esm2 import ModelError
+from virnucpro.errors import ModelError
 
 ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import pickle
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,7 +33,8 @@ from esm.model.esm2 import ESM2
 from torch import nn
 
 from virnucpro.atomic import atomic_open
-from virnucpro.errors import EXIT_NOINPUT, VirNucProError
+from virnucpro.errors import ModelError, one_line
+from virnucpro.models.torchfile import load_weights_only
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
 MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/"
@@ -43,12 +43,6 @@ _MASK_RATIO_TRAIN = 0.15 * 0.8
 # fair-esm's upgrade of fairseq names ('encoder.sentence_encoder.layers.0...' -> 'layers.0...'),
 # as in esm/pretrained.py: _load_model_and_alphabet_core_v2.upgrade_state_dict.
 _FAIRSEQ_PREFIX = re.compile(r"^encoder\.sentence_encoder\.|^encoder\.")
-
-
-class ModelError(VirNucProError):
-    """A model checkpoint is missing, unreadable, refused or of the wrong architecture."""
-
-    exit_code = EXIT_NOINPUT
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -339,28 +333,9 @@ def checkpoint_path(location: str | Path) -> Path:
     return path
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def read_checkpoint(path: Path) -> dict:
     """torch.load with weights_only=True; argparse.Namespace is the only object allowed."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused:
-            raise ModelError(f"{path}: refused: the file holds a pickled object "
-                             f"({refused.group(1)}) that is not allowed; only tensors and "
-                             "argparse.Namespace are loaded, so a checkpoint cannot run code"
-                             ) from None
-        raise ModelError(f"{path}: cannot read the checkpoint ({_one_line(exc)}); "
-                         "the file is damaged or not a PyTorch file: download it again") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the checkpoint ({_one_line(exc)}); the file is "
-                         "truncated or not a PyTorch file: download it again") from None
+    data = load_weights_only(path, allowed=[argparse.Namespace])
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ModelError(f"{path}: not a fair-esm checkpoint (no 'model' state dict)")
     return data
@@ -377,7 +352,7 @@ def _validate_with_fair_esm(path: Path, model_data: dict, regression: dict | Non
             model, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, model_data,
                                                                    regression)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        raise ModelError(f"{path}: not a usable ESM-2 checkpoint ({_one_line(exc)}); "
+        raise ModelError(f"{path}: not a usable ESM-2 checkpoint ({one_line(exc)}); "
                          "expected fair-esm's esm2_* file format") from None
     return model
 

@@ -1,0 +1,40 @@
+"""torch.load restricted to tensors (plus a few named classes), with one-line errors.
+
+Model files come from the internet: `weights_only=True` means a file cannot run code when
+it is loaded; any failure (truncated download, a different kind of file, a pickled object
+that is not allowed) becomes a ModelError naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro.errors import ModelError, one_line
+
+
+def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "download it again",
+                      ) -> Any:
+    """torch.load(path, weights_only=True) admitting only tensors and the `allowed` classes."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused:
+            admitted = ", ".join(["tensors", *(f"{c.__module__}.{c.__name__}" for c in allowed)])
+            raise ModelError(f"{path}: refused: the file holds a pickled object "
+                             f"({refused.group(1)}) that is not allowed; only {admitted} are "
+                             "loaded, so a model file cannot run code; check that this is the "
+                             "right file") from None
+        # torch's own text here advises weights_only=False: exactly what must not be done.
+        raise ModelError(f"{path}: cannot read the file: it is damaged or not a PyTorch "
+                         f"file: {fix}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the file ({one_line(exc)}); it is truncated or "
+                         f"not a PyTorch file: {fix}") from None
