@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,32 @@ def job_counts(output: str) -> dict[str, int]:
 DEMO_MODELS = {"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
                "dnabert": "resources/demo-models/dnabert2_demo",
                "classifier": "resources/demo-models/classifier.pth"}
+
+
+def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
+    """Like snakemake(), started in its own process group (a terminal's foreground job)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
+           str(workdir), "--cores", "2", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def job_process(proc: subprocess.Popen, script: str, timeout: float = 120):
+    """The process of the first job running workflow/scripts/{script}.py under `proc`, or None
+    if the run ends first. Snakemake runs each script as .snakemake/scripts/tmpXXXX.{script}.py."""
+    import time
+
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            for child in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if any(arg.endswith(f".{script}.py") for arg in child.cmdline()):
+                        return child
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+    return None

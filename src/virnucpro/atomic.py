@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import IO
 
 
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """An OSError from write() or flush() names no file: name the result being written.
+
+    torch.save turns the OSError of a full disk into a RuntimeError ("unexpected pos"),
+    keeping the OSError as its context: that OSError is the error to report.
+    """
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if isinstance(cause, OSError) and cause.filename is None and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror, str(path))
+    return exc
+
+
 def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -46,10 +58,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     fsync_dir(path.parent)
 
 
@@ -76,7 +91,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     fsync_dir(path.parent)

@@ -5,13 +5,20 @@ Exit statuses (also in README "When things go wrong"):
   66  an input file is missing or unreadable (EX_NOINPUT)
   64  bad usage or configuration (EX_USAGE)
   66  also: a model file is missing, unreadable, refused or of the wrong architecture
+  73  an output cannot be created: permission denied, read-only file system (EX_CANTCREAT)
+  74  the disk is full, a quota is exceeded, or an I/O error (EX_IOERR)
 """
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_USAGE = 64
 EXIT_DATA = 65
 EXIT_NOINPUT = 66
+EXIT_CANTCREAT = 73
+EXIT_IOERR = 74
 
 
 class VirNucProError(Exception):
@@ -58,3 +65,30 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut at `limit` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class StorageError(VirNucProError):
+    """The machine, not the data: a full disk, a read-only or unwritable output directory."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """The one-line report of a full or unwritable file system, or None for other errors."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in _FULL:
+        return StorageError(f"{where}{os.strerror(exc.errno)} (disk or quota full); free space "
+                            "there or set outdir to a larger file system, then rerun (finished "
+                            "results are kept)", EXIT_IOERR)
+    if exc.errno in _UNWRITABLE:
+        return StorageError(f"{where}{os.strerror(exc.errno)}; make the output directory "
+                            "writable or set outdir elsewhere, then rerun", EXIT_CANTCREAT)
+    if exc.errno == errno.EIO:
+        return StorageError(f"{where}input/output error; check the disk, then rerun", EXIT_IOERR)
+    return None

@@ -5,8 +5,9 @@ Two output layouts come from the same stream of prepared blocks:
   protein.faa, byte for byte as the original tool writes them.
 - `write_shards` (the workflow): frames split into shards of `shard_size`
   frames, each shard a nucleotide FASTA, a protein FASTA and an index, with a
-  `.done` sentinel written last; plus reads.tsv (one row per input read) and
-  stats.json.
+  `.done` sentinel written last (the frame count, then each file's name and size, so a
+  file deleted or truncated later is noticed: `damaged_shard`); plus reads.tsv (one row per
+  input read) and stats.json.
 
 Shard index (`shard_NNNNNN.index.tsv`): frame_id, read_index (0-based position
 of the read in the input), chunk (1-based), frame (F1..R3). Aggregation back to
@@ -15,6 +16,7 @@ reads uses it instead of parsing IDs, which users control.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -236,7 +238,10 @@ class ShardWriter:
             os.fsync(handle.fileno())
             handle.close()
         self._handles = []
-        write_sentinel(self.directory / f"{shard_name(self.shards)}.done", f"{self._in_shard}\n")
+        name = shard_name(self.shards)
+        sizes = "".join(f"{name}{suffix}\t{(self.directory / f'{name}{suffix}').stat().st_size}\n"
+                        for suffix in SHARD_FILES)
+        write_sentinel(self.directory / f"{name}.done", f"{self._in_shard}\n{sizes}")
         self.shards += 1
         self._in_shard = 0
 
@@ -246,8 +251,31 @@ class ShardWriter:
         return self.shards
 
     def abort(self) -> None:
+        """Close what is open after a failure; the files are discarded, so a failing flush
+        (the disk that filled up) must not hide the original error."""
         for handle in self._handles:
-            handle.close()
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
+def damaged_shard(shards: Path, names: list[str]) -> str | None:
+    """One line on the first of these finished shards whose files are missing or not the size
+    their `.done` records (deleted or truncated after prepare), else None. Stat calls only."""
+    for name in names:
+        lines = (shards / f"{name}.done").read_text().splitlines()[1:]
+        recorded = dict(line.split("\t") for line in lines)
+        for suffix in SHARD_FILES:
+            path = shards / f"{name}{suffix}"
+            if not path.is_file():
+                problem = "is missing"
+            elif path.name in recorded and path.stat().st_size != int(recorded[path.name]):
+                problem = (f"has {path.stat().st_size} bytes, {recorded[path.name]} when "
+                           "prepare wrote it")
+            else:
+                continue
+            return (f"{path}: {problem}, so the prepared sample is damaged; delete "
+                    f"{shards.parent} and rerun to prepare the sample again")
+    return None
 
 
 def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,

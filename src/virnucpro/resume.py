@@ -15,9 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +53,6 @@ def _fingerprint(engine: EmbeddingEngine, ids: list[str], window_frames: int) ->
             "window_frames": window_frames, "frames": len(ids), "frame_ids_sha256": digest}
 
 
-@contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so `finally` blocks flush the checkpoint writer."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def embed_shard_resumable(nucleotide_fasta: str | os.PathLike, protein_fasta: str | os.PathLike,
                           out: str | os.PathLike, done: str | os.PathLike, engine: EmbeddingEngine,
                           settings: CheckpointSettings = CheckpointSettings(),
@@ -87,24 +72,24 @@ def embed_shard_resumable(nucleotide_fasta: str | os.PathLike, protein_fasta: st
     data = torch.empty(len(ids), engine.embed_dim)  # filled in place: one copy of the shard
     for batch in saved:
         data[batch.start:batch.stop] = batch.data
-    with _sigterm_as_exit():
-        writer = BatchWriter(partial.directory)
-        try:
-            first_window = -(-start // settings.window_frames)  # saved batches end on windows
-            windows = engine.embed_windows(nucleotides, proteins, settings.window_frames,
-                                           first_window)
-            embedded = start
-            for _, rows in windows:
-                embedded += len(rows)
-                log.debug("embedded frames up to %d of %d", embedded, len(ids))
-                for batch in accumulator.add(rows):
-                    writer.submit(batch)
-                    data[batch.start:batch.stop] = batch.data
-            for batch in accumulator.finish():
+    # A signal reaches us as an exception (virnucpro.runner): `finally` flushes the writer.
+    writer = BatchWriter(partial.directory)
+    try:
+        first_window = -(-start // settings.window_frames)  # saved batches end on windows
+        windows = engine.embed_windows(nucleotides, proteins, settings.window_frames,
+                                       first_window)
+        embedded = start
+        for _, rows in windows:
+            embedded += len(rows)
+            log.debug("embedded frames up to %d of %d", embedded, len(ids))
+            for batch in accumulator.add(rows):
                 writer.submit(batch)
                 data[batch.start:batch.stop] = batch.data
-        finally:
-            writer.close()
+        for batch in accumulator.finish():
+            writer.submit(batch)
+            data[batch.start:batch.stop] = batch.data
+    finally:
+        writer.close()
     save_features(out, ids, data, models=engine.identities(), settings=engine.settings())
     write_sentinel(done, f"{len(ids)}\n")
     partial.clear()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import VirNucProError, storage_error
 
 log = logging.getLogger("virnucpro")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -20,23 +22,56 @@ def configure_logging(level: int = logging.INFO, log_file: str | None = None) ->
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler's time limit, Snakemake stopping a job).
+
+    Raised in the main thread so every `finally` runs: temporary files are removed and the
+    checkpoint writer flushes what it has, then the step exits with 128 + the signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def call_reporting_errors(func: Callable[..., Any], *args: Any) -> int:
-    """Call func; an expected failure becomes one error line and its exit status."""
+    """Call func; an expected failure or an interruption becomes one line and an exit status."""
+    previous = {sig: signal.signal(sig, _raise_interrupted)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         func(*args)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        _report(f"virnucpro: interrupted by {name}: nothing unfinished was published (saved "
+                 "checkpoints are kept); rerun the same command to continue")
+        return 128 + stop.signum
     except Exception as exc:
+        if isinstance(exc, OSError):
+            exc = storage_error(exc) or exc
         if not isinstance(exc, VirNucProError):
             log.exception("unexpected error (a bug: please report it with this log)")
             return 1
-        line = f"virnucpro: error: {exc.one_line()}"
-        log.debug("%s", line)
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
+        _report(f"virnucpro: error: {exc.one_line()}")
+        return exc.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _report(line: str) -> None:
+    """One line to stderr (Snakemake shows it) and to the log file, without log decoration."""
+    log.debug("%s", line)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            with contextlib.suppress(OSError):  # the log may sit on the disk that is full
                 handler.stream.write(line + "\n")
                 handler.flush()
-        print(line, file=sys.stderr)
-        return exc.exit_code
-    return 0
+    print(line, file=sys.stderr)
 
 
 def run_step(log_file: str, func: Callable[..., Any], *args: Any) -> NoReturn:

@@ -42,9 +42,17 @@ def prepared_reads(wildcards):
 
 
 def shard_names(sample):
-    """Shards of a sample, known once its prepare checkpoint has run."""
+    """Shards of a sample, known once its prepare checkpoint has run. Those not yet scored
+    are checked (stat only): a prepared file deleted or truncated since is named here."""
+    from virnucpro.prepare import damaged_shard
+
     prepared = Path(checkpoints.prepare.get(sample=sample).output[0]) / "shards"
-    return sorted(p.name[: -len(".done")] for p in prepared.glob("shard_*.done"))
+    names = sorted(p.name[: -len(".done")] for p in prepared.glob("shard_*.done"))
+    unscored = [n for n in names if not os.path.exists(f"{OUTDIR}/{sample}/scores/{n}.tsv")]
+    problem = damaged_shard(prepared, unscored)
+    if problem:
+        raise WorkflowError(f"virnucpro: error: {problem}")
+    return names
 
 
 FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
@@ -55,3 +63,13 @@ def shard_scores(wildcards):
         f"{OUTDIR}/{wildcards.sample}/scores/{name}.tsv"
         for name in shard_names(wildcards.sample)
     ]
+
+
+onstart:
+    # One run per output directory, even from another working directory (virnucpro.runlock).
+    from virnucpro.runlock import claim_outdir
+    from virnucpro.runner import call_reporting_errors
+
+    status = call_reporting_errors(claim_outdir, OUTDIR)
+    if status:
+        raise SystemExit(status)
