@@ -15,9 +15,10 @@ from virnucpro.runner import call_reporting_errors, configure_logging
 
 def _prepare(args: argparse.Namespace) -> None:
     if args.shard_size:
-        stats = write_shards(args.input, args.chunk_size, args.shard_size, args.outdir)
+        stats = write_shards(args.input, args.chunk_size, args.shard_size, args.outdir,
+                             args.u_as_t)
     else:
-        stats = write_flat(args.input, args.chunk_size, args.outdir)
+        stats = write_flat(args.input, args.chunk_size, args.outdir, args.u_as_t)
     print(f"{stats.reads:,} reads, {stats.chunks:,} chunks, {stats.frames:,} stop-free frames "
           f"({stats.reads_without_frames:,} reads without one) -> {args.outdir}")
 
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", required=True)
     p.add_argument("--shard-size", type=int, default=0,
                    help="write the workflow layout (shards of this many frames) instead")
+    p.add_argument("--u-as-t", action="store_true",
+                   help="read U as T (RNA input); by default codons with U are skipped, as the "
+                        "original does")
     p.set_defaults(func=_prepare)
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)

@@ -15,6 +15,7 @@ import gzip
 import os
 import zlib
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -77,6 +78,22 @@ class FastaBlock:
 
     def id_hashes(self) -> np.ndarray:
         return hash_spans(self.text, self.id_start, self.id_length)
+
+    def u_positions(self) -> np.ndarray:
+        """Positions in `data` of U/u bases (RNA), headers excluded."""
+        candidates = np.flatnonzero((self.data | 0x20) == ord("u"))
+        if not len(candidates):
+            return candidates
+        record = np.searchsorted(self.starts, candidates, side="right") - 1
+        inside = (record >= 0) & (candidates < self.starts[record] + self.lengths[record])
+        return candidates[inside]
+
+    def with_u_as_t(self, positions: np.ndarray) -> FastaBlock:
+        """This block with the U/u at `positions` read as T/t (case kept)."""
+        data, codes = self.data.copy(), self.codes.copy()
+        data[positions] -= ord("U") - ord("T")  # 'U' -> 'T', 'u' -> 't'
+        codes[positions] = BASE_CODES[ord("T")]
+        return dataclasses.replace(self, data=data, codes=codes)
 
 
 def hash_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,6 +36,8 @@ from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
 from virnucpro.frames import Chunks, KeptFrames, chunk_layout, select_frames
 from virnucpro.progress import Progress
 from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
+
+log = logging.getLogger("virnucpro")
 
 CHUNK_SIZES = (300, 500)
 FLAT_FILES = ("chunked.fa", "nucleotide.fa", "protein.faa")
@@ -134,6 +137,8 @@ class PrepareStats:
     reads_without_frames: int = 0
     shards: int = 0
     seconds: float = 0.0
+    u_as_t: bool = False
+    u_bases: int = 0  # U/u bases in the sequences (read as T when u_as_t)
 
     def count(self, block: PreparedBlock) -> None:
         self.reads += len(block.reads)
@@ -149,6 +154,9 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
 
     Duplicate read IDs are detected when the stream ends (InputError), so a
     consumer must treat its output as incomplete until the iterator is exhausted.
+    U is not a codon letter for the original, so codons with U are skipped (and an RNA
+    read comes out nearly empty): kept by default for fidelity, with a warning;
+    `stats.u_as_t` reads U as T instead.
     """
     check_chunk_size(chunk_size)
     reader = FastaReader(path)
@@ -156,23 +164,33 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
     progress = Progress(f"prepare {Path(path).name}", reader.total_bytes)
     for block in reader:
         duplicates.add(block)
+        u_positions = block.u_positions()
+        if len(u_positions):
+            stats.u_bases += len(u_positions)
+            if stats.u_as_t:
+                block = block.with_u_as_t(u_positions)
         chunks = chunk_layout(block.lengths, block.starts, chunk_size)
         prepared = PreparedBlock(block, chunks, select_frames(block.data, block.codes, chunks), stats.reads)
         stats.count(prepared)
         yield prepared
         progress.update(reader.bytes_read, reads=stats.reads, frames=stats.frames)
     duplicates.check(path)
+    if stats.u_bases and not stats.u_as_t:
+        log.warning("%s: %d bases are U: codons containing U are skipped, as the original "
+                    "does; if this is RNA, set u_as_t: true (CLI: --u-as-t) to read U as T",
+                    path, stats.u_bases)
     stats.seconds = round(time.monotonic() - progress.start, 3)
     progress.close(reads=stats.reads, frames=stats.frames)
 
 
-def write_flat(path: str | os.PathLike, chunk_size: int, outdir: str | os.PathLike) -> PrepareStats:
+def write_flat(path: str | os.PathLike, chunk_size: int, outdir: str | os.PathLike,
+               u_as_t: bool = False) -> PrepareStats:
     """Write chunked.fa, nucleotide.fa and protein.faa exactly as the original tool.
 
     The files are built in a staging directory and moved into `outdir` only
     when the whole input has been read and validated: on error none is left.
     """
-    stats = PrepareStats(str(path), chunk_size)
+    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t)
     outdir = Path(outdir)
     staging = outdir / ".prepare-staging"
     with atomic_directory(staging) as tmp:
@@ -279,12 +297,12 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
 
 
 def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
-                 outdir: str | os.PathLike) -> PrepareStats:
+                 outdir: str | os.PathLike, u_as_t: bool = False) -> PrepareStats:
     """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
 
     `outdir` appears only when complete (built under a temporary name).
     """
-    stats = PrepareStats(str(path), chunk_size)
+    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t)
     with atomic_directory(outdir) as tmp:
         shards = tmp / "shards"
         shards.mkdir()

@@ -10,6 +10,7 @@ checkpoint prepare:
     params:
         chunk_size=config["chunk_size"],
         shard_size=config["shard_size"],
+        u_as_t=config["u_as_t"],
     log:
         f"{OUTDIR}/logs/prepare/{{sample}}.log",
     benchmark:
