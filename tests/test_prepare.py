@@ -71,11 +71,12 @@ def plain_prepare_start(length: int, size: int, k: int) -> int:
     return k * size - sum(moves[:k])
 
 
-def frames_of(tmp_path: Path, text: str, size: int = 300) -> list[tuple[str, str, str]]:
+def frames_of(tmp_path: Path, text: str, size: int = 300, u_as_t: bool = False
+              ) -> list[tuple[str, str, str]]:
     fasta = tmp_path / "in.fa"
     fasta.write_text(text)
     out = tmp_path / "out"
-    write_flat(fasta, size, out)
+    write_flat(fasta, size, out, u_as_t)
     nuc = read_fasta(out / "nucleotide.fa")
     prot = read_fasta(out / "protein.faa")
     assert [i for i, _ in nuc] == [i for i, _ in prot]
@@ -128,13 +129,27 @@ def test_equals_plain_implementation_on_random_reads(tmp_path, size):
     assert len(expected) > 50
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet="ACGTNRYacgtn", min_size=1, max_size=700), min_size=1, max_size=8),
-       st.sampled_from([300, 500]))
+# Every IUPAC code and U, either case; ACGT weighted up so that stop-free frames occur.
+IUPAC_LETTERS = "ACGT" * 8 + "URYSWKMBDHVN" + "acgturyswkmbdhvn"
+random_sequences = st.lists(st.lists(st.sampled_from(IUPAC_LETTERS), min_size=1, max_size=700)
+                            .map("".join), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(random_sequences, st.sampled_from([300, 500]))
 def test_property_equals_plain_implementation(tmp_path_factory, seqs, size):
     tmp = tmp_path_factory.mktemp("prop")
     text = "".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs))
     assert frames_of(tmp, text, size) == list(plain_prepare.prepare_text(text, size))
+
+
+@settings(max_examples=50, deadline=None)
+@given(random_sequences, st.sampled_from([300, 500]))
+def test_property_u_as_t_reads_rna_as_dna(tmp_path_factory, seqs, size):
+    tmp = tmp_path_factory.mktemp("rna")
+    text = "".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs))
+    dna = text.replace("U", "T").replace("u", "t")
+    assert frames_of(tmp, text, size, u_as_t=True) == list(plain_prepare.prepare_text(dna, size))
 
 
 def test_gzip_crlf_and_line_width_do_not_change_the_result(tmp_path, reference):

@@ -2,7 +2,6 @@
 checkpoint interval, and the results equal an uninterrupted run."""
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,20 +12,10 @@ import pytest
 import torch
 
 from virnucpro.checkpoint import read_features
-from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, snakemake, write_config
+from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 INTERVAL = 300
-
-
-def orf_reads(path, n, seed=0):
-    """Reads whose first frame is an open reading frame (every read gives a frame)."""
-    rng = random.Random(seed)
-    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
-              if a + b + c not in ("TAA", "TAG", "TGA")]
-    with open(path, "w") as out:
-        for i in range(n):
-            out.write(f">r{i}\n{''.join(rng.choices(codons, k=50))}\n")
 
 
 def config_for(tmp_path, fasta):

@@ -69,3 +69,42 @@ def job_process(proc: subprocess.Popen, script: str, timeout: float = 120):
             pass
         time.sleep(0.005)
     return None
+
+
+STOP_FREE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+                    if a + b + c not in ("TAA", "TAG", "TGA")]
+
+
+def orf_reads(path: Path, n: int, seed: int = 0, codons: int = 50) -> None:
+    """Reads whose first frame is an open reading frame (every read gives a frame)."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as out:
+        for i in range(n):
+            out.write(f">r{i}\n{''.join(rng.choices(STOP_FREE_CODONS, k=codons))}\n")
+
+
+RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv",
+                "prepare/reads.tsv")
+
+
+def assert_same_results(sample_dir: Path, clean_dir: Path) -> None:
+    """A sample's results equal a clean run's: result tables, prepared shards, scores, and the
+    feature tensors (IDs and values)."""
+    import torch
+
+    for name in RESULT_FILES:
+        assert (sample_dir / name).read_bytes() == (clean_dir / name).read_bytes(), name
+    for kind, pattern in (("prepare/shards", "shard_*"), ("scores", "*.tsv")):
+        names = sorted(p.name for p in (clean_dir / kind).glob(pattern))
+        assert names and sorted(p.name for p in (sample_dir / kind).glob(pattern)) == names, kind
+        for name in names:
+            assert (sample_dir / kind / name).read_bytes() == (clean_dir / kind / name).read_bytes()
+    clean_features = sorted((clean_dir / "features").glob("*.pt"))
+    assert [p.name for p in sorted((sample_dir / "features").glob("*.pt"))] == \
+        [p.name for p in clean_features]
+    for clean in clean_features:
+        ours = torch.load(sample_dir / "features" / clean.name, weights_only=True)
+        theirs = torch.load(clean, weights_only=True)
+        assert ours["ids"] == theirs["ids"] and torch.equal(ours["data"], theirs["data"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -75,6 +76,13 @@ def _report(line: str) -> None:
 
 
 def run_step(log_file: str, func: Callable[..., Any], *args: Any) -> NoReturn:
-    """Entry point of a Snakemake script: log to the rule's log, exit with the step's status."""
+    """Entry point of a Snakemake script: log to the rule's log, exit with the step's status.
+
+    A finished step logs its peak memory: Snakemake's benchmark samples memory too rarely
+    to see a step that lasts a few seconds.
+    """
     configure_logging(log_file=log_file)
-    sys.exit(call_reporting_errors(func, *args))
+    status = call_reporting_errors(func, *args)
+    if status == 0:
+        log.info("peak memory %.0f MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    sys.exit(status)

@@ -7,7 +7,7 @@ rule classify:
         features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
         done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
         index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
-        model=config["models"]["classifier"],
+        model=classifier_model,
     output:
         f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
     params:

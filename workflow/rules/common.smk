@@ -36,6 +36,18 @@ def esm_checkpoint():
     return esm if esm.endswith(".pt") else f"{TORCH_HUB}/checkpoints/{esm}.pt"
 
 
+def classifier_model(wildcards):
+    """The classifier file; no rule makes it (except the demo's), so say what to do if absent."""
+    path = config["models"]["classifier"]
+    if not path.startswith(DEMO_MODELS) and not os.path.exists(path):
+        raise WorkflowError(
+            f"virnucpro: error: {path}: classifier not found; download the published "
+            f"{config['chunk_size']}_model.pth from the VirNucPro repository there, or set "
+            "models.classifier in your config"
+        )
+    return path
+
+
 def prepared_reads(wildcards):
     """reads.tsv of a sample, once its prepare checkpoint has run."""
     return f"{checkpoints.prepare.get(sample=wildcards.sample).output[0]}/reads.tsv"

@@ -1,0 +1,303 @@
+"""The failure matrix: hostile inputs and failing machines, end to end through Snakemake.
+
+Every row checks what a user meets: the exit status, one line naming the file (and record)
+and what to do, no partial output, and, once the cause is fixed, a rerun whose results equal
+a clean run's. README "When things go wrong" is built from this module.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+import plain_prepare
+from conftest import read_fasta
+from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
+                              snakemake, start_snakemake, write_config)
+
+pytestmark = pytest.mark.slow
+CHUNK = 500
+IS_ROOT = os.geteuid() == 0
+
+
+def clean_text(n: int = 8, seed: int = 7) -> str:
+    """Reads of 150-1,290 bp (one to three chunks), each with an open first frame."""
+    rng = random.Random(seed)
+    return "".join(f">read{i} sample read {i}\n"
+                   f"{''.join(rng.choices(STOP_FREE_CODONS, k=rng.randint(50, 430)))}\n"
+                   for i in range(n))
+
+
+CLEAN = clean_text()
+
+
+def records(text: str) -> list[tuple[str, str]]:
+    return [(block.split("\n", 1)[0], block.split("\n", 1)[1].replace("\n", ""))
+            for block in text.split(">")[1:]]
+
+
+def with_sequences(text: str, change) -> str:
+    return "".join(f">{header}\n{change(seq)}\n" for header, seq in records(text))
+
+
+def failed_jobs(output: str) -> dict[str, int]:
+    """{input of the failed job: its exit status} from Snakemake's error reports."""
+    report = re.compile(r"exit status (\d+)\.\n\[[^\n]*\]\nError in rule \w+:\n"
+                        r"(?:    (?!input:)[^\n]*\n)*    input: ([^\n]*)\n")
+    return {inputs: int(status) for status, inputs in report.findall(output)}
+
+
+def error_lines(output: str) -> list[str]:
+    return sorted({line.strip() for line in output.splitlines()
+                   if line.strip().startswith("virnucpro: error:")})
+
+
+def run_config(work: Path, samples: dict[str, str], **extra) -> Path:
+    settings = {"samples": samples, "outdir": "out", "chunk_size": CHUNK, "shard_size": 40,
+                "models": DEMO_MODELS, "embed": {"device": "cpu"}}
+    settings.update(extra)
+    return write_config(work / "config.yaml", **settings)
+
+
+def leftovers(outdir: Path) -> list[str]:
+    """Temporary files or directories of unfinished atomic writes."""
+    return sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*")
+                  if p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory) -> Path:
+    """The clean sample, run once: what every fixed rerun must reproduce."""
+    work = tmp_path_factory.mktemp("clean")
+    (work / "clean.fa").write_text(CLEAN)
+    proc = snakemake(work, "--configfile", run_config(work, {"clean": "clean.fa"}))
+    assert proc.returncode == 0, proc.stdout
+    return work / "out" / "clean"
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+REJECTED = {
+    # row: (file name, content, exit status, what the one line says)
+    "empty file": ("empty.fa", b"", 65, "empty.fa: file is empty; give a FASTA file"),
+    "only headers": ("headers.fa", b">a\n>b\n", 65,
+                     "headers.fa: record 'a' (#1): has an empty sequence; remove the record"),
+    "FASTQ": ("reads.fq", b"@r1\nACGT\n+\nIIII\n", 65,
+              "reads.fq: not a FASTA file: looks like FASTQ; give nucleotide reads in FASTA"),
+    "GenBank": ("genome.gb", b"LOCUS       X 10 bp    DNA\nORIGIN\n//\n", 65,
+                "genome.gb: not a FASTA file: looks like GenBank"),
+    "binary": ("binary.fa", bytes(range(256)) * 4, 65,
+               "binary.fa: not a FASTA file: is binary, not FASTA text"),
+    "gzip of garbage": ("garbage.fa.gz", gzip.compress(bytes(range(256)) * 4), 65,
+                        "garbage.fa.gz: not a FASTA file: is binary, not FASTA text"),
+    "truncated gzip": ("truncated.fa.gz", gzip.compress(CLEAN.encode())[:200], 65,
+                       "truncated.fa.gz: cannot be decompressed"),
+    "protein, not DNA": ("protein.fa", b">p1\nMKVLHHSEQW\n", 65,
+                         "protein.fa: record 'p1' (#1): has 'L' at position 4, which is not a "
+                         "nucleotide code"),
+    "duplicate ID within a sample": (
+        "dup.fa", (CLEAN + CLEAN.split(">")[1].join([">", ""])).encode(), 65,
+        "dup.fa: record 'read0' (#9): duplicate record ID (first seen at record #1); record "
+        "IDs must be unique within a sample; rename one of them"),
+}
+
+ODD_HEADERS = ["sp|P0{i}|vírus_{i} description with spaces", "read\u00df{i}\twith\ttabs",
+               "r{i}|x|y", "ünïcode_{i}"]
+
+
+def odd_ids_text() -> tuple[str, list[str]]:
+    headers = [ODD_HEADERS[i % 4].format(i=i) for i in range(len(records(CLEAN)))]
+    text = "".join(f">{h}\n{seq}\n" for h, (_, seq) in zip(headers, records(CLEAN)))
+    return text, [h.split()[0] for h in headers]
+
+
+def soft_masked(seq: str) -> str:
+    return "".join(c.lower() if (i // 37) % 2 else c for i, c in enumerate(seq))
+
+
+def with_iupac(seq: str, rng=random.Random(3)) -> str:
+    return "".join(rng.choice("RYSWKMBDHVN") if rng.random() < 0.01 else c for c in seq)
+
+
+def genome(path: Path, length: int = 10_000_000) -> None:
+    rng = random.Random(11)
+    with open(path, "w") as out:
+        out.write(">chromosome_1 a 10-Mbp genome in one record\n")
+        for _ in range(length // 1_000_000):
+            seq = "".join(rng.choices("ACGT", k=1_000_000))
+            out.write("\n".join(seq[i:i + 80] for i in range(0, len(seq), 80)) + "\n")
+
+
+def million_reads(path: Path, n: int = 1_000_000) -> None:
+    """Mostly 1-2 bp reads (no codon: no frame), every 1,000th read an open frame."""
+    rng = random.Random(5)
+    with open(path, "w") as out:
+        for i in range(n):
+            seq = ("".join(rng.choices(STOP_FREE_CODONS, k=60)) if i % 1000 == 0
+                   else "ACGT"[i % 4] * (1 + i % 2))
+            out.write(f">m{i}\n{seq}\n")
+
+
+ACCEPTED = {
+    # row: (sample file, content); compared with the clean run unless checked otherwise
+    "Windows line endings": ("crlf.fa", CLEAN.replace("\n", "\r\n")),
+    "lowercase": ("lower.fa", with_sequences(CLEAN, str.lower)),
+    "soft-masked": ("masked.fa", with_sequences(CLEAN, soft_masked)),
+    "duplicate IDs across samples": ("again.fa", CLEAN),
+    "sample path with spaces": ("dir with spaces/my reads.fa", CLEAN),
+    "gzip": ("clean.fa.gz", None),
+    "IDs with spaces, tabs, '|' and non-ASCII": ("odd ids.fa", odd_ids_text()[0]),
+    "IUPAC codes": ("iupac.fa", with_sequences(CLEAN, with_iupac)),
+    "U instead of T": ("rna.fa", with_sequences(CLEAN, lambda seq: seq.replace("T", "U"))),
+    "reads shorter than a codon": ("tiny.fa", ">t1\nA\n>t2\nAC\n>t3\nACG\n>t4\nATGGCC\n"),
+    "10-Mbp single record": ("genome.fa", None),
+    "1,000,000 tiny reads": ("million.fa", None),
+}
+SAME_AS_CLEAN = ["Windows line endings", "lowercase", "soft-masked",
+                 "duplicate IDs across samples", "sample path with spaces", "gzip"]
+
+
+def sample_name(row: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", row.lower()).strip("_")
+
+
+@dataclass
+class InputRuns:
+    work: Path
+    first: subprocess.CompletedProcess  # every row at once, --keep-going
+    statuses: dict[str, int]  # failed job's input -> exit status
+    existed: dict[str, list[str]]  # rejected sample -> what it left in out/{sample}
+    logs: dict[str, str]  # rejected sample -> its prepare log
+    fixed: subprocess.CompletedProcess  # after replacing every rejected file with clean reads
+
+
+@pytest.fixture(scope="module")
+def input_runs(tmp_path_factory) -> InputRuns:
+    work = tmp_path_factory.mktemp("inputs")
+    samples = {}
+    for row, (name, content, _, _) in REJECTED.items():
+        (work / name).write_bytes(content)
+        samples[sample_name(row)] = name
+    for row, (name, content) in ACCEPTED.items():
+        path = work / name
+        path.parent.mkdir(exist_ok=True)
+        if row == "gzip":
+            path.write_bytes(gzip.compress(CLEAN.encode()))
+        elif row == "10-Mbp single record":
+            genome(path)
+        elif row == "1,000,000 tiny reads":
+            million_reads(path)
+        else:
+            path.write_text(content, newline="")
+        samples[sample_name(row)] = name
+    config = run_config(work, samples, shard_size=100_000)
+    first = snakemake(work, "--keep-going", "--configfile", config)
+    existed = {row: sorted(p.name for p in (work / "out" / sample_name(row)).glob("*"))
+               for row in REJECTED}
+    logs = {row: (work / "out" / "logs" / "prepare" / f"{sample_name(row)}.log").read_text()
+            for row in REJECTED}
+    for row, (name, _, _, _) in REJECTED.items():
+        (work / name).write_bytes(gzip.compress(CLEAN.encode()) if name.endswith(".gz")
+                                  else CLEAN.encode())
+    fixed = snakemake(work, "--configfile", config)
+    return InputRuns(work, first, failed_jobs(first.stdout), existed, logs, fixed)
+
+
+@pytest.mark.parametrize("row", REJECTED)
+def test_rejected_input(input_runs, clean_run, row):
+    name, _, status, message = REJECTED[row]
+    assert input_runs.first.returncode == 1
+    assert input_runs.statuses[name] == status, input_runs.first.stdout[-3000:]
+    sample = sample_name(row)
+    log = input_runs.logs[row]
+    assert len(log.splitlines()) == 1 and log.startswith(f"virnucpro: error: {message}"), log
+    assert log.strip() in error_lines(input_runs.first.stdout)  # also shown on the terminal
+    assert input_runs.existed[row] == []  # no partial output
+    # Fixed (the file replaced by good reads) and rerun: the results of a clean run.
+    assert input_runs.fixed.returncode == 0, input_runs.fixed.stdout[-3000:]
+    assert_same_results(input_runs.work / "out" / sample, clean_run)
+
+
+@pytest.mark.parametrize("row", SAME_AS_CLEAN)
+def test_accepted_input_gives_the_clean_results(input_runs, clean_run, row):
+    assert_same_results(input_runs.work / "out" / sample_name(row), clean_run)
+
+
+def summary_rows(sample_dir: Path) -> list[list[str]]:
+    return [line.split("\t") for line in (sample_dir / "summary.tsv").read_text(
+        encoding="utf-8").splitlines()[1:]]
+
+
+def prepared_frames(sample_dir: Path) -> list[tuple[str, str, str]]:
+    shards = sorted((sample_dir / "prepare" / "shards").glob("*.fna"))
+    nucleotides = [r for path in shards for r in read_fasta(path)]
+    proteins = [r for path in shards for r in read_fasta(path.with_suffix(".faa"))]
+    return [(i, n, p) for (i, n), (_, p) in zip(nucleotides, proteins, strict=True)]
+
+
+def test_odd_ids_are_kept_to_the_first_whitespace(input_runs, clean_run):
+    sample = input_runs.work / "out" / sample_name("IDs with spaces, tabs, '|' and non-ASCII")
+    ids = odd_ids_text()[1]
+    rows, clean = summary_rows(sample), summary_rows(clean_run)
+    assert [r[0] for r in rows] == ids
+    assert [r[1:] for r in rows] == [r[1:] for r in clean]
+    frames = (sample / "prediction_results.txt").read_text(encoding="utf-8").splitlines()[1:]
+    clean_frames = (clean_run / "prediction_results.txt").read_text().splitlines()[1:]
+    assert [f.split("\t", 1)[1] for f in frames] == [f.split("\t", 1)[1] for f in clean_frames]
+    assert {f.split("_chunk_")[0] for f in frames} == set(ids)
+
+
+@pytest.mark.parametrize("row", ["IUPAC codes", "U instead of T"])
+def test_ambiguous_codons_are_skipped_as_the_original(input_runs, row):
+    """Codons with IUPAC letters or U translate to nothing (the original's rule; the property
+    test in test_prepare.py covers random sequences)."""
+    name, content = ACCEPTED[row]
+    sample = input_runs.work / "out" / sample_name(row)
+    expected = list(plain_prepare.prepare(str(input_runs.work / name), CHUNK))
+    assert prepared_frames(sample) == expected
+    assert [r[0] for r in summary_rows(sample)] == [h.split()[0] for h, _ in records(content)]
+    log = (input_runs.work / "out" / "logs" / "prepare" / f"{sample.name}.log").read_text()
+    assert ("bases are U: codons containing U are skipped" in log) == (row == "U instead of T")
+
+
+def test_reads_shorter_than_a_codon_are_reported_without_frames(input_runs):
+    rows = summary_rows(input_runs.work / "out" / sample_name("reads shorter than a codon"))
+    assert [(r[0], r[1], r[3], r[-1]) for r in rows[:2]] == [
+        ("t1", "1", "0", "no_coding_frame"), ("t2", "2", "0", "no_coding_frame")]
+    assert [r[0] for r in rows] == ["t1", "t2", "t3", "t4"] and rows[3][3] != "0"
+
+
+def peak_memory_mb(work: Path, log: str) -> float:
+    """The peak memory a finished step logged (virnucpro.runner.run_step)."""
+    text = (work / "out" / "logs" / log).read_text()
+    return float(re.search(r"peak memory (\d+) MB", text).group(1))
+
+
+def test_a_genome_in_one_record_streams(input_runs):
+    sample = sample_name("10-Mbp single record")
+    reads = (input_runs.work / "out" / sample / "prepare" / "reads.tsv").read_text().splitlines()
+    assert reads[1].split("\t")[1:4] == ["chromosome_1", "10000000", str(10_000_000 // CHUNK)]
+    assert len(summary_rows(input_runs.work / "out" / sample)) == 1
+    # The record is 10 MB of text; prepare must not hold many copies of it.
+    assert peak_memory_mb(input_runs.work, f"prepare/{sample}.log") < 300  # measured: 191
+
+
+def test_a_million_tiny_reads(input_runs):
+    sample = sample_name("1,000,000 tiny reads")
+    rows = summary_rows(input_runs.work / "out" / sample)
+    assert len(rows) == 1_000_000 and rows[0][0] == "m0" and rows[-1][0] == "m999999"
+    assert sum(r[-1] == "no_coding_frame" for r in rows) == 999_000
+    for rule in ("prepare", "aggregate"):
+        assert peak_memory_mb(input_runs.work, f"{rule}/{sample}.log") < 400, rule  # 148, 222
