@@ -52,11 +52,24 @@ def with_sequences(text: str, change) -> str:
     return "".join(f">{header}\n{change(seq)}\n" for header, seq in records(text))
 
 
-def failed_jobs(output: str) -> dict[str, int]:
-    """{input of the failed job: its exit status} from Snakemake's error reports."""
-    report = re.compile(r"exit status (\d+)\.\n\[[^\n]*\]\nError in rule \w+:\n"
-                        r"(?:    (?!input:)[^\n]*\n)*    input: ([^\n]*)\n")
-    return {inputs: int(status) for status, inputs in report.findall(output)}
+@dataclass
+class FailedJob:
+    rule: str
+    status: int
+    details: str  # Snakemake's indented lines: jobid, input, output, log, ...
+
+
+def failed_jobs(output: str) -> list[FailedJob]:
+    """The failed jobs of a run, from Snakemake's error reports."""
+    report = re.compile(r"exit status (\d+)\.\n\[[^\n]*\]\nError in rule (\w+):\n"
+                        r"((?:    [^\n]*\n)*)")
+    return [FailedJob(rule, int(status), details)
+            for status, rule, details in report.findall(output)]
+
+
+def status_of(jobs: list[FailedJob], input_file: str) -> int:
+    (job,) = [job for job in jobs if f"    input: {input_file}\n" in job.details]
+    return job.status
 
 
 def error_lines(output: str) -> list[str]:
@@ -177,7 +190,7 @@ def sample_name(row: str) -> str:
 class InputRuns:
     work: Path
     first: subprocess.CompletedProcess  # every row at once, --keep-going
-    statuses: dict[str, int]  # failed job's input -> exit status
+    failed: list[FailedJob]
     existed: dict[str, list[str]]  # rejected sample -> what it left in out/{sample}
     logs: dict[str, str]  # rejected sample -> its prepare log
     fixed: subprocess.CompletedProcess  # after replacing every rejected file with clean reads
@@ -219,7 +232,7 @@ def input_runs(tmp_path_factory) -> InputRuns:
 def test_rejected_input(input_runs, clean_run, row):
     name, _, status, message = REJECTED[row]
     assert input_runs.first.returncode == 1
-    assert input_runs.statuses[name] == status, input_runs.first.stdout[-3000:]
+    assert status_of(input_runs.failed, name) == status, input_runs.first.stdout[-3000:]
     sample = sample_name(row)
     log = input_runs.logs[row]
     assert len(log.splitlines()) == 1 and log.startswith(f"virnucpro: error: {message}"), log
@@ -301,3 +314,82 @@ def test_a_million_tiny_reads(input_runs):
     assert sum(r[-1] == "no_coding_frame" for r in rows) == 999_000
     for rule in ("prepare", "aggregate"):
         assert peak_memory_mb(input_runs.work, f"{rule}/{sample}.log") < 400, rule  # 148, 222
+
+
+# --------------------------------------------------------------------------- broken models
+
+def break_model(work: Path, kind: str, fault: str) -> str:
+    """A broken copy of a demo model in work/broken/{kind}-{fault}/; returns its path."""
+    from virnucpro.demo_models import write_demo_classifier
+
+    where = work / "broken" / f"{kind}-{fault}"
+    where.mkdir(parents=True)
+    good = work / DEMO_MODELS[kind]
+    if kind == "esm":
+        path = where / "esm2_demo_t2_d32.pt"
+        if fault == "truncated":
+            path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        elif fault == "wrong architecture":  # a classifier where ESM-2 belongs
+            shutil.copy(work / DEMO_MODELS["classifier"], path)
+    elif kind == "dnabert":
+        path = where / "DNABERT-S"
+        if fault != "missing":
+            shutil.copytree(good, path)
+        if fault == "truncated":
+            weights = path / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:5000])
+        elif fault == "wrong architecture":  # a config that does not match the weights
+            config = json.loads((path / "config.json").read_text())
+            config["hidden_size"] *= 2
+            (path / "config.json").write_text(json.dumps(config))
+    else:
+        path = where / "500_model.pth"
+        if fault == "truncated":
+            path.write_bytes(good.read_bytes()[:3000])
+        elif fault == "wrong architecture":  # the published models' width, not the demo's
+            write_demo_classifier(path, input_dim=3328)
+    return str(path.relative_to(work))
+
+
+MODEL_ROWS = {
+    # (model, fault): (exit status of the failing job, or None for a planning error; message)
+    ("esm", "missing"): (66, "cannot download ESM-2 checkpoint 'esm2_demo_t2_d32'"),
+    ("esm", "truncated"): (66, "esm2_demo_t2_d32.pt: cannot read the file"),
+    ("esm", "wrong architecture"): (66, "esm2_demo_t2_d32.pt: refused: the file holds a pickled "
+                                        "object (__main__.MLPClassifier) that is not allowed"),
+    ("dnabert", "missing"): (66, "cannot download zhihan1996/DNABERT-S"),
+    ("dnabert", "truncated"): (66, "model.safetensors: cannot read the weights"),
+    ("dnabert", "wrong architecture"): (66, "DNABERT-S: weights do not fit config.json"),
+    ("classifier", "missing"): (None, "500_model.pth: classifier not found; download the "
+                                      "published 500_model.pth"),
+    ("classifier", "truncated"): (66, "500_model.pth: not a PyTorch zip archive"),
+    ("classifier", "wrong architecture"): (66, "classifier expects 3328 features, embeddings "
+                                               "have 64"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_copy(clean_run, tmp_path_factory) -> Path:
+    """A copy of the finished clean run's working directory, for rows to damage."""
+    work = tmp_path_factory.mktemp("models") / "work"
+    shutil.copytree(clean_run.parent.parent, work, symlinks=True)
+    return work
+
+
+@pytest.mark.parametrize("kind,fault", MODEL_ROWS, ids=[" ".join(r) for r in MODEL_ROWS])
+def test_broken_model(finished_copy, clean_run, kind, fault):
+    work = finished_copy
+    status, message = MODEL_ROWS[(kind, fault)]
+    broken = break_model(work, kind, fault)
+    config = run_config(work, {"clean": "clean.fa"}, models={**DEMO_MODELS, kind: broken})
+    proc = snakemake(work, "--configfile", config, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    lines = [line for line in error_lines(proc.stdout) if message in line]
+    assert len(lines) == 1 and broken in lines[0], proc.stdout[-3000:]
+    if status is not None:
+        assert [job.status for job in failed_jobs(proc.stdout)] == [status]
+    assert leftovers(work / "out") == []
+    # Fixed (the configured model restored) and rerun: the results of a clean run.
+    proc = snakemake(work, "--configfile", run_config(work, {"clean": "clean.fa"}))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(work / "out" / "clean", clean_run)

@@ -172,15 +172,15 @@ def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike
     return aside
 
 
-def read_trusted(result: Path, sentinel: Path, registry: Path, expected_dim: int | None = None,
-                 validate: bool = True) -> FeatureTable:
+def read_trusted(result: Path, sentinel: Path, registry: Path, validate: bool = True
+                 ) -> FeatureTable:
     """read_features for a consumer of a finished result (one with a `.done`).
 
     A corrupted result is moved aside and its `.done` removed before the error
     propagates (exit 75), so that the next run redoes that work.
     """
     try:
-        return read_features(result, expected_dim, validate)
+        return read_features(result, validate=validate)
     except CheckpointError as exc:
         if exc.kind == "corrupted":
             quarantine(result, exc.reason, registry)

@@ -62,7 +62,10 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     """
     features = Path(features)
     table = read_trusted(features, features.with_suffix(".done"), Path(registry),
-                         classifier.input_dim, validate)
+                         validate=validate)
+    # A width that differs from the classifier's is the classifier's fault (exit 66), not a
+    # damaged feature file: the features are kept.
+    classifier.expected_input(table.data.shape[1])
     with open(index) as handle:
         rows = [line.rstrip("\n").split("\t") for line in handle][1:]
     if [r[0] for r in rows] != table.ids:
