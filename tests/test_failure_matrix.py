@@ -393,3 +393,161 @@ def test_broken_model(finished_copy, clean_run, kind, fault):
     proc = snakemake(work, "--configfile", run_config(work, {"clean": "clean.fa"}))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert_same_results(work / "out" / "clean", clean_run)
+
+
+# --------------------------------------------------------------------------- failing machines
+
+READS = 3000  # about 4,200 frames: 5 shards of up to 1,000
+
+
+def reads_config(work: Path, fasta: Path, outdir: Path | str = "out") -> Path:
+    return run_config(work, {"s": str(fasta)}, outdir=str(outdir), shard_size=1000)
+
+
+@pytest.fixture(scope="module")
+def reads_reference(tmp_path_factory) -> tuple[Path, Path]:
+    """(reads FASTA, its results from an undisturbed run)."""
+    from workflow_helpers import orf_reads
+
+    work = tmp_path_factory.mktemp("reads-clean")
+    orf_reads(work / "reads.fa", READS)
+    proc = snakemake(work, "--configfile", reads_config(work, work / "reads.fa"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(list((work / "out" / "s" / "features").glob("*.pt"))) == 5
+    return work / "reads.fa", work / "out" / "s"
+
+
+def finished_run_copy(reads_reference, tmp_path: Path) -> Path:
+    """A working directory holding a copy of the finished reference run (mtimes kept)."""
+    fasta, clean = reads_reference
+    work = tmp_path / "work"
+    shutil.copytree(clean.parent.parent, work, symlinks=True)
+    reads_config(work, fasta)
+    return work
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    if not IS_ROOT:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    path.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    yield tmp_path
+    for mount in tmp_path.iterdir():
+        if os.path.ismount(mount):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def disk_bytes(directory: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("stage", ["prepare", "embed"])
+def test_disk_full(reads_reference, mounts, stage):
+    """The output file system fills up during prepare / during embedding; then space is freed."""
+    fasta, clean = reads_reference
+    disk = mounts / "disk"
+    room = 64 * 1024 if stage == "prepare" else disk_bytes(clean / "prepare") + 256 * 1024
+    mount_tmpfs(disk, f"size={room}")
+    config = reads_config(mounts, fasta, disk / "out")
+    proc = snakemake(mounts, "--configfile", config)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    (job,) = failed_jobs(proc.stdout)
+    assert (job.rule, job.status) == (stage, 74)
+    (line,) = error_lines(proc.stdout)
+    assert re.fullmatch(rf"virnucpro: error: {re.escape(str(disk / 'out' / 's'))}/\S+: No space "
+                        r"left on device \(disk or quota full\); free space there or set outdir "
+                        r"to a larger file system, then rerun \(finished results are kept\)", line)
+    assert leftovers(disk / "out") == []
+    remount(disk, "size=64m")
+    proc = snakemake(mounts, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(disk / "out" / "s", clean)
+
+
+def test_unwritable_output_directory(reads_reference, mounts):
+    fasta, clean = reads_reference
+    disk = mounts / "readonly"
+    mount_tmpfs(disk, "size=64m,ro")
+    config = reads_config(mounts, fasta, disk / "out")
+    proc = snakemake(mounts, "--configfile", config)
+    assert proc.returncode == 73, proc.stdout[-3000:]
+    assert error_lines(proc.stdout) == [
+        f"virnucpro: error: {disk / 'out'}: Read-only file system; make the output directory "
+        "writable or set outdir elsewhere, then rerun"]
+    assert failed_jobs(proc.stdout) == []  # refused before any job started
+    remount(disk, "rw")
+    proc = snakemake(mounts, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(disk / "out" / "s", clean)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_prepared_shard_damaged_before_embedding(reads_reference, tmp_path, damage):
+    fasta, clean = reads_reference
+    config = reads_config(tmp_path, fasta)
+    assert snakemake(tmp_path, "--until", "prepare", "--configfile", config).returncode == 0
+    shard = tmp_path / "out" / "s" / "prepare" / "shards" / "shard_000001.faa"
+    if damage == "deleted":
+        shard.unlink()
+        problem = "is missing"
+    else:
+        size = shard.stat().st_size
+        os.truncate(shard, size // 2)
+        problem = f"has {size // 2} bytes, {size} when prepare wrote it"
+    for dry_run in (["-n"], []):  # a dry run tells the same
+        proc = snakemake(tmp_path, *dry_run, "--configfile", config)
+        assert proc.returncode == 1, proc.stdout[-3000:]
+        assert error_lines(proc.stdout) == [
+            f"virnucpro: error: out/s/prepare/shards/shard_000001.faa: {problem}, so the "
+            "prepared sample is damaged; delete out/s/prepare and rerun to prepare the sample "
+            "again"]
+    shutil.rmtree(tmp_path / "out" / "s" / "prepare")
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(tmp_path / "out" / "s", clean)
+
+
+@pytest.mark.parametrize("deleted", ["prepared shards", "feature files"])
+def test_intermediates_deleted_after_the_run_change_nothing(reads_reference, tmp_path, deleted):
+    """Once a sample is scored, its prepared shards and features are only intermediates:
+    removing them (to save space) loses no result, and a rerun has nothing to do."""
+    work = finished_run_copy(reads_reference, tmp_path)
+    sample = work / "out" / "s"
+    for path in (sample.glob("prepare/shards/*.f*") if deleted == "prepared shards"
+                 else sample.glob("features/*.pt")):
+        path.unlink()
+    proc = snakemake(work, "--configfile", work / "config.yaml")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+    assert_same_results(sample, reads_reference[1], intermediates=False)
+
+
+def test_finished_features_truncated(reads_reference, tmp_path):
+    work = finished_run_copy(reads_reference, tmp_path)
+    features = work / "out" / "s" / "features" / "shard_000002.pt"
+    os.truncate(features, features.stat().st_size // 2)
+    proc = snakemake(work, "--configfile", work / "config.yaml")
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    (job,) = failed_jobs(proc.stdout)
+    assert (job.rule, job.status) == ("classify", 75)
+    (line,) = error_lines(proc.stdout)
+    assert re.fullmatch(r"virnucpro: error: out/s/features/shard_000002.pt: corrupted checkpoint: "
+                        r"not a torch zip container \(truncated or overwritten\?\); moved aside "
+                        r"as shard_000002.pt.corrupted-\S+ and listed in failed_checkpoints.txt: "
+                        r"rerun to compute it again", line), line
+    registry = (work / "out" / "failed_checkpoints.txt").read_text().splitlines()
+    assert len(registry) == 1 and registry[0].startswith(str(features.relative_to(work)) + "|")
+    assert len(list(features.parent.glob("shard_000002.pt.corrupted-*"))) == 1  # kept aside
+    proc = snakemake(work, "--configfile", work / "config.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(work / "out" / "s", reads_reference[1])

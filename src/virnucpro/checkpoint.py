@@ -182,11 +182,14 @@ def read_trusted(result: Path, sentinel: Path, registry: Path, validate: bool = 
     try:
         return read_features(result, validate=validate)
     except CheckpointError as exc:
-        if exc.kind == "corrupted":
-            quarantine(result, exc.reason, registry)
-            sentinel.unlink(missing_ok=True)
-            log.warning("removed %s: its result did not validate", sentinel)
-        raise
+        if exc.kind != "corrupted":
+            raise
+        aside = quarantine(result, exc.reason, registry)
+        sentinel.unlink(missing_ok=True)
+        log.warning("removed %s: its result did not validate", sentinel)
+        raise CheckpointError(result, "corrupted", f"{exc.reason}; moved aside as {aside.name} "
+                              f"and listed in {registry.name}: rerun to compute it again"
+                              ) from None
 
 
 def frames_checkpointed(directory: Path) -> int:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import logging
 import os
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -30,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro.atomic import atomic_open
-from virnucpro.checkpoint import read_trusted
+from virnucpro.checkpoint import CheckpointError, read_trusted
 from virnucpro.errors import InputError
 from virnucpro.models.classifier import MLPClassifier
+
+log = logging.getLogger("virnucpro")
 
 SCORES_HEADER = "frame_id\tread_index\tchunk\tscore1\tscore2\n"
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
@@ -54,15 +57,26 @@ def _float32_text(values: np.ndarray) -> list[str]:
 
 
 def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifier: MLPClassifier,
-                out: str | os.PathLike, registry: str | os.PathLike, validate: bool = True) -> int:
+                out: str | os.PathLike, registry: str | os.PathLike, validate: bool = True,
+                derived: Sequence[str | os.PathLike] = ()) -> int:
     """Score one shard's frames; write its scores file atomically; return the frame count.
 
     A corrupted feature file is moved aside and its `.done` removed (exit 75): the
-    next run embeds the shard again.
+    next run embeds the shard again. The sample's results in `derived` were built from
+    that file, so they are withdrawn too; otherwise Snakemake, seeing them present, would
+    not rerun anything (it does not rebuild missing intermediates of finished results).
     """
     features = Path(features)
-    table = read_trusted(features, features.with_suffix(".done"), Path(registry),
-                         validate=validate)
+    try:
+        table = read_trusted(features, features.with_suffix(".done"), Path(registry),
+                             validate=validate)
+    except CheckpointError as exc:
+        if exc.kind == "corrupted":
+            for path in map(Path, derived):
+                if path.exists():
+                    path.unlink()
+                    log.warning("withdrew %s: it was built from %s", path, features)
+        raise
     # A width that differs from the classifier's is the classifier's fault (exit 66), not a
     # damaged feature file: the features are kept.
     classifier.expected_input(table.data.shape[1])

@@ -12,6 +12,8 @@ rule classify:
         f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
     params:
         registry=FAILED_REGISTRY,
+        # Results built from this shard: withdrawn if its features turn out corrupted.
+        derived=lambda wildcards: sample_results(wildcards.sample),
     log:
         f"{OUTDIR}/logs/classify/{{sample}}/{{shard}}.log",
     benchmark:

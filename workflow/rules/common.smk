@@ -70,6 +70,13 @@ def shard_names(sample):
 FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
 
 
+def sample_results(sample):
+    """The aggregate step's outputs for a sample."""
+    return [f"{OUTDIR}/{sample}/{name}" for name in (
+        "prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv",
+        "counts.json")]
+
+
 def shard_scores(wildcards):
     return [
         f"{OUTDIR}/{wildcards.sample}/scores/{name}.tsv"
