@@ -7,6 +7,7 @@ a clean run's. README "When things go wrong" is built from this module.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -401,7 +402,9 @@ READS = 3000  # about 4,200 frames: 5 shards of up to 1,000
 
 
 def reads_config(work: Path, fasta: Path, outdir: Path | str = "out") -> Path:
-    return run_config(work, {"s": str(fasta)}, outdir=str(outdir), shard_size=1000)
+    """Shards of 1,000 frames, progress saved every 100 (so interruptions leave some)."""
+    return run_config(work, {"s": str(fasta)}, outdir=str(outdir), shard_size=1000,
+                      checkpoint={"frames": 100, "window_frames": 100})
 
 
 @pytest.fixture(scope="module")
@@ -551,3 +554,147 @@ def test_finished_features_truncated(reads_reference, tmp_path):
     proc = snakemake(work, "--configfile", work / "config.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert_same_results(work / "out" / "s", reads_reference[1])
+
+
+# --------------------------------------------------------------------------- concurrent runs and signals
+
+def catches_sigterm(job: psutil.Process) -> bool:
+    """Whether the job has a SIGTERM handler, i.e. virnucpro's runner is in charge
+    (Python's default catches only SIGINT)."""
+    status = Path(f"/proc/{job.pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def freeze_when_running(job: psutil.Process, timeout: float = 60) -> None:
+    """Suspend the job once the runner's signal handlers are in place (polled while it is
+    suspended, so the check cannot race the job)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.suspend()
+        if catches_sigterm(job):
+            return
+        job.resume()
+        time.sleep(0.01)
+    raise AssertionError(f"{job.cmdline()} never installed its signal handlers")
+
+
+@pytest.mark.parametrize("where", ["same working directory", "another working directory"])
+def test_second_run_on_the_same_output_directory_is_refused(reads_reference, tmp_path, where):
+    fasta, clean = reads_reference
+    first_work, second_work = tmp_path / "first", tmp_path / ("first" if where.startswith(
+        "same") else "second")
+    first_work.mkdir(), second_work.mkdir(exist_ok=True)
+    outdir = tmp_path / "first" / "out"
+    config = reads_config(first_work, fasta, outdir)
+    first = start_snakemake(first_work, "--configfile", config)
+    job = job_process(first, "embed")
+    assert job is not None, first.communicate()[0][-3000:]
+    job.suspend()  # the first run is certainly busy while the second starts
+    try:
+        second = snakemake(second_work, "--configfile", reads_config(second_work, fasta, outdir))
+        dry = snakemake(second_work, "-n", "--configfile", config)
+    finally:
+        job.resume()
+    out = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, out[-3000:]
+    if where.startswith("same"):  # Snakemake's own lock
+        assert second.returncode == 1 and "LockException" in second.stdout, second.stdout[-3000:]
+        assert "Directory cannot be locked" in second.stdout
+    else:  # ours, on the output directory
+        assert second.returncode == 75, second.stdout[-3000:]
+        (line,) = error_lines(second.stdout)
+        assert re.fullmatch(rf"virnucpro: error: {re.escape(str(outdir))}: another workflow run "
+                            r"is using this output directory \(\{.*\"pid\": "
+                            rf"{first.pid}.*\}}\); wait for it to finish, or set a different "
+                            r"outdir", line), line
+    assert failed_jobs(second.stdout) == []  # the second run started no job
+    assert dry.returncode == 0 and "embed" in dry.stdout  # a dry run is always allowed
+    assert_same_results(outdir / "s", clean)
+
+
+def interrupted_line(sig: signal.Signals) -> str:
+    return (f"virnucpro: interrupted by {sig.name}: nothing unfinished was published (saved "
+            "checkpoints are kept); rerun the same command to continue")
+
+
+STAGES = ["demo_models", "prepare", "prepare_summary", "embed", "classify", "aggregate",
+          "sample_report"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_in_every_stage(reads_reference, tmp_path, sig):
+    """Ctrl-C (SIGINT to the foreground process group) or SIGTERM to the whole run (a batch
+    system, `timeout`, `kill -- -PGID`) while a job of each stage runs; after each, the same
+    command is run again (no --unlock needed), the last run finishes, and the results equal
+    an undisturbed run's."""
+    fasta, clean = reads_reference
+    config = reads_config(tmp_path, fasta)
+    for stage in STAGES:
+        # --forcerun: the stage runs even if an earlier interrupted run got past it.
+        run = start_snakemake(tmp_path, "--forcerun", stage, "--configfile", config)
+        job = job_process(run, stage)
+        assert job is not None, f"no {stage} job ran: {run.communicate()[0][-3000:]}"
+        job.suspend()  # wherever it is: starting, importing, or at work
+        tree = psutil.Process(run.pid).children(recursive=True)
+        os.killpg(run.pid, sig)
+        time.sleep(0.2)
+        with contextlib.suppress(psutil.NoSuchProcess):  # Snakemake may have killed it
+            job.resume()
+        out = run.communicate(timeout=300)[0]
+        assert run.returncode != 0, f"{stage}: {out[-3000:]}"
+        assert f"Error in rule {stage}:" in out, out[-3000:]
+        assert "LockException" not in out
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert leftovers(tmp_path / "out") == [], stage
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(tmp_path / "out" / "s", clean)
+
+
+def test_sigterm_to_snakemake_finishes_running_jobs(reads_reference, tmp_path):
+    """`kill PID` of Snakemake alone: it lets running jobs finish, starts no new ones, and
+    the rerun continues from there."""
+    fasta, clean = reads_reference
+    config = reads_config(tmp_path, fasta)
+    run = start_snakemake(tmp_path, "--configfile", config)
+    job = job_process(run, "embed")
+    assert job is not None
+    os.kill(run.pid, signal.SIGTERM)
+    out = run.communicate(timeout=300)[0]
+    assert "Will exit after finishing currently running jobs" in out, out[-3000:]
+    assert run.returncode != 0 and "Error in rule" not in out
+    done = sorted(p.name for p in (tmp_path / "out" / "s" / "features").glob("*.done"))
+    assert 1 <= len(done) < 5
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert_same_results(tmp_path / "out" / "s", clean)
+
+
+def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
+    """SIGTERM to the job alone, as a scheduler's time limit or `scancel` sends it: the job
+    saves what it embedded, says so in one line and exits 143; the rerun resumes from there."""
+    fasta, clean = reads_reference
+    config = reads_config(tmp_path, fasta)
+    run = start_snakemake(tmp_path, "--configfile", config)
+    job = job_process(run, "embed")
+    assert job is not None
+    partial = next((tmp_path / "out" / "s" / "features").glob("*.pt.partial"), None)
+    while partial is None or not list(partial.glob("batch_*.done")):  # some work is saved
+        time.sleep(0.005)
+        partial = next((tmp_path / "out" / "s" / "features").glob("*.pt.partial"), None)
+    freeze_when_running(job)
+    job.send_signal(signal.SIGTERM)
+    job.resume()
+    out = run.communicate(timeout=300)[0]
+    assert run.returncode == 1
+    (failed,) = failed_jobs(out)
+    assert (failed.rule, failed.status) == ("embed", 128 + signal.SIGTERM)
+    assert interrupted_line(signal.SIGTERM) in out
+    assert list(partial.glob("batch_*.done"))  # the saved work is kept ...
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "resuming after" in (tmp_path / "out" / "logs" / "embed" / "s" /
+                                f"{partial.name[:-len('.pt.partial')]}.log").read_text()
+    assert_same_results(tmp_path / "out" / "s", clean)  # ... and used
+

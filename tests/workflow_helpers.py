@@ -64,8 +64,10 @@ def job_process(proc: subprocess.Popen, script: str, timeout: float = 120):
     while proc.poll() is None and time.monotonic() < deadline:
         try:
             for child in root.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if any(arg.endswith(f".{script}.py") for arg in child.cmdline()):
+                with contextlib.suppress(psutil.Error):  # the python process, not its shell
+                    command = child.cmdline()
+                    if child.name().startswith("python") and \
+                            any(arg.endswith(f".{script}.py") for arg in command[1:]):
                         return child
         except psutil.Error:
             pass
