@@ -107,6 +107,24 @@ class KeptFrames:
     def __len__(self) -> int:
         return len(self.chunk)
 
+    def without_chunks(self, dropped: np.ndarray) -> KeptFrames:
+        """These frames minus those of the chunks flagged in `dropped` (bool per chunk)."""
+        keep = ~dropped[self.chunk]
+        if keep.all():
+            return self
+        parts = []
+        for seq, ends in ((self.nucleotide, self.nucleotide_ends), (self.protein, self.protein_ends)):
+            lengths = np.diff(ends, prepend=0)[keep]
+            parts += [gather_spans(seq, (ends - np.diff(ends, prepend=0))[keep], lengths),
+                      np.cumsum(lengths)]
+        return KeptFrames(self.chunk[keep], self.frame[keep], *parts)
+
+
+def ambiguous_chunks(codes: np.ndarray, chunks: Chunks) -> np.ndarray:
+    """Per chunk: does it hold any letter other than A, C, G, T (codes 0-3)?"""
+    other = np.concatenate([[0], np.cumsum(codes > 3, dtype=np.int64)])
+    return other[chunks.start + chunks.length] > other[chunks.start]
+
 
 def _stops_per_phase(stops: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     """Stop flags of the codons starting in [first, last] of every chunk, per

@@ -33,7 +33,7 @@ import numpy as np
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.errors import UsageError
 from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
-from virnucpro.frames import Chunks, KeptFrames, chunk_layout, select_frames
+from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
 from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
 
@@ -139,6 +139,8 @@ class PrepareStats:
     seconds: float = 0.0
     u_as_t: bool = False
     u_bases: int = 0  # U/u bases in the sequences (read as T when u_as_t)
+    drop_ambiguous: bool = False  # training data: chunks with non-ACGT letters give no frame
+    ambiguous_chunks: int = 0
 
     def count(self, block: PreparedBlock) -> None:
         self.reads += len(block.reads)
@@ -170,7 +172,12 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
             if stats.u_as_t:
                 block = block.with_u_as_t(u_positions)
         chunks = chunk_layout(block.lengths, block.starts, chunk_size)
-        prepared = PreparedBlock(block, chunks, select_frames(block.data, block.codes, chunks), stats.reads)
+        frames = select_frames(block.data, block.codes, chunks)
+        if stats.drop_ambiguous:
+            dropped = ambiguous_chunks(block.codes[:len(block.data)], chunks)
+            stats.ambiguous_chunks += int(dropped.sum())
+            frames = frames.without_chunks(dropped)
+        prepared = PreparedBlock(block, chunks, frames, stats.reads)
         stats.count(prepared)
         yield prepared
         progress.update(reader.bytes_read, reads=stats.reads, frames=stats.frames)
@@ -297,12 +304,13 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
 
 
 def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
-                 outdir: str | os.PathLike, u_as_t: bool = False) -> PrepareStats:
+                 outdir: str | os.PathLike, u_as_t: bool = False,
+                 drop_ambiguous: bool = False) -> PrepareStats:
     """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
 
     `outdir` appears only when complete (built under a temporary name).
     """
-    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t)
+    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous)
     with atomic_directory(outdir) as tmp:
         shards = tmp / "shards"
         shards.mkdir()

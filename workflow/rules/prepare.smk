@@ -11,6 +11,8 @@ checkpoint prepare:
         chunk_size=config["chunk_size"],
         shard_size=config["shard_size"],
         u_as_t=config["u_as_t"],
+        # The original's training-time rule: chunks with ambiguous bases give no frame.
+        drop_ambiguous=lambda wildcards: wildcards.sample in TRAINING,
     log:
         f"{OUTDIR}/logs/prepare/{{sample}}.log",
     benchmark:

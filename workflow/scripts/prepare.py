@@ -6,4 +6,5 @@ from virnucpro.prepare import write_shards
 from virnucpro.runner import run_step
 
 run_step(snakemake.log[0], write_shards, snakemake.input[0], snakemake.params.chunk_size,
-         snakemake.params.shard_size, snakemake.output[0], snakemake.params.u_as_t)
+         snakemake.params.shard_size, snakemake.output[0], snakemake.params.u_as_t,
+         snakemake.params.drop_ambiguous)

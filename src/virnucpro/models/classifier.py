@@ -425,10 +425,19 @@ def convert_model(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, A
         raise UsageError(f"{dst}: the converted classifier is written as .safetensors; "
                          "name the output file *.safetensors")
     model = load_classifier(src)
-    described = {**describe(model), "source_sha256": _sha256(src)}
+    return save_classifier(model, dst, {"source_sha256": _sha256(src)})
+
+
+def save_classifier(model: MLPClassifier, dst: str | os.PathLike, about: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Write `model` as safetensors (original parameter names) plus its JSON sidecar:
+    the architecture fields and `about`. Both atomic, the sidecar last; returns the sidecar."""
+    dst = Path(dst)
+    described = {**describe(model), **about}
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(dst) as handle:
-        handle.write(safetensors.torch.save(model.state_dict()))
+        handle.write(safetensors.torch.save(
+            {key: value.contiguous() for key, value in model.state_dict().items()}))
     with atomic_open(sidecar_path(dst), "w") as handle:
         json.dump(described, handle, indent=2)
         handle.write("\n")

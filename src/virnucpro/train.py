@@ -1,0 +1,286 @@
+"""Train the VirNucPro classifier from embedded, labelled frames.
+
+The frames come from the prediction stages (prepare with the original's training-time rule
+that drops chunks holding ambiguous bases, then embed), so a trained model sees exactly the
+features prediction gives it. Training follows the original train.py: the same MLP
+(Xavier-initialised), cross-entropy, SGD with momentum and a step learning-rate schedule,
+early stopping on validation loss (the best weights are kept). Unlike the original it is
+seeded and deterministic on CPU, splits the validation set by *read* (frames of one read never
+sit on both sides), and weighs files as configured.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from virnucpro.atomic import atomic_open
+from virnucpro.checkpoint import read_features
+from virnucpro.errors import InputError, UsageError
+from virnucpro.models.classifier import MLPClassifier, save_classifier
+
+log = logging.getLogger("virnucpro")
+
+VIRUS, NON_VIRUS = 1, 0
+
+
+@dataclass
+class TrainingSettings:
+    validation_fraction: float = 0.1
+    seed: int = 42
+    epochs: int = 200
+    patience: int = 5
+    batch_size: int = 32
+    learning_rate: float = 0.0002
+    momentum: float = 0.9
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.85
+    hidden_dim: int = 512
+
+
+@dataclass
+class LabelledFile:
+    """One labelled FASTA file, as the workflow prepared and embedded it."""
+
+    fasta: str
+    label: int  # VIRUS or NON_VIRUS
+    weight: float
+    validation: bool  # an explicit validation file (else split by validation_fraction)
+    features: list[str] = field(default_factory=list)  # shard feature files, in shard order
+    indexes: list[str] = field(default_factory=list)  # the shards' index.tsv (frame -> read)
+
+
+@dataclass
+class Examples:
+    features: torch.Tensor  # [N, D] float32
+    labels: torch.Tensor  # [N] int64
+    weights: torch.Tensor  # [N] float32
+
+
+def _load(file: LabelledFile) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """A file's frame features and the read each frame came from; the embedding models."""
+    rows, reads, models = [], [], {}
+    for features, index in zip(file.features, file.indexes, strict=True):
+        table = read_features(features)
+        with open(index) as handle:
+            lines = [line.split("\t") for line in handle.read().splitlines()[1:]]
+        if [line[0] for line in lines] != table.ids:
+            raise InputError(features, f"frame IDs differ from the shard index {index}",
+                             "the features do not belong to this shard; delete them and rerun")
+        rows.append(table.data.float())
+        reads.extend(int(line[1]) for line in lines)
+        models = table.meta.get("models", models)
+    data = torch.cat(rows) if rows else torch.empty(0, 0)
+    return data, np.asarray(reads, dtype=np.int64), models
+
+
+def split_reads(reads: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Validation mask over frames: a seeded `fraction` of the distinct reads, whole."""
+    distinct = np.unique(reads)
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(distinct)[: int(round(len(distinct) * fraction))]
+    return np.isin(reads, chosen)
+
+
+def _examples(parts: list[tuple[torch.Tensor, int, float]]) -> Examples:
+    parts = [p for p in parts if len(p[0])]
+    features = torch.cat([p[0] for p in parts])
+    labels = torch.cat([torch.full((len(p[0]),), p[1], dtype=torch.int64) for p in parts])
+    weights = torch.cat([torch.full((len(p[0]),), p[2], dtype=torch.float32) for p in parts])
+    return Examples(features, labels, weights)
+
+
+def assemble(files: Sequence[LabelledFile], settings: TrainingSettings
+             ) -> tuple[Examples, Examples, dict[str, Any]]:
+    """Training and validation examples, and the embedding models they were made with."""
+    train, validation, models = [], [], {}
+    explicit = any(f.validation for f in files)
+    for file in files:
+        data, reads, models = _load(file)
+        log.info("%s: %d frames (%s)", file.fasta, len(data),
+                 "virus" if file.label == VIRUS else "non-virus")
+        if file.validation:
+            validation.append((data, file.label, file.weight))
+            continue
+        if explicit:  # validation files given: every other frame trains
+            train.append((data, file.label, file.weight))
+            continue
+        held = torch.from_numpy(split_reads(reads, settings.validation_fraction, settings.seed))
+        validation.append((data[held], file.label, file.weight))
+        train.append((data[~held], file.label, file.weight))
+    for name, parts in (("training", train), ("validation", validation)):
+        labels = {label for data, label, _ in parts if len(data)}
+        if labels != {VIRUS, NON_VIRUS}:
+            raise UsageError(f"the {name} set needs frames of both classes, it has "
+                             f"{sorted(labels) or 'none'}; give virus and non-virus files with "
+                             "stop-free frames, or a larger validation_fraction")
+    return _examples(train), _examples(validation), models
+
+
+def _loss(model: MLPClassifier, examples: Examples) -> float:
+    model.eval()
+    with torch.no_grad():
+        losses = F.cross_entropy(model(examples.features), examples.labels, reduction="none")
+    return float((losses * examples.weights).sum() / examples.weights.sum())
+
+
+def fit(train: Examples, validation: Examples, settings: TrainingSettings
+        ) -> tuple[MLPClassifier, list[dict[str, float]]]:
+    """The MLP with the lowest validation loss, and the per-epoch history."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model = MLPClassifier(train.features.shape[1], settings.hidden_dim)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+                                momentum=settings.momentum)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_step_epochs,
+                                               settings.lr_gamma)
+    best, best_loss, waited, history = None, float("inf"), 0, []
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train.labels), generator=generator)
+        total = 0.0
+        for batch in order.split(settings.batch_size):
+            if len(batch) < 2:  # BatchNorm needs two rows in training mode
+                continue
+            optimizer.zero_grad()
+            losses = F.cross_entropy(model(train.features[batch]), train.labels[batch],
+                                     reduction="none")
+            weights = train.weights[batch]
+            loss = (losses * weights).sum() / weights.sum()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        schedule.step()
+        validation_loss = _loss(model, validation)
+        history.append({"epoch": epoch, "train_loss": total / len(train.labels),
+                        "validation_loss": validation_loss})
+        log.info("epoch %d: train loss %.4f, validation loss %.4f", epoch,
+                 history[-1]["train_loss"], validation_loss)
+        if validation_loss < best_loss:
+            best, best_loss, waited = copy.deepcopy(model.state_dict()), validation_loss, 0
+        else:
+            waited += 1
+            if waited >= settings.patience:
+                log.info("early stop after epoch %d: no better validation loss for %d epochs",
+                         epoch, waited)
+                break
+    model.load_state_dict(best)
+    return model.eval(), history
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-scores, kind="stable")
+    labels, scores = labels[order], scores[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = np.cumsum(labels)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    return (np.r_[0, fp] / max(fp[-1], 1), np.r_[0, tp] / max(tp[-1], 1))
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (virus = positive; called virus when P(virus) > 0.5,
+    as prediction calls it) and ROC AUC."""
+    called = scores > 0.5
+    tp = int(np.sum(called & (labels == VIRUS)))
+    fp = int(np.sum(called & (labels == NON_VIRUS)))
+    fn = int(np.sum(~called & (labels == VIRUS)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    fpr, tpr = roc_curve(labels, scores)
+    return {"accuracy": float(np.mean(called == (labels == VIRUS))), "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "roc_auc": float(np.trapezoid(tpr, fpr)), "frames": len(labels),
+            "virus_frames": int(np.sum(labels == VIRUS))}
+
+
+def _svg(title: str, body: str, x_label: str, y_label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="420" height="420" '
+            f'viewBox="-60 -40 420 420" font-family="sans-serif" font-size="12">'
+            f'<text x="150" y="-20" text-anchor="middle" font-size="14">{title}</text>'
+            f'<rect x="0" y="0" width="300" height="300" fill="none" stroke="black"/>{body}'
+            f'<text x="150" y="335" text-anchor="middle">{x_label}</text>'
+            f'<text x="-40" y="150" text-anchor="middle" transform="rotate(-90 -40 150)">'
+            f'{y_label}</text>'
+            '<text x="0" y="315" text-anchor="middle">0</text>'
+            '<text x="300" y="315" text-anchor="middle">1</text></svg>\n')
+
+
+def roc_svg(labels: np.ndarray, scores: np.ndarray, auc: float) -> str:
+    fpr, tpr = roc_curve(labels, scores)
+    points = " ".join(f"{300 * x:.1f},{300 * (1 - y):.1f}" for x, y in zip(fpr, tpr))
+    body = (f'<line x1="0" y1="300" x2="300" y2="0" stroke="#bbb" stroke-dasharray="4"/>'
+            f'<polyline points="{points}" fill="none" stroke="#c0392b" stroke-width="2"/>')
+    return _svg(f"Validation ROC (AUC {auc:.3f})", body, "false positive rate",
+                "true positive rate")
+
+
+def scores_svg(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> str:
+    counts = {label: np.histogram(scores[labels == label], bins=bins, range=(0, 1))[0]
+              for label in (VIRUS, NON_VIRUS)}
+    top = max(1, max(int(c.max()) for c in counts.values()))
+    width = 300 / bins
+    body = "".join(
+        f'<rect x="{i * width:.1f}" y="{300 - 300 * n / top:.1f}" width="{width:.1f}" '
+        f'height="{300 * n / top:.1f}" fill="{colour}" fill-opacity="0.5"/>'
+        for label, colour in ((NON_VIRUS, "#2980b9"), (VIRUS, "#c0392b"))
+        for i, n in enumerate(counts[label]))
+    body += ('<text x="10" y="15" fill="#c0392b">virus</text>'
+             '<text x="10" y="30" fill="#2980b9">non-virus</text>')
+    return _svg("Validation P(virus) by true class", body, "P(virus)", "frames")
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_size: int,
+              model_out: str | os.PathLike, metrics_out: str | os.PathLike,
+              roc_out: str | os.PathLike, scores_out: str | os.PathLike) -> dict[str, Any]:
+    """Train, then write the model (+ sidecar), validation metrics and the two plots."""
+    if not any(f.label == VIRUS for f in files) or not any(f.label == NON_VIRUS for f in files):
+        raise UsageError("training needs virus and non-virus files: set train.virus and "
+                         "train.nonvirus in the config")
+    train, validation, models = assemble(files, settings)
+    log.info("training on %d frames, validating on %d", len(train.labels),
+             len(validation.labels))
+    model, history = fit(train, validation, settings)
+    with torch.no_grad():
+        scores = model.predict_proba(validation.features)[:, 1].numpy()
+    labels = validation.labels.numpy()
+    metrics = evaluate(labels, scores)
+    data = [{"file": f.fasta, "label": "virus" if f.label == VIRUS else "non-virus",
+             "weight": f.weight, "validation": f.validation, "sha256": _sha256(f.fasta)}
+            for f in files]
+    fingerprint = hashlib.sha256(json.dumps([data, asdict(settings)], sort_keys=True)
+                                 .encode()).hexdigest()
+    about = {"chunk_size": chunk_size, "embedding_models": models,
+             "training_data": data, "training_data_sha256": fingerprint,
+             "training": asdict(settings), "epochs_run": len(history),
+             "validation_metrics": metrics}
+    save_classifier(model, model_out, about)
+    with atomic_open(metrics_out, "w") as handle:
+        json.dump({**metrics, "train_frames": len(train.labels), "history": history}, handle,
+                  indent=2)
+        handle.write("\n")
+    for out, text in ((roc_out, roc_svg(labels, scores, metrics["roc_auc"])),
+                      (scores_out, scores_svg(labels, scores))):
+        with atomic_open(out, "w") as handle:
+            handle.write(text)
+    log.info("validation: accuracy %.4f, precision %.4f, recall %.4f, F1 %.4f, ROC AUC %.4f",
+             metrics["accuracy"], metrics["precision"], metrics["recall"], metrics["f1"],
+             metrics["roc_auc"])
+    return metrics

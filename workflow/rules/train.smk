@@ -1,0 +1,48 @@
+# Train: the classifier from labelled FASTA files (config `train`), through the same
+# prepare (plus the original's drop of chunks with ambiguous bases) and embed stages.
+# Run it as a target: `snakemake train --configfile train.yaml`.
+
+
+def training_shards(wildcards, suffix):
+    """Every shard file (features or index) of every training file, in config order."""
+    paths = []
+    for sample in TRAINING:
+        for shard in shard_names(sample):
+            if suffix == ".pt":
+                paths.append(f"{OUTDIR}/{sample}/features/{shard}.pt")
+            else:
+                paths.append(f"{OUTDIR}/{sample}/prepare/shards/{shard}{suffix}")
+    return paths
+
+
+rule train:
+    input:
+        features=lambda wildcards: training_shards(wildcards, ".pt"),
+        indexes=lambda wildcards: training_shards(wildcards, ".index.tsv"),
+        fasta=list(TRAINING.values()),
+    output:
+        model=f"{OUTDIR}/train/model.safetensors",
+        sidecar=f"{OUTDIR}/train/model.safetensors.json",
+        metrics=f"{OUTDIR}/train/metrics.json",
+        roc=report(
+            f"{OUTDIR}/train/roc.svg", caption="../report/train_roc.rst", category="Training"
+        ),
+        scores=report(
+            f"{OUTDIR}/train/scores.svg",
+            caption="../report/train_scores.rst",
+            category="Training",
+        ),
+    params:
+        files={name: f"{OUTDIR}/{name}" for name in TRAINING},
+    log:
+        f"{OUTDIR}/logs/train.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/train.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"
