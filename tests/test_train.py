@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import plain_prepare
-from conftest import read_fasta
+from conftest import read_fasta, run_cli
 from virnucpro.frames import ambiguous_chunks, chunk_layout
 from virnucpro.models.classifier import load_classifier
 from virnucpro.prepare import write_shards
@@ -128,6 +128,16 @@ def test_train_target_learns_codon_usage_and_the_model_predicts(tmp_path):
     stats = json.loads((tmp_path / "out" / "train-virus-0" / "prepare" / "stats.json").read_text())
     assert stats["drop_ambiguous"] and stats["ambiguous_chunks"] == 10
     assert load_classifier(out / "model.safetensors").input_dim == 64
+
+    # The same training from the CLI, on the same embedded directories: the same model.
+    cli = run_cli("train", "--virus", tmp_path / "out" / "train-virus-0", "--nonvirus",
+                  f"{tmp_path / 'out' / 'train-nonvirus-0'}=1.5", "--chunk-size", 500, "--outdir",
+                  tmp_path / "cli", "--validation-fraction", 0.25, "--seed", 7,
+                  "--learning-rate", 0.01, "--epochs", 60, "--patience", 8)
+    assert cli.returncode == 0, cli.stderr
+    ours = load_classifier(tmp_path / "cli" / "model.safetensors").state_dict()
+    for key, value in load_classifier(out / "model.safetensors").state_dict().items():
+        assert torch.equal(value, ours[key]), key
 
     # The trained model, copied out as a user would keep it, in the prediction workflow
     # unchanged: new reads of both kinds.

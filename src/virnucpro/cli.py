@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from virnucpro import __version__
 from virnucpro.errors import UsageError
@@ -97,6 +98,46 @@ def _add_convert_model_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert_model)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from virnucpro.train import NON_VIRUS, VIRUS, TrainingSettings, labelled_sample, train_run
+
+    def labelled(spec: str, label: int):
+        directory, _, weight = spec.rpartition("=") if "=" in spec else (spec, "", "1")
+        try:
+            return labelled_sample(directory, label, float(weight))
+        except ValueError:
+            raise UsageError(f"{spec}: the weight after '=' must be a number") from None
+
+    files = [labelled(d, VIRUS) for d in args.virus] + \
+        [labelled(d, NON_VIRUS) for d in args.nonvirus]
+    given = {key: getattr(args, key) for key in ("validation_fraction", "seed", "epochs",
+                                                 "patience", "learning_rate")}
+    settings = TrainingSettings(**{k: v for k, v in given.items() if v is not None})
+    out = Path(args.outdir)
+    metrics = train_run(files, settings, args.chunk_size, out / "model.safetensors",
+                        out / "metrics.json", out / "roc.svg", out / "scores.svg")
+    print(f"validation: accuracy {metrics['accuracy']:.4f}, ROC AUC {metrics['roc_auc']:.4f} "
+          f"-> {out / 'model.safetensors'}")
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the classifier from embedded sample directories",
+                       description="Train the MLP on sample directories the workflow prepared "
+                                   "and embedded ({outdir}/NAME/ with prepare/ and features/), "
+                                   "as the workflow's train target does; writes model.safetensors "
+                                   "(+ .json sidecar), metrics.json, roc.svg and scores.svg.")
+    p.add_argument("--virus", nargs="+", required=True, metavar="DIR[=WEIGHT]")
+    p.add_argument("--nonvirus", nargs="+", required=True, metavar="DIR[=WEIGHT]")
+    p.add_argument("--chunk-size", type=int, required=True, choices=CHUNK_SIZES)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--validation-fraction", type=float, help="default 0.1")
+    p.add_argument("--seed", type=int, help="default 42")
+    p.add_argument("--epochs", type=_positive, help="default 200")
+    p.add_argument("--patience", type=_positive, help="default 5")
+    p.add_argument("--learning-rate", type=float, help="default 0.0002")
+    p.set_defaults(func=_train)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -184,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_prepare)
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 

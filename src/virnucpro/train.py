@@ -61,6 +61,27 @@ class LabelledFile:
     indexes: list[str] = field(default_factory=list)  # the shards' index.tsv (frame -> read)
 
 
+def labelled_sample(directory: str | os.PathLike, label: int, weight: float = 1.0,
+                    validation: bool = False) -> LabelledFile:
+    """A labelled file as the workflow left it in `{outdir}/{name}/`: its prepare stats name
+    the FASTA, its finished shards have features/ and prepare/shards/ files."""
+    directory = Path(directory)
+    stats = directory / "prepare" / "stats.json"
+    if not stats.is_file():
+        raise InputError(directory, "no prepare/stats.json", "give a sample directory of the "
+                         "workflow's outdir whose prepare and embed steps finished")
+    shards = sorted(p.name[: -len(".done")]
+                    for p in (directory / "prepare" / "shards").glob("shard_*.done"))
+    missing = [s for s in shards if not (directory / "features" / f"{s}.done").exists()]
+    if missing:
+        raise InputError(directory, f"shard {missing[0]} is not embedded yet",
+                         "run the workflow's train target (or embed the shard) first")
+    return LabelledFile(json.loads(stats.read_text())["input"], label, weight, validation,
+                        [str(directory / "features" / f"{s}.pt") for s in shards],
+                        [str(directory / "prepare" / "shards" / f"{s}.index.tsv")
+                         for s in shards])
+
+
 @dataclass
 class Examples:
     features: torch.Tensor  # [N, D] float32
@@ -242,9 +263,13 @@ def scores_svg(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> str:
     return _svg("Validation P(virus) by true class", body, "P(virus)", "frames")
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def _sha256(paths: Sequence[str]) -> str:
+    """One digest of the files' bytes, in order: the embedded frames a model was trained on."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_size: int,
@@ -263,7 +288,8 @@ def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_s
     labels = validation.labels.numpy()
     metrics = evaluate(labels, scores)
     data = [{"file": f.fasta, "label": "virus" if f.label == VIRUS else "non-virus",
-             "weight": f.weight, "validation": f.validation, "sha256": _sha256(f.fasta)}
+             "weight": f.weight, "validation": f.validation,
+             "features_sha256": _sha256(f.features)}
             for f in files]
     fingerprint = hashlib.sha256(json.dumps([data, asdict(settings)], sort_keys=True)
                                  .encode()).hexdigest()

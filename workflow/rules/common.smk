@@ -79,6 +79,18 @@ def shard_names(sample):
 FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
 
 
+def training_shards(wildcards, suffix):
+    """Every shard file (features or index) of every training file, in config order."""
+    paths = []
+    for sample in TRAINING:
+        for shard in shard_names(sample):
+            if suffix == ".pt":
+                paths.append(f"{OUTDIR}/{sample}/features/{shard}.pt")
+            else:
+                paths.append(f"{OUTDIR}/{sample}/prepare/shards/{shard}{suffix}")
+    return paths
+
+
 def sample_results(sample):
     """The aggregate step's outputs for a sample."""
     return [f"{OUTDIR}/{sample}/{name}" for name in (

@@ -3,18 +3,6 @@
 # Run it as a target: `snakemake train --configfile train.yaml`.
 
 
-def training_shards(wildcards, suffix):
-    """Every shard file (features or index) of every training file, in config order."""
-    paths = []
-    for sample in TRAINING:
-        for shard in shard_names(sample):
-            if suffix == ".pt":
-                paths.append(f"{OUTDIR}/{sample}/features/{shard}.pt")
-            else:
-                paths.append(f"{OUTDIR}/{sample}/prepare/shards/{shard}{suffix}")
-    return paths
-
-
 rule train:
     input:
         features=lambda wildcards: training_shards(wildcards, ".pt"),
