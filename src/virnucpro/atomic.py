@@ -13,19 +13,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 
-def _naming(exc: BaseException, path: Path) -> BaseException:
-    """An OSError from write() or flush() names no file: name the result being written.
+def _raise_naming(exc: BaseException, path: Path) -> NoReturn:
+    """Re-raise `exc`; an OSError from write() or flush() names no file, so it is raised
+    again naming the result being written.
 
     torch.save turns the OSError of a full disk into a RuntimeError ("unexpected pos"),
     keeping the OSError as its context: that OSError is the error to report.
     """
     cause = exc if isinstance(exc, OSError) else exc.__context__
     if isinstance(cause, OSError) and cause.filename is None and cause.errno is not None:
-        return OSError(cause.errno, cause.strerror, str(path))
-    return exc
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc
+    raise exc
 
 
 def _read_umask() -> int:
@@ -61,10 +62,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        named = _naming(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_naming(exc, path)
     fsync_dir(path.parent)
 
 
@@ -93,8 +91,5 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        named = _naming(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_naming(exc, path)
     fsync_dir(path.parent)

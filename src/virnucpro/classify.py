@@ -34,6 +34,7 @@ from virnucpro.atomic import atomic_open
 from virnucpro.checkpoint import CheckpointError, read_trusted
 from virnucpro.errors import InputError
 from virnucpro.models.classifier import MLPClassifier
+from virnucpro.prepare import read_shard_index
 
 log = logging.getLogger("virnucpro")
 
@@ -80,11 +81,7 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     # A width that differs from the classifier's is the classifier's fault (exit 66), not a
     # damaged feature file: the features are kept.
     classifier.expected_input(table.data.shape[1])
-    with open(index) as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
-    if [r[0] for r in rows] != table.ids:
-        raise InputError(features, f"frame IDs differ from the shard index {index}",
-                         "the features do not belong to this shard; delete them and rerun")
+    rows = read_shard_index(index, table.ids, features)
     probabilities = classifier.predict_proba(table.data).numpy()
     score1, score2 = _float32_text(probabilities[:, 0]), _float32_text(probabilities[:, 1])
     with atomic_open(out, "w") as handle:

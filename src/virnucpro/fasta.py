@@ -11,11 +11,11 @@ with spaces and carriage returns removed.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import zlib
 from collections.abc import Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO

@@ -114,9 +114,9 @@ class KeptFrames:
             return self
         parts = []
         for seq, ends in ((self.nucleotide, self.nucleotide_ends), (self.protein, self.protein_ends)):
-            lengths = np.diff(ends, prepend=0)[keep]
-            parts += [gather_spans(seq, (ends - np.diff(ends, prepend=0))[keep], lengths),
-                      np.cumsum(lengths)]
+            lengths = np.diff(ends, prepend=0)
+            kept = lengths[keep]
+            parts += [gather_spans(seq, (ends - lengths)[keep], kept), np.cumsum(kept)]
         return KeptFrames(self.chunk[keep], self.frame[keep], *parts)
 
 

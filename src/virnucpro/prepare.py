@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
-from virnucpro.errors import UsageError
+from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
 from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
@@ -281,6 +281,18 @@ class ShardWriter:
         for handle in self._handles:
             with contextlib.suppress(OSError):
                 handle.close()
+
+
+def read_shard_index(index: str | os.PathLike, frame_ids: list[str],
+                     features: str | os.PathLike) -> list[list[str]]:
+    """A shard's index rows (frame_id, read_index, chunk, frame), checked to list exactly
+    `frame_ids`, the frames of the feature file `features` made from this shard."""
+    with open(index) as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
+    if [row[0] for row in rows] != frame_ids:
+        raise InputError(features, f"frame IDs differ from the shard index {index}",
+                         "the features do not belong to this shard; delete them and rerun")
+    return rows
 
 
 def damaged_shard(shards: Path, names: list[str]) -> str | None:

@@ -29,6 +29,7 @@ from virnucpro.atomic import atomic_open
 from virnucpro.checkpoint import read_features
 from virnucpro.errors import InputError, UsageError
 from virnucpro.models.classifier import MLPClassifier, save_classifier
+from virnucpro.prepare import read_shard_index
 
 log = logging.getLogger("virnucpro")
 
@@ -94,13 +95,8 @@ def _load(file: LabelledFile) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]
     rows, reads, models = [], [], {}
     for features, index in zip(file.features, file.indexes, strict=True):
         table = read_features(features)
-        with open(index) as handle:
-            lines = [line.split("\t") for line in handle.read().splitlines()[1:]]
-        if [line[0] for line in lines] != table.ids:
-            raise InputError(features, f"frame IDs differ from the shard index {index}",
-                             "the features do not belong to this shard; delete them and rerun")
         rows.append(table.data.float())
-        reads.extend(int(line[1]) for line in lines)
+        reads.extend(int(row[1]) for row in read_shard_index(index, table.ids, features))
         models = table.meta.get("models", models)
     data = torch.cat(rows) if rows else torch.empty(0, 0)
     return data, np.asarray(reads, dtype=np.int64), models

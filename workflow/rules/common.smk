@@ -13,7 +13,7 @@ ENV = "../../envs/virnucpro.yaml"
 # Training files (target `train`) are prepared and embedded as samples of their own,
 # named train-{virus|nonvirus}-N (validation files: validation-...-N).
 TRAINING = {}
-for _role, _files in (("train", config["train"]), ("validation", config["train"].get("validation", {}))):
+for _role, _files in (("train", config["train"]), ("validation", config["train"]["validation"])):
     for _label in ("virus", "nonvirus"):
         for _i, _path in enumerate(_files.get(_label, [])):
             TRAINING[f"{_role}-{_label}-{_i}"] = _path
@@ -79,16 +79,14 @@ def shard_names(sample):
 FAILED_REGISTRY = f"{OUTDIR}/failed_checkpoints.txt"
 
 
-def training_shards(wildcards, suffix):
-    """Every shard file (features or index) of every training file, in config order."""
-    paths = []
-    for sample in TRAINING:
-        for shard in shard_names(sample):
-            if suffix == ".pt":
-                paths.append(f"{OUTDIR}/{sample}/features/{shard}.pt")
-            else:
-                paths.append(f"{OUTDIR}/{sample}/prepare/shards/{shard}{suffix}")
-    return paths
+def training_shards(template):
+    """A file of every shard of every training file, in config order: `template` is its
+    path within the sample directory, with {shard} for the shard name."""
+    return [
+        f"{OUTDIR}/{sample}/{template.format(shard=shard)}"
+        for sample in TRAINING
+        for shard in shard_names(sample)
+    ]
 
 
 def sample_results(sample):

@@ -5,8 +5,8 @@
 
 rule train:
     input:
-        features=lambda wildcards: training_shards(wildcards, ".pt"),
-        indexes=lambda wildcards: training_shards(wildcards, ".index.tsv"),
+        features=lambda wildcards: training_shards("features/{shard}.pt"),
+        indexes=lambda wildcards: training_shards("prepare/shards/{shard}.index.tsv"),
         fasta=list(TRAINING.values()),
     output:
         model=f"{OUTDIR}/train/model.safetensors",

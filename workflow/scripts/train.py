@@ -9,13 +9,12 @@ def train(sm):
     from virnucpro.train import TrainingSettings, labelled_sample, train_run
 
     settings = sm.config["train"]
-    weights = settings.get("weights", {})
     files = []
     for name, directory in sm.params.files.items():  # train-virus-0, validation-nonvirus-1, ...
-        role, label, index = name.split("-")
-        fasta = (settings if role == "train" else settings["validation"])[label][int(index)]
-        files.append(labelled_sample(directory, int(label == "virus"), weights.get(fasta, 1.0),
-                                     role == "validation"))
+        role, label, _ = name.split("-")
+        file = labelled_sample(directory, int(label == "virus"), validation=role == "validation")
+        file.weight = float(settings["weights"].get(file.fasta, 1.0))  # keyed by configured path
+        files.append(file)
     fields = TrainingSettings.__dataclass_fields__
     train_run(files, TrainingSettings(**{k: v for k, v in settings.items() if k in fields}),
               sm.config["chunk_size"], sm.output.model, sm.output.metrics, sm.output.roc,
