@@ -91,9 +91,7 @@ def training_shards(template):
 
 def sample_results(sample):
     """The aggregate step's outputs for a sample."""
-    return [f"{OUTDIR}/{sample}/{name}" for name in (
-        "prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv",
-        "counts.json")]
+    return expand(rules.aggregate.output, sample=sample)
 
 
 def shard_scores(wildcards):
