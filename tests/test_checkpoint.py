@@ -161,7 +161,7 @@ def test_resume_loads_marked_batches_and_stops_at_the_first_bad_one(tmp_path):
     # Batch 3 loses its sentinel (killed between file and .done); batch 4 is then orphaned.
     (partial.directory / "batch_000000000010_000000000015.done").unlink()
     loaded = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt").resume(ids)
-    assert [b.start for b in loaded] == [0, 5] and sum(len(b.ids) for b in loaded) == 10
+    assert [b.start for b in loaded] == [0, 5] and sum(len(b) for b in loaded) == 10
     assert sorted(p.name for p in partial.directory.glob("batch_*")) == [
         "batch_000000000000_000000000005.done", "batch_000000000000_000000000005.pt",
         "batch_000000000005_000000000010.done", "batch_000000000005_000000000010.pt"]
@@ -203,12 +203,14 @@ def test_writer_surfaces_errors(tmp_path):
 
 def test_accumulator_cuts_every_n_frames_or_t_seconds():
     ids = [f"f{i}" for i in range(10)]
-    acc = Accumulator(ids, 0, frames=4, seconds=3600)
-    cut = [b for part in (torch.zeros(3, 1),) * 3 for b in acc.add(part)] + list(acc.finish())
+    acc = Accumulator(0, frames=4, seconds=3600)
+    cut = [b for start in (0, 3, 6) for b in acc.add(ids[start:start + 3], torch.zeros(3, 1))]
+    cut += list(acc.finish())
     assert [(b.start, b.stop) for b in cut] == [(0, 6), (6, 9)]
-    timed = Accumulator(ids, 2, frames=100, seconds=0.01)
+    assert cut[1].ids == ids[6:9]
+    timed = Accumulator(2, frames=100, seconds=0.01)
     time.sleep(0.02)
-    assert [(b.start, b.stop) for b in timed.add(torch.zeros(2, 1))] == [(2, 4)]
+    assert [(b.start, b.stop) for b in timed.add(ids[2:4], torch.zeros(2, 1))] == [(2, 4)]
 
 
 def test_policy_environment_overrides(monkeypatch):

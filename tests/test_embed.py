@@ -14,8 +14,8 @@ import torch
 
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import (EmbeddingEngine, EmbeddingError, plan_batches, read_frames,
-                             resolve_device, resolve_dtype)
+from virnucpro.embed import (EmbeddingEngine, EmbeddingError, ShardFrames, in_windows,
+                             plan_batches, read_frames, resolve_device, resolve_dtype)
 from virnucpro.errors import InputError, UsageError
 from virnucpro.checkpoint import read_features
 
@@ -105,15 +105,30 @@ def test_batched_windows_equal_frames_embedded_alone(engine, one_by_one):
     assert features.shape == (len(PROTEINS), engine.embed_dim)
 
 
-def test_embed_windows_resumes_from_a_window(engine, one_by_one):
-    windows = list(engine.embed_windows(NUCLEOTIDES, PROTEINS, window_frames=6, start_window=4))
-    assert [index for index, _ in windows] == [4, 5, 6]
+def _shard_files(directory: Path) -> ShardFrames:
+    _write_fasta(directory / "s.fna", [(f"f{i}", n) for i, n in enumerate(NUCLEOTIDES)])
+    _write_fasta(directory / "s.faa", [(f"f{i}", p) for i, p in enumerate(PROTEINS)])
+    return ShardFrames(directory / "s.fna", directory / "s.faa")
+
+
+def test_embed_windows_resumes_from_a_window(engine, one_by_one, tmp_path):
+    frames = _shard_files(tmp_path)
+    windows = list(engine.embed_windows(frames.windows(6, skip=24)))
+    assert [window.start for window, _ in windows] == [24, 30, 36]
     assert [len(rows) for _, rows in windows] == [6, 6, 4]
+    assert windows[0][0].ids == [f"f{i}" for i in range(24, 30)]
     resumed = torch.cat([rows for _, rows in windows])
     assert _max_diff(resumed, one_by_one[24:]) <= TOLERANCE
-    assert list(engine.embed_windows(NUCLEOTIDES, PROTEINS, 6, start_window=7)) == []
-    with pytest.raises(ValueError, match="start_window"):
-        list(engine.embed_windows(NUCLEOTIDES, PROTEINS, 6, start_window=8))
+    assert list(engine.embed_windows(frames.windows(6, skip=40))) == []
+
+
+def test_shard_frames_are_streamed_and_scanned(tmp_path):
+    frames = _shard_files(tmp_path)
+    count, digest = frames.scan()
+    assert count == len(PROTEINS) and len(digest) == 16
+    assert [len(w) for w in frames.windows(16)] == [16, 16, 8]
+    assert read_frames(tmp_path / "s.fna", tmp_path / "s.faa") == (
+        [f"f{i}" for i in range(len(PROTEINS))], NUCLEOTIDES, PROTEINS)
 
 
 def test_out_of_memory_splits_batches_without_losing_frames(engine, one_by_one, caplog):
@@ -145,9 +160,9 @@ def test_loader_exception_reaches_the_caller_and_the_thread_is_joined(engine):
 
 
 def test_closing_the_window_generator_joins_the_loader(engine):
-    windows = engine.embed_windows(NUCLEOTIDES, PROTEINS, window_frames=4)
-    index, rows = next(windows)
-    assert index == 0 and len(rows) == 4
+    windows = engine.embed_windows(in_windows(NUCLEOTIDES, PROTEINS, window_frames=4))
+    window, rows = next(windows)
+    assert window.start == 0 and len(rows) == 4
     assert len(_loader_threads()) == 1
     windows.close()
     assert _loader_threads() == []
@@ -231,7 +246,7 @@ def test_cli_embeds_a_prepared_shard(reference, demo_models, engine, tmp_path):
     assert _max_diff(features.data, engine.embed(nucleotides, proteins)) <= TOLERANCE
     assert features.meta["models"] == engine.identities()
     assert features.meta["settings"] == engine.settings()
-    assert Path(f"{out}.done").read_text() == "3\n"
+    assert out.with_suffix(".done").read_text() == "3\n"  # shard_000000.done, as the workflow
     assert not Path(f"{out}.partial").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 

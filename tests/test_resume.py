@@ -15,8 +15,8 @@ import torch
 from kill_resume import write_shard
 from virnucpro.checkpoint import CheckpointError, read_features
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import EmbeddingEngine
-from virnucpro.resume import CheckpointSettings, embed_shard_resumable, partial_dir
+from virnucpro.embed import EmbeddingEngine, ShardFrames
+from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable, partial_dir
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ SETTINGS = CheckpointSettings(frames=10, seconds=3600, window_frames=5)
 
 
 def run(engine, shard, out, settings=SETTINGS):
-    return embed_shard_resumable(*shard, out, out.with_suffix(".done"), engine, settings)
+    return embed_shard_resumable(ShardFrames(*shard), FeatureRows(out, out.with_suffix(".done")),
+                                 engine, settings)
 
 
 def test_interrupted_run_resumes_to_identical_results(tmp_path, engine):
@@ -79,7 +80,7 @@ def test_crash_during_final_assembly_redoes_nothing(tmp_path, engine, monkeypatc
 
     def crash(*args, **kwargs):
         raise Interrupted
-    monkeypatch.setattr("virnucpro.resume.save_features", crash)
+    monkeypatch.setattr("virnucpro.resume.assemble_features", crash)
     with pytest.raises(Interrupted):
         run(engine, shard, out)
     monkeypatch.undo()

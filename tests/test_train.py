@@ -11,6 +11,7 @@ import torch
 
 import plain_prepare
 from conftest import read_fasta, run_cli
+from virnucpro.errors import UsageError
 from virnucpro.frames import ambiguous_chunks, chunk_layout
 from virnucpro.models.classifier import load_classifier
 from virnucpro.prepare import write_shards
@@ -57,8 +58,8 @@ def test_training_is_deterministic():
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(300, 16, generator=gen)
     labels = (features[:, 0] > 0).long()
-    data = Examples(features[:240], labels[:240], torch.ones(240))
-    held = Examples(features[240:], labels[240:], torch.ones(60))
+    data = Examples.in_memory(features[:240], labels[:240], torch.ones(240))
+    held = Examples.in_memory(features[240:], labels[240:], torch.ones(60))
     settings = TrainingSettings(epochs=15, learning_rate=0.01, hidden_dim=32, seed=3)
     first, history = fit(data, held, settings)
     second, again = fit(data, held, settings)
@@ -67,6 +68,18 @@ def test_training_is_deterministic():
         assert torch.equal(value, second.state_dict()[key]), key
     best = min(range(len(history)), key=lambda e: history[e]["validation_loss"])
     assert history[best]["validation_loss"] < history[0]["validation_loss"]
+
+
+def test_a_diverging_training_is_one_clear_error():
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(100, 8, generator=gen)
+    features[0, 0] = float("nan")  # one bad row poisons the weights in the first epoch
+    labels = (torch.arange(100) % 2).long()
+    data = Examples.in_memory(features[:80], labels[:80], torch.ones(80))
+    held = Examples.in_memory(features[80:], labels[80:], torch.ones(20))
+    with pytest.raises(UsageError, match="training diverged: the validation loss is NaN after "
+                                         "epoch 1; lower train.learning_rate"):
+        fit(data, held, TrainingSettings(epochs=3, hidden_dim=8))
 
 
 def test_training_prepare_drops_chunks_with_ambiguous_bases(tmp_path):

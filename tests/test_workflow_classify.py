@@ -12,7 +12,8 @@ SAMPLES = ["test_with_orfs", "test_fixed_500bp", "test_sequences_small"]
 def test_results_for_every_read_and_a_report(tmp_path, reference):
     config = write_config(tmp_path / "c.yaml",
                           samples={s: str(reference / "prepare" / f"{s}.fa") for s in SAMPLES},
-                          outdir="out", shard_size=3, models=DEMO_MODELS, embed={"device": "cpu"})
+                          outdir="out", shard_size=3, models=DEMO_MODELS, embed={"device": "cpu"},
+                          keep_features=True)  # for the CLI's classify below
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout
     ref = (reference / "original-format" / "prediction_results.txt").read_text().splitlines()

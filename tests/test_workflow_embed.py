@@ -1,10 +1,13 @@
 """prepare -> embed through real Snakemake runs, with the demo models made by the workflow."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import run_cli
 from virnucpro.checkpoint import read_features
+from virnucpro.models.classifier import MLPClassifier, save_classifier
 from workflow_helpers import DEMO_MODELS, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -13,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
     config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
-                          shard_size=3, models=DEMO_MODELS,
+                          shard_size=3, models=DEMO_MODELS, keep_features=True,
                           embed={"device": "cpu"})
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
@@ -59,7 +62,7 @@ def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, mi
 def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
     config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=3,
-                          models=DEMO_MODELS, embed={"device": "cpu"})
+                          models=DEMO_MODELS, keep_features=True, embed={"device": "cpu"})
     clean = tmp_path / "clean"
     clean.mkdir()
     assert snakemake(clean, "--configfile", config).returncode == 0
@@ -85,3 +88,48 @@ def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference)
     registry = (tmp_path / "out" / "failed_checkpoints.txt").read_text().splitlines()
     assert len(registry) == 1 and registry[0].startswith("out/s/features/shard_000001.pt|not a torch zip")
     assert len(list(features.parent.glob("shard_000001.pt.corrupted-*"))) == 1
+
+
+def _tree_state(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in sorted(directory.iterdir())}
+
+
+def test_features_are_kept_only_on_request_and_scores_are_the_same_bits(tmp_path, reference):
+    """By default the embedding job scores its shard and writes no feature file; with
+    keep_features the same scores come from a classify job, byte for byte, and a new
+    classifier rescores without embedding again."""
+    fasta = reference / "prepare" / "test_with_orfs.fa"
+    runs = {}
+    for keep in (False, True):
+        work = tmp_path / f"keep-{keep}"
+        work.mkdir()
+        config = write_config(work / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                              shard_size=3, models=DEMO_MODELS, keep_features=keep,
+                              embed={"device": "cpu"}, checkpoint={"window_frames": 2})
+        assert snakemake(work, "--configfile", config).returncode == 0
+        runs[keep] = (work, config)
+    default, kept = runs[False][0] / "out" / "s", runs[True][0] / "out" / "s"
+    assert not (default / "features").exists()
+    shards = sorted(p.stem for p in (kept / "prepare" / "shards").glob("*.done"))
+    assert len(shards) == 2 and sorted(p.stem for p in (kept / "features").glob("*.pt")) == shards
+    for name in (*(f"scores/{shard}.tsv" for shard in shards), "prediction_results.txt",
+                 "prediction_results_highestscore.csv", "summary.tsv"):
+        assert (default / name).read_bytes() == (kept / name).read_bytes(), name
+    assert not (runs[False][0] / "out" / "logs" / "classify").exists()  # scored in the job
+
+    # Only the classifier changes: the kept run rescores, its feature files stay as they were.
+    work, config = runs[True]
+    features, embed_logs = _tree_state(kept / "features"), _tree_state(work / "out" / "logs" /
+                                                                        "embed" / "s")
+    before = (kept / "prediction_results.txt").read_text()
+    torch.manual_seed(11)
+    other = save_classifier(MLPClassifier(64), work / "other.safetensors", {})
+    assert other["input_dim"] == 64
+    config = write_config(work / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                          shard_size=3, keep_features=True, embed={"device": "cpu"},
+                          checkpoint={"window_frames": 2},
+                          models={**DEMO_MODELS, "classifier": "other.safetensors"})
+    assert snakemake(work, "--configfile", config).returncode == 0
+    assert _tree_state(kept / "features") == features
+    assert _tree_state(work / "out" / "logs" / "embed" / "s") == embed_logs
+    assert (kept / "prediction_results.txt").read_text() != before

@@ -1,5 +1,6 @@
 """A real SIGKILL in the middle of a workflow run: resume redoes at most one
-checkpoint interval, and the results equal an uninterrupted run."""
+checkpoint interval, and the results equal an uninterrupted run (the default run, whose
+embedding job scores its shard and keeps no feature file)."""
 
 import os
 import signal
@@ -9,9 +10,7 @@ import time
 
 import psutil
 import pytest
-import torch
 
-from virnucpro.checkpoint import read_features
 from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,7 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(work),
            "--cores", "2", "--configfile", str(config)]
     runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = work / "out" / "s" / "features" / "shard_000000.pt.partial"
+    partial = work / "out" / "s" / "scores" / "shard_000000.tsv.partial"
     deadline = time.monotonic() + 300
     while len(list(partial.glob("batch_*.done"))) < 3:
         assert runner.poll() is None and time.monotonic() < deadline, "finished before the kill"
@@ -53,23 +52,27 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
     frames = int((work / "out" / "s" / "prepare" / "shards" / "shard_000000.done").read_text().split()[0])
     assert INTERVAL * 3 <= saved < frames
-    assert not (work / "out" / "s" / "features" / "shard_000000.done").exists()
+    assert not (work / "out" / "s" / "scores" / "shard_000000.tsv").exists()
 
     # A dry-run shows exactly what the resume will redo.
     dry = snakemake(work, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
-    assert job_counts(dry.stdout) == {"embed": 1, "classify": 1, "aggregate": 1, "sample_report": 1,
-                                      "all": 1, "total": 5}
+    assert job_counts(dry.stdout) == {"embed_classify": 1, "aggregate": 1, "sample_report": 1,
+                                      "all": 1, "total": 4}
     assert snakemake(work, "--unlock", "--configfile", config).returncode == 0
     rerun = snakemake(work, "--configfile", config)
     assert rerun.returncode == 0, rerun.stdout
-    log = (work / "out" / "logs" / "embed" / "s" / "shard_000000.log").read_text()
+    log = (work / "out" / "logs" / "embed_classify" / "s" / "shard_000000.log").read_text()
     assert f"resuming after {saved} of {frames} frames" in log  # nothing saved is redone
-    assert f"embed done after" in log and f": {frames - saved:,} frames (" in log
+    left = f"{frames - saved:,}"
+    assert "embed done after" in log and f": {left} of {left} frames (100%)" in log
 
     assert snakemake(clean, "--configfile", config).returncode == 0
-    killed = read_features(work / "out" / "s" / "features" / "shard_000000.pt")
-    uninterrupted = read_features(clean / "out" / "s" / "features" / "shard_000000.pt")
-    assert killed.ids == uninterrupted.ids and len(set(killed.ids)) == frames
-    assert torch.equal(killed.data, uninterrupted.data)
-    assert not partial.exists()
+    for name in ("scores/shard_000000.tsv", "prediction_results.txt", "summary.tsv",
+                 "prediction_results_highestscore.csv"):
+        killed = (work / "out" / "s" / name).read_text()
+        assert killed == (clean / "out" / "s" / name).read_text(), name
+    scored = [line.split("\t")[0] for line in
+              (work / "out" / "s" / "scores" / "shard_000000.tsv").read_text().splitlines()[1:]]
+    assert len(scored) == len(set(scored)) == frames  # every frame once
+    assert not partial.exists() and not (work / "out" / "s" / "features").exists()

@@ -21,6 +21,7 @@ redoes the work), 78 incompatible checkpoint or configuration (needs a decision)
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def _load(path: Path) -> Any:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(path, "corrupted", "not a torch zip container (truncated or overwritten?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: a feature file's rows are pages of the file, read as they are used.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any failure to unpickle safely means the file is unusable
         raise CheckpointError(path, "corrupted", f"cannot be loaded safely ({type(exc).__name__}: "
                                                  f"{' '.join(str(exc).split())[:200]})") from None
@@ -119,20 +121,35 @@ def _as_table(path: Path, obj: Any) -> FeatureTable:
     raise CheckpointError(path, "corrupted", f"missing keys: has {sorted(obj)}, needs 'ids' and 'data'")
 
 
+VALIDATE_BYTES = 16 << 20  # rows checked at once for non-finite values
+
+
+def first_duplicate(ids: list[str]) -> str | None:
+    """The first ID that occurs a second time, in one pass."""
+    seen: set[str] = set()
+    for frame_id in ids:
+        if frame_id in seen:
+            return frame_id
+        seen.add(frame_id)
+    return None
+
+
 def _check_structure(path: Path, table: FeatureTable, expected_dim: int | None) -> None:
     ids, data = table.ids, table.data
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise CheckpointError(path, "corrupted", "'ids' is not a list of strings")
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise CheckpointError(path, "corrupted", f"duplicate ID {dup!r}")
+    duplicate = first_duplicate(ids)
+    if duplicate is not None:
+        raise CheckpointError(path, "corrupted", f"duplicate ID {duplicate!r}")
     if not isinstance(data, torch.Tensor) or data.dim() != 2 or not data.is_floating_point():
         raise CheckpointError(path, "corrupted", "'data' is not a 2-D float tensor")
     if data.shape[0] != len(ids):
         raise CheckpointError(path, "corrupted", f"{data.shape[0]} rows for {len(ids)} IDs")
     if expected_dim is not None and len(ids) and data.shape[1] != expected_dim:
         raise CheckpointError(path, "corrupted", f"{data.shape[1]} columns, expected {expected_dim}")
-    if not torch.isfinite(data).all():
+    # In blocks: the check's boolean mask of a whole 13 GB file would not be small.
+    rows = max(1, VALIDATE_BYTES // max(1, data.shape[1] * data.element_size()))
+    if not all(bool(torch.isfinite(block).all()) for block in data.split(rows)):
         raise CheckpointError(path, "corrupted", "non-finite values (NaN or inf)")
 
 
@@ -157,6 +174,31 @@ def save_features(path: str | os.PathLike, ids: list[str], data: torch.Tensor,
     with atomic_open(path, "wb") as handle:
         torch.save({"version": FORMAT_VERSION, "ids": list(ids), "data": data.contiguous(), **meta},
                    handle)
+
+
+def assemble_features(path: str | os.PathLike, parts: Iterable[FeatureTable], frames: int,
+                      width: int, dtype: torch.dtype, **meta: Any) -> None:
+    """Write one feature file of `frames` rows from consecutive parts, without holding them.
+
+    The rows are gathered in a memory-mapped scratch file beside the result (file pages the
+    kernel writes back and reclaims, not process memory), which torch.save then copies into
+    the result: a job's memory stays that of one part, whatever the size of its shard.
+    """
+    path = Path(path)
+    scratch = path.with_name(f".{path.name}.rows.tmp")
+    scratch.unlink(missing_ok=True)  # one left by a killed run: start it afresh
+    try:
+        data = (torch.from_file(str(scratch), shared=True, size=frames * width, dtype=dtype)
+                .view(frames, width) if frames else torch.empty(0, width, dtype=dtype))
+        ids: list[str] = []
+        for part in parts:
+            data[len(ids):len(ids) + len(part.ids)] = part.data
+            ids.extend(part.ids)
+        if len(ids) != frames:
+            raise RuntimeError(f"internal error: {len(ids)} rows assembled for {frames} frames")
+        save_features(path, ids, data, **meta)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike) -> Path:
@@ -237,6 +279,21 @@ class Batch:
         return f"batch_{self.start:012d}_{self.stop:012d}"
 
 
+@dataclass(frozen=True)
+class SavedBatch:
+    """A batch found valid on resume; its rows are read again only when the result is built."""
+
+    start: int
+    stop: int
+    path: Path
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def load(self, validate: bool = True) -> FeatureTable:
+        return read_features(self.path, validate=validate)
+
+
 _BATCH = re.compile(r"batch_(\d{12})_(\d{12})\.pt$")
 _BATCH_DONE = re.compile(r"batch_(\d{12})_(\d{12})\.done$")
 
@@ -276,34 +333,40 @@ class PartialShard:
         with atomic_open(path, "w") as handle:
             json.dump(self.fingerprint, handle, sort_keys=True)
 
-    def resume(self, ids: list[str]) -> list[Batch]:
-        """Valid saved batches from frame 0 on; everything after the first gap,
-        unmarked or corrupt batch is removed (logged) and will be redone."""
+    def resume(self, ids: Iterable[str]) -> list[SavedBatch]:
+        """Valid saved batches from frame 0 on; everything after the first gap, unmarked or
+        corrupt batch is removed (logged) and will be redone.
+
+        Each batch is loaded (and so validated) and its IDs compared with the next of `ids`,
+        the shard's frame IDs, consumed only as far as the batches reach: one batch is in
+        memory at a time, whatever the shard's size.
+        """
         self._check_fingerprint()
         files = sorted((int(m.group(1)), int(m.group(2)), p) for p in self.directory.iterdir()
                        if (m := _BATCH.match(p.name)))
-        batches: list[Batch] = []
+        ids = iter(ids)
+        batches: list[SavedBatch] = []
         expected = 0
         stopped = False
         for start, stop, path in files:
             sentinel = path.with_suffix(".done")
             if not stopped:
-                loaded = self._load_batch(path, sentinel, start, stop, expected, ids)
-                if isinstance(loaded, Batch):
-                    batches.append(loaded)
+                problem = self._check_batch(path, sentinel, start, stop, expected, ids)
+                if problem is None:
+                    batches.append(SavedBatch(start, stop, path))
                     expected = stop
                     continue
                 stopped = True
-                log.warning("resume of %s stops at %s: %s", self.directory, path.name, loaded)
+                log.warning("resume of %s stops at %s: %s", self.directory, path.name, problem)
             if sentinel.exists():
                 sentinel.unlink()
             if path.exists():
                 path.unlink()
         return batches
 
-    def _load_batch(self, path: Path, sentinel: Path, start: int, stop: int, expected: int,
-                    ids: list[str]) -> Batch | str:
-        """The batch, or why it cannot be used (a corrupt file is quarantined)."""
+    def _check_batch(self, path: Path, sentinel: Path, start: int, stop: int, expected: int,
+                     ids: Iterator[str]) -> str | None:
+        """Why the batch cannot be used (a corrupt file is quarantined), or None."""
         if start != expected:
             return f"gap before frame {start} (expected a batch starting at {expected})"
         if not sentinel.exists():
@@ -315,10 +378,18 @@ class PartialShard:
                 raise
             quarantine(path, exc.reason, self.registry)
             return exc.reason
-        if table.ids != ids[start:stop]:
+        if table.ids != list(itertools.islice(ids, stop - start)):
             quarantine(path, "frame IDs do not match the shard", self.registry)
             return "frame IDs do not match the shard"
-        return Batch(start, table.ids, table.data)
+        return None
+
+    def batches(self) -> list[SavedBatch]:
+        """The marked batches, in frame order (after a job wrote or resumed them all)."""
+        return sorted((SavedBatch(int(m.group(1)), int(m.group(2)), self.directory / m.group(0))
+                       for entry in os.scandir(self.directory)
+                       if (m := _BATCH.match(entry.name))
+                       and (self.directory / entry.name).with_suffix(".done").exists()),
+                      key=lambda batch: batch.start)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -332,7 +403,7 @@ class BatchWriter:
     close() flushes and joins; use it in a finally block (also on SIGTERM).
     """
 
-    def __init__(self, directory: Path, max_pending: int = 4) -> None:
+    def __init__(self, directory: Path, max_pending: int = 2) -> None:
         self.directory = directory
         self._queue: queue.Queue[Batch | None] = queue.Queue(max_pending)
         self._error: BaseException | None = None
@@ -366,31 +437,29 @@ class BatchWriter:
 
 
 class Accumulator:
-    """Collects consecutive results and cuts them into batches every N frames
-    or T seconds, whichever comes first."""
+    """Collects consecutive rows and cuts them into batches every N frames or T seconds,
+    whichever comes first."""
 
-    def __init__(self, ids: list[str], start: int, frames: int, seconds: float) -> None:
-        self.ids = ids
+    def __init__(self, start: int, frames: int, seconds: float) -> None:
         self.start = start
         self.frames = frames
         self.seconds = seconds
+        self._ids: list[str] = []
         self._parts: list[torch.Tensor] = []
-        self._count = 0
         self._since = time.monotonic()
 
-    def add(self, data: torch.Tensor) -> Iterator[Batch]:
+    def add(self, ids: list[str], data: torch.Tensor) -> Iterator[Batch]:
+        self._ids.extend(ids)
         self._parts.append(data)
-        self._count += data.shape[0]
-        if self._count >= self.frames or time.monotonic() - self._since >= self.seconds:
+        if len(self._ids) >= self.frames or time.monotonic() - self._since >= self.seconds:
             yield self._cut()
 
     def finish(self) -> Iterator[Batch]:
-        if self._count:
+        if self._ids:
             yield self._cut()
 
     def _cut(self) -> Batch:
-        data = torch.cat(self._parts)
-        batch = Batch(self.start, self.ids[self.start:self.start + len(data)], data)
-        self.start += len(data)
-        self._parts, self._count, self._since = [], 0, time.monotonic()
+        batch = Batch(self.start, self._ids, torch.cat(self._parts))
+        self.start = batch.stop
+        self._ids, self._parts, self._since = [], [], time.monotonic()
         return batch

@@ -29,12 +29,14 @@ from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from virnucpro.atomic import atomic_open
 from virnucpro.checkpoint import CheckpointError, read_trusted
+from virnucpro.embed import DEFAULT_WINDOW_FRAMES
 from virnucpro.errors import InputError
 from virnucpro.models.classifier import MLPClassifier
-from virnucpro.prepare import read_shard_index
+from virnucpro.prepare import index_rows
 
 log = logging.getLogger("virnucpro")
 
@@ -57,10 +59,40 @@ def _float32_text(values: np.ndarray) -> list[str]:
     return [str(v) for v in values.astype(np.float32)]
 
 
+def score_rows(classifier: MLPClassifier, features: torch.Tensor) -> torch.Tensor:
+    """[P(others), P(virus)] per feature row, float32 [n, 2].
+
+    Both ways of scoring a shard (inside its embedding job, or from its kept feature file)
+    call this on the same blocks of rows, the embedding windows, so they give the same bits.
+    """
+    return classifier.predict_proba(features.float())
+
+
+def write_scores(out: str | os.PathLike, index: str | os.PathLike,
+                 parts: Iterable[tuple[list[str], torch.Tensor]], source: str | os.PathLike
+                 ) -> int:
+    """Write a shard's scores file atomically from (frame IDs, scores [n, 2]) parts in shard
+    order, each frame matched with its row of the shard index; return the frame count."""
+    scored = ((frame_id, s1, s2) for ids, scores in parts
+              for frame_id, s1, s2 in zip(ids, _float32_text(scores[:, 0].numpy()),
+                                          _float32_text(scores[:, 1].numpy())))
+    scored, checked = itertools.tee(scored)  # in lockstep: tee holds one frame at most
+    count = 0
+    with atomic_open(out, "w") as handle:
+        handle.write(SCORES_HEADER)
+        for row, (_, s1, s2) in zip(index_rows(index, (f for f, _, _ in checked), source),
+                                    scored):
+            handle.write(f"{row[0]}\t{row[1]}\t{row[2]}\t{s1}\t{s2}\n")
+            count += 1
+    return count
+
+
 def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifier: MLPClassifier,
                 out: str | os.PathLike, registry: str | os.PathLike, validate: bool = True,
                 derived: Sequence[str | os.PathLike] = ()) -> int:
-    """Score one shard's frames; write its scores file atomically; return the frame count.
+    """Score one shard's kept feature file; write its scores file atomically; return the frame
+    count. The file is memory-mapped and scored a window at a time, as its embedding job
+    would have scored it (`score_rows`), so memory does not grow with the shard.
 
     A corrupted feature file is moved aside and its `.done` removed (exit 75): the
     next run embeds the shard again. The sample's results in `derived` were built from
@@ -81,14 +113,11 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     # A width that differs from the classifier's is the classifier's fault (exit 66), not a
     # damaged feature file: the features are kept.
     classifier.expected_input(table.data.shape[1])
-    rows = read_shard_index(index, table.ids, features)
-    probabilities = classifier.predict_proba(table.data).numpy()
-    score1, score2 = _float32_text(probabilities[:, 0]), _float32_text(probabilities[:, 1])
-    with atomic_open(out, "w") as handle:
-        handle.write(SCORES_HEADER)
-        handle.writelines(f"{r[0]}\t{r[1]}\t{r[2]}\t{s1}\t{s2}\n"
-                          for r, s1, s2 in zip(rows, score1, score2))
-    return len(rows)
+    window = int(table.meta.get("window_frames") or DEFAULT_WINDOW_FRAMES)
+    parts = ((table.ids[start:start + window],
+              score_rows(classifier, table.data[start:start + window]))
+             for start in range(0, len(table.ids), window))
+    return write_scores(out, index, parts, features)
 
 
 @dataclass

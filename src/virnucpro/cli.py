@@ -26,17 +26,22 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     # Imported here: torch and the models take seconds to import, which `prepare` need not pay.
-    from virnucpro.embed import EmbeddingEngine
-    from virnucpro.resume import CheckpointSettings, embed_shard_resumable
+    import torch
 
+    from virnucpro.embed import EmbeddingEngine, ShardFrames
+    from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable
+
+    frames = ShardFrames(args.nucleotide, args.protein)
+    scanned = frames.scan()  # the shard is checked before the models load
     engine = EmbeddingEngine.from_config(args.esm_model, args.dnabert_model, device=args.device,
                                          dtype=args.dtype, esm_tokens=args.esm_tokens,
                                          dnabert_tokens=args.dnabert_tokens)
     settings = CheckpointSettings(args.checkpoint_frames, args.checkpoint_seconds,
                                   force_resume=args.force_resume)
-    frames = embed_shard_resumable(args.nucleotide, args.protein, args.out, f"{args.out}.done",
-                                   engine, settings)
-    print(f"{frames:,} frames embedded x {engine.embed_dim} features -> {args.out}")
+    out = Path(args.out)
+    result = FeatureRows(out, out.with_suffix(".done"), getattr(torch, args.features_dtype))
+    frames_now = embed_shard_resumable(frames, result, engine, settings, scanned=scanned)
+    print(f"{frames_now:,} frames embedded x {engine.embed_dim} features -> {args.out}")
 
 
 def _make_demo_models(args: argparse.Namespace) -> None:
@@ -149,8 +154,10 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a shard's frames with DNABERT-S and ESM-2",
                        description="Write the shard's feature file: one row per frame, "
                                    "DNABERT-S mean embedding then ESM-2 mean embedding. "
-                                   "OUT.done is written last; progress is checkpointed in "
-                                   "OUT.partial/ so an interrupted run resumes.")
+                                   "OUT's .done sentinel (out.pt -> out.done, as the workflow "
+                                   "names it) is written last; progress is checkpointed in "
+                                   "OUT.partial/ so an interrupted run resumes. Memory does not "
+                                   "grow with the shard.")
     p.add_argument("--nucleotide", required=True, help="the shard's nucleotide FASTA (.fna)")
     p.add_argument("--protein", required=True, help="the shard's protein FASTA (.faa)")
     p.add_argument("--esm-model", required=True, help="ESM-2 checkpoint: a .pt path, or a "
@@ -160,6 +167,8 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--features-dtype", default="float32", choices=("float32", "float16"),
+                   help="dtype of the written features (float16 halves the file)")
     p.add_argument("--esm-tokens", type=_positive, default=None,
                    help="ESM-2 padded tokens per batch (default: set per device type)")
     p.add_argument("--dnabert-tokens", type=_positive, default=None,

@@ -6,14 +6,16 @@ Per frame, as the original VirNucPro: DNABERT-S mean of the last hidden state ov
 
 How the work flows (one process, one device):
 
-* Frames are processed in *windows* of consecutive frames (the caller's checkpoint interval).
+* Frames come in *windows* of consecutive frames, streamed from the shard's files
+  (`ShardFrames`), so a job holds its models and a few windows, never its whole shard.
   Within a window each model's frames are tokenised once, sorted by token count (longest first,
   so a batch that runs out of memory does so early) and cut into batches whose padded size
   (frames x longest) stays within a token budget; a frame longer than the budget is a batch of
-  its own. Each window's rows come back in input order, so a caller can checkpoint it and
-  resume from the next window (`embed_windows(..., start_window=k)`).
-* A loader thread tokenises, batches and stages the coming batches while the main thread
-  computes: on CUDA it copies each batch from pinned memory on a side stream and hands over
+  its own. Each window's rows come back in input order, so a caller can save them and
+  resume from the next window (`ShardFrames.windows(..., skip=...)`).
+* A loader thread reads, tokenises, batches and stages the coming batches while the main thread
+  computes; masks and token counts are built on the host there, so the compute thread never
+  reads a value back from the device except once per window: on CUDA it copies each batch from pinned memory on a side stream and hands over
   an event the compute stream waits on; results go back to pinned host buffers without
   blocking, and the host waits once per window. The queue between the two is bounded, an
   exception in the loader is re-raised in the caller, and the thread is joined on every exit
@@ -25,17 +27,19 @@ How the work flows (one process, one device):
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import math
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -47,7 +51,7 @@ from virnucpro.progress import Progress
 
 log = logging.getLogger("virnucpro")
 
-DEFAULT_WINDOW_FRAMES = 10_000
+DEFAULT_WINDOW_FRAMES = 4096  # frames embedded (and saved) together
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUEUE_DEPTH = 4  # staged batches waiting for the device
 LOG_EVERY_S = 10.0
@@ -75,22 +79,22 @@ class EmbeddingError(VirNucProError):
 # --------------------------------------------------------------------------- reading a shard
 
 
-def _read_fasta(path: Path) -> tuple[list[str], list[str]]:
-    """IDs (header up to the first whitespace) and sequences (lines joined) of a FASTA file."""
-    ids: list[str] = []
-    seqs: list[str] = []
+def _fasta_records(path: Path) -> Iterator[tuple[str, str]]:
+    """(ID, sequence) of each record of a FASTA file, streamed: the ID is the header up to
+    the first whitespace, the sequence its lines joined."""
+    record_id: str | None = None
     parts: list[str] = []
     try:
         with open(path) as handle:
             for line in handle:
                 line = line.rstrip()
                 if line.startswith(">"):
-                    if ids:
-                        seqs.append("".join(parts))
-                    ids.append((line[1:].split() or [""])[0])
+                    if record_id is not None:
+                        yield record_id, "".join(parts)
+                    record_id = (line[1:].split() or [""])[0]
                     parts = []
                 elif line:
-                    if not ids:
+                    if record_id is None:
                         raise InputError(str(path), "sequence text before the first '>' header",
                                          "pass a FASTA file")
                     parts.append(line)
@@ -98,40 +102,114 @@ def _read_fasta(path: Path) -> tuple[list[str], list[str]]:
         raise MissingInputError(str(path), "file not found", "run prepare first") from None
     except UnicodeDecodeError:
         raise InputError(str(path), "not a text file", "pass a FASTA file") from None
-    if ids:
-        seqs.append("".join(parts))
-    return ids, seqs
+    if record_id is not None:
+        yield record_id, "".join(parts)
+
+
+@dataclass(frozen=True)
+class FrameWindow:
+    """Consecutive frames of a shard: `start` is the index of the first in the shard."""
+
+    start: int
+    ids: list[str]
+    nucleotides: list[str]
+    proteins: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ShardFrames:
+    """A shard's frames, streamed from its nucleotide and protein FASTA files.
+
+    Nothing is held beyond the window being read, so a job's memory does not grow with its
+    shard. The two files must list the same IDs in the same order (prepare writes them so);
+    any difference, or an empty sequence, is an InputError naming the file and the record.
+    """
+
+    HINT = ("a shard's nucleotide and protein files must list the same frames in the same "
+            "order: run prepare again")
+
+    def __init__(self, nucleotide_fasta: str | os.PathLike, protein_fasta: str | os.PathLike
+                 ) -> None:
+        self.nucleotide_fasta, self.protein_fasta = Path(nucleotide_fasta), Path(protein_fasta)
+
+    def records(self) -> Iterator[tuple[str, str, str]]:
+        """(ID, nucleotides, protein) of every frame, in file order, checked as they come."""
+        nucleotides = _fasta_records(self.nucleotide_fasta)
+        proteins = _fasta_records(self.protein_fasta)
+        for number, (nucleotide, protein) in enumerate(
+                itertools.zip_longest(nucleotides, proteins), 1):
+            if nucleotide is None or protein is None:
+                self._unmatched(number, nucleotide, protein)
+            (frame_id, nucleotide_seq), (protein_id, protein_seq) = nucleotide, protein
+            if frame_id != protein_id:
+                raise InputError(str(self.nucleotide_fasta), f"record #{number} of "
+                                 f"{self.protein_fasta} is '{protein_id}' instead", self.HINT,
+                                 frame_id, number)
+            for path, seq in ((self.nucleotide_fasta, nucleotide_seq),
+                              (self.protein_fasta, protein_seq)):
+                if not seq:
+                    raise InputError(str(path), "empty sequence", "every frame needs a "
+                                     "sequence: run prepare again", frame_id, number)
+            yield frame_id, nucleotide_seq, protein_seq
+
+    def _unmatched(self, number: int, nucleotide: tuple[str, str] | None,
+                   protein: tuple[str, str] | None) -> NoReturn:
+        longer, shorter = ((self.nucleotide_fasta, self.protein_fasta) if protein is None
+                           else (self.protein_fasta, self.nucleotide_fasta))
+        extra = nucleotide if protein is None else protein
+        raise InputError(str(longer), f"{shorter} has no record #{number} to match it",
+                         self.HINT, extra[0], number)
+
+    def scan(self) -> tuple[int, str]:
+        """Check both files from end to end without keeping them: (frames, sha256 of the IDs).
+
+        Run before the models load, so a damaged shard fails in seconds; the digest lets saved
+        partial results be matched to exactly these frames.
+        """
+        digest = hashlib.sha256()
+        count = 0
+        for frame_id, _, _ in self.records():
+            digest.update(frame_id.encode() + b"\n")
+            count += 1
+        return count, digest.hexdigest()[:16]
+
+    def windows(self, window_frames: int, skip: int = 0) -> Iterator[FrameWindow]:
+        """Windows of `window_frames` frames from frame `skip` on (a resumed job skips the
+        frames it saved, which end on a window unless force_resume changed the windows)."""
+        if window_frames < 1:
+            raise ValueError(f"window_frames must be at least 1, not {window_frames}")
+        records = itertools.islice(self.records(), skip, None)
+        start = skip
+        while block := list(itertools.islice(records, window_frames)):
+            ids, nucleotides, proteins = (list(column) for column in zip(*block))
+            yield FrameWindow(start, ids, nucleotides, proteins)
+            start += len(block)
 
 
 def read_frames(nucleotide_fasta: str | os.PathLike, protein_fasta: str | os.PathLike
                 ) -> tuple[list[str], list[str], list[str]]:
-    """A shard's frames: (IDs, nucleotide sequences, protein sequences), in file order.
-
-    The two files must list the same IDs in the same order (prepare writes them so); any
-    difference is an InputError naming both files and the first record that differs.
-    """
-    nucleotide_fasta, protein_fasta = Path(nucleotide_fasta), Path(protein_fasta)
-    ids, nucleotides = _read_fasta(nucleotide_fasta)
-    protein_ids, proteins = _read_fasta(protein_fasta)
-    hint = ("a shard's nucleotide and protein files must list the same frames in the same "
-            "order: run prepare again")
-    for number, (nucleotide_id, protein_id) in enumerate(zip(ids, protein_ids), 1):
-        if nucleotide_id != protein_id:
-            raise InputError(str(nucleotide_fasta), f"record #{number} of {protein_fasta} is "
-                             f"'{protein_id}' instead", hint, nucleotide_id, number)
-    if len(ids) != len(protein_ids):
-        longer, shorter = ((nucleotide_fasta, protein_fasta) if len(ids) > len(protein_ids)
-                           else (protein_fasta, nucleotide_fasta))
-        number = min(len(ids), len(protein_ids)) + 1
-        first_extra = (ids if len(ids) > len(protein_ids) else protein_ids)[number - 1]
-        raise InputError(str(longer), f"{shorter} has no record #{number} to match it", hint,
-                         first_extra, number)
-    for path, seqs in ((nucleotide_fasta, nucleotides), (protein_fasta, proteins)):
-        empty = next((i for i, seq in enumerate(seqs) if not seq), None)
-        if empty is not None:
-            raise InputError(str(path), "empty sequence", "every frame needs a sequence: run "
-                             "prepare again", ids[empty], empty + 1)
+    """A whole shard in memory: (IDs, nucleotide sequences, protein sequences). For tests and
+    benchmarks; jobs stream windows with `ShardFrames.windows`."""
+    records = list(ShardFrames(nucleotide_fasta, protein_fasta).records())
+    if not records:
+        return [], [], []
+    ids, nucleotides, proteins = (list(column) for column in zip(*records))
     return ids, nucleotides, proteins
+
+
+def in_windows(nucleotides: Sequence[str], proteins: Sequence[str], window_frames: int
+               ) -> Iterator[FrameWindow]:
+    """Frames held in memory, as windows (frame IDs are their positions)."""
+    if len(nucleotides) != len(proteins):
+        raise ValueError(f"{len(nucleotides)} nucleotide but {len(proteins)} protein sequences")
+    if window_frames < 1:
+        raise ValueError(f"window_frames must be at least 1, not {window_frames}")
+    for start in range(0, len(nucleotides), window_frames):
+        stop = min(start + window_frames, len(nucleotides))
+        yield FrameWindow(start, [str(i) for i in range(start, stop)],
+                          list(nucleotides[start:stop]), list(proteins[start:stop]))
 
 
 # --------------------------------------------------------------------------- batching
@@ -158,14 +236,19 @@ def plan_batches(token_counts: np.ndarray, budget: int) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class _Model:
-    """One encoder's part of the work: how to tokenise, count, embed, and where its columns go."""
+    """One encoder's part of the work: how to tokenise, count, embed, and where its columns go.
+
+    `batch_inputs` turns a batch's rows of the tokenised window into the encoder's inputs on
+    the host (masks and counts included), so the device is never asked for a value.
+    """
 
     name: str
     columns: slice
     budget: int
     tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
     token_counts: Callable[[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
-    forward_mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_inputs: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor | None, ...]]
+    forward_mean: Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -175,7 +258,7 @@ class _Batch:
     window: int
     model: _Model
     rows: torch.Tensor
-    inputs: tuple[torch.Tensor, torch.Tensor]
+    inputs: tuple[torch.Tensor | None, ...]
     ready: torch.cuda.Event | None  # set when the inputs were copied on a side stream
     tokens: int  # real (unpadded) tokens
 
@@ -183,7 +266,7 @@ class _Batch:
 @dataclass(frozen=True)
 class _WindowEnd:
     window: int
-    size: int
+    frames: FrameWindow
 
 
 def _take(inputs: tuple[torch.Tensor, ...], rows: torch.Tensor, width: int
@@ -306,9 +389,11 @@ class EmbeddingEngine:
         self.embed_dim = width + esm.embed_dim
         self._models = {
             "dnabert": _Model("dnabert", slice(0, width), self.budgets.dnabert, dnabert.tokenize,
-                              lambda inputs: inputs[1].sum(1), dnabert.forward_mean),
+                              lambda inputs: inputs[1].sum(1), lambda inputs: inputs,
+                              dnabert.forward_mean),
             "esm": _Model("esm", slice(width, self.embed_dim), self.budgets.esm, esm.tokenize,
-                          lambda inputs: inputs[1] + 2, esm.forward_mean),
+                          lambda inputs: inputs[1] + 2,
+                          lambda inputs: (*inputs, esm.key_mask(inputs[0])), esm.forward_mean),
         }
         # Smallest padded batch size that ran out of memory, per model.
         self._oom_tokens = {name: math.inf for name in self._models}
@@ -350,70 +435,68 @@ class EmbeddingEngine:
 
     def embed(self, nucleotides: Sequence[str], proteins: Sequence[str],
               window_frames: int = DEFAULT_WINDOW_FRAMES) -> torch.Tensor:
-        """Features [N, Dn + De], float32 on the CPU, rows in input order."""
+        """Features [N, Dn + De] of frames held in memory, float32 on the CPU, in input order."""
         out = torch.empty(len(nucleotides), self.embed_dim)
-        for window, rows in self.embed_windows(nucleotides, proteins, window_frames):
-            out[window * window_frames:window * window_frames + len(rows)] = rows
+        windows = in_windows(nucleotides, proteins, window_frames)
+        for window, rows in self.embed_windows(windows, total=len(nucleotides)):
+            out[window.start:window.start + len(window)] = rows
         return out
 
-    def embed_windows(self, nucleotides: Sequence[str], proteins: Sequence[str],
-                      window_frames: int, start_window: int = 0
-                      ) -> Iterator[tuple[int, torch.Tensor]]:
-        """(window index, features [n, Dn + De]) for windows `start_window`, ... in order.
+    def embed_windows(self, windows: Iterable[FrameWindow], total: int | None = None
+                      ) -> Iterator[tuple[FrameWindow, torch.Tensor]]:
+        """(window, features [len(window), Dn + De]) for each window, in order.
 
-        Window k holds frames k*window_frames .. (k+1)*window_frames - 1, rows in input order.
+        `windows` is consumed by the loader thread (so reading a shard overlaps the compute),
+        a few windows ahead at most; `total` (frames) makes progress lines show an ETA.
         """
-        total = _check_windows(nucleotides, proteins, window_frames, start_window)
         progress = Progress("embed", total, unit="frame", log_every_s=LOG_EVERY_S)
-        done = {"frames": 0, "ESM tokens": 0}
+        frames_done, tokens = 0, 0
         pending: list[tuple[_Model, torch.Tensor, torch.Tensor]] = []
-        batches = self._staged_batches(nucleotides, proteins, window_frames, start_window)
         try:
-            with _Loader(batches, QUEUE_DEPTH) as loader:
+            with _Loader(self._staged_batches(windows), QUEUE_DEPTH) as loader:
                 for item in loader:
                     if isinstance(item, _WindowEnd):
-                        yield item.window, self._gather(pending, item.size)
+                        yield item.frames, self._gather(pending, len(item.frames))
                         pending = []
                         continue
                     self._wait_for(item)
                     result = self._embed_batch(item.model, item.inputs)
                     pending.append((item.model, item.rows, self._to_host(result)))
                     if item.model.name == "esm":
-                        done["frames"] += len(item.rows)
-                        done["ESM tokens"] += item.tokens
-                        progress.update(done["frames"], **done)
+                        frames_done += len(item.rows)
+                        tokens += item.tokens
+                        progress.update(frames_done, **{"ESM tokens": tokens})
         finally:
-            progress.close(**done)
+            progress.close(**{"ESM tokens": tokens})
 
-    def forward_batch(self, model: str, inputs: tuple[torch.Tensor, torch.Tensor]
+    def forward_batch(self, model: str, inputs: tuple[torch.Tensor | None, ...]
                       ) -> torch.Tensor:
         """Mean embeddings [n, D] of one batch ('esm' or 'dnabert'), on the device."""
         return self._models[model].forward_mean(*inputs)
 
-    def _staged_batches(self, nucleotides: Sequence[str], proteins: Sequence[str],
-                        window_frames: int, start_window: int
+    def _staged_batches(self, windows: Iterable[FrameWindow]
                         ) -> Generator[_Batch | _WindowEnd, None, None]:
-        """The loader thread's work: tokenise each window, batch it, stage the batches."""
-        for window in range(start_window, math.ceil(len(nucleotides) / window_frames)):
-            span = slice(window * window_frames, (window + 1) * window_frames)
-            for model, seqs in ((self._models["dnabert"], nucleotides[span]),
-                                (self._models["esm"], proteins[span])):
-                inputs = model.tokenize(list(seqs))
+        """The loader thread's work: read each window, tokenise it, batch it, stage the batches."""
+        for window, frames in enumerate(windows):
+            for model, seqs in ((self._models["dnabert"], frames.nucleotides),
+                                (self._models["esm"], frames.proteins)):
+                inputs = model.tokenize(seqs)
                 counts = model.token_counts(inputs)
                 for order in plan_batches(counts.numpy(), model.budget):
                     rows = torch.from_numpy(order)
-                    batch = _take(inputs, rows, int(counts[rows[0]]))
+                    batch = model.batch_inputs(_take(inputs, rows, int(counts[rows[0]])))
                     staged, ready = self._stage(batch)
                     yield _Batch(window, model, rows, staged, ready, int(counts[rows].sum()))
-            yield _WindowEnd(window, len(nucleotides[span]))
+            yield _WindowEnd(window, frames)
 
-    def _stage(self, inputs: tuple[torch.Tensor, ...]
-               ) -> tuple[tuple[torch.Tensor, ...], torch.cuda.Event | None]:
+    def _stage(self, inputs: tuple[torch.Tensor | None, ...]
+               ) -> tuple[tuple[torch.Tensor | None, ...], torch.cuda.Event | None]:
         """On CUDA: pinned copies sent on the side stream, and an event marking their arrival."""
         if self._copy_stream is None:
             return inputs, None
         with torch.cuda.stream(self._copy_stream):
-            staged = tuple(t.pin_memory().to(self.device, non_blocking=True) for t in inputs)
+            staged = tuple(None if t is None else t.pin_memory().to(self.device, non_blocking=True)
+                           for t in inputs)
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
         return staged, ready
@@ -425,9 +508,11 @@ class EmbeddingEngine:
         stream = torch.cuda.current_stream(self.device)
         stream.wait_event(batch.ready)
         for tensor in batch.inputs:
-            tensor.record_stream(stream)  # allocated on the side stream, used on this one
+            if tensor is not None:
+                tensor.record_stream(stream)  # allocated on the side stream, used on this one
 
-    def _embed_batch(self, model: _Model, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _embed_batch(self, model: _Model, inputs: tuple[torch.Tensor | None, ...]
+                     ) -> torch.Tensor:
         """forward_batch, halving the batch on CUDA out-of-memory until it fits."""
         frames, padded = inputs[0].shape[0], inputs[0].numel()
         if frames == 1 or padded < self._oom_tokens[model.name]:
@@ -445,8 +530,8 @@ class EmbeddingEngine:
             log.warning("%s: out of GPU memory on %d frames (%d padded tokens); splitting "
                         "batches of this size from now on", model.name, frames, padded)
         half = (frames + 1) // 2
-        return torch.cat([self._embed_batch(model, tuple(t[:half] for t in inputs)),
-                          self._embed_batch(model, tuple(t[half:] for t in inputs))])
+        return torch.cat([self._embed_batch(model, _rows(inputs, slice(0, half))),
+                          self._embed_batch(model, _rows(inputs, slice(half, None)))])
 
     def _to_host(self, result: torch.Tensor) -> torch.Tensor:
         """Start copying a result to pinned host memory; complete once `_gather` synchronises."""
@@ -470,14 +555,7 @@ class EmbeddingEngine:
         return out
 
 
-def _check_windows(nucleotides: Sequence[str], proteins: Sequence[str], window_frames: int,
-                   start_window: int) -> int:
-    """Validate the arguments of embed_windows; return the number of frames to embed."""
-    if len(nucleotides) != len(proteins):
-        raise ValueError(f"{len(nucleotides)} nucleotide but {len(proteins)} protein sequences")
-    if window_frames < 1:
-        raise ValueError(f"window_frames must be at least 1, not {window_frames}")
-    windows = math.ceil(len(nucleotides) / window_frames)
-    if not 0 <= start_window <= windows:
-        raise ValueError(f"start_window {start_window} is outside 0..{windows}")
-    return max(0, len(nucleotides) - start_window * window_frames)
+def _rows(inputs: tuple[torch.Tensor | None, ...], rows: slice
+          ) -> tuple[torch.Tensor | None, ...]:
+    """Some rows of a batch's inputs (a padding mask that is None stays None)."""
+    return tuple(None if t is None else t[rows] for t in inputs)

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -283,16 +283,23 @@ class ShardWriter:
                 handle.close()
 
 
-def read_shard_index(index: str | os.PathLike, frame_ids: list[str],
-                     features: str | os.PathLike) -> list[list[str]]:
-    """A shard's index rows (frame_id, read_index, chunk, frame), checked to list exactly
-    `frame_ids`, the frames of the feature file `features` made from this shard."""
+def index_rows(index: str | os.PathLike, frame_ids: Iterable[str],
+               features: str | os.PathLike) -> Iterator[list[str]]:
+    """A shard's index rows (frame_id, read_index, chunk, frame), streamed, each checked to be
+    the next of `frame_ids`, the frames of the result `features` made from this shard; the
+    two must end together."""
+    mismatch = InputError(features, f"frame IDs differ from the shard index {index}",
+                          "the features do not belong to this shard; delete them and rerun")
+    frame_ids = iter(frame_ids)
     with open(index) as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle][1:]
-    if [row[0] for row in rows] != frame_ids:
-        raise InputError(features, f"frame IDs differ from the shard index {index}",
-                         "the features do not belong to this shard; delete them and rerun")
-    return rows
+        next(handle, None)
+        for line in handle:
+            row = line.rstrip("\n").split("\t")
+            if next(frame_ids, None) != row[0]:
+                raise mismatch
+            yield row
+    if next(frame_ids, None) is not None:
+        raise mismatch
 
 
 def damaged_shard(shards: Path, names: list[str]) -> str | None:

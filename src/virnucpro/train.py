@@ -15,8 +15,9 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.atomic import atomic_open
-from virnucpro.checkpoint import read_features
+from virnucpro.checkpoint import FAILED_REGISTRY, read_trusted
 from virnucpro.errors import InputError, UsageError
 from virnucpro.models.classifier import MLPClassifier, save_classifier
-from virnucpro.prepare import read_shard_index
+from virnucpro.prepare import index_rows
 
 log = logging.getLogger("virnucpro")
 
@@ -83,23 +84,72 @@ def labelled_sample(directory: str | os.PathLike, label: int, weight: float = 1.
                          for s in shards])
 
 
+class FrameRows:
+    """The rows of several feature files as one table, read from disk as training needs them.
+
+    The files are memory-mapped: a batch's rows are pages of the files (page cache, which the
+    kernel reclaims), so a training run's memory does not grow with its training set.
+    """
+
+    def __init__(self, tables: list[torch.Tensor]) -> None:
+        self.tables = tables
+        self.width = next((t.shape[1] for t in tables if len(t)), 0)
+        self.offsets = np.cumsum([0, *(len(t) for t in tables)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, positions: np.ndarray) -> torch.Tensor:
+        """Rows at these positions (0 .. len - 1), float32 [len(positions), width], in order."""
+        table = np.searchsorted(self.offsets, positions, side="right") - 1
+        out = torch.empty(len(positions), self.width)
+        for t in np.unique(table):
+            where = np.flatnonzero(table == t)
+            local = torch.from_numpy(positions[where] - self.offsets[t])
+            out[torch.from_numpy(where)] = self.tables[t][local].float()
+        return out
+
+
 @dataclass
 class Examples:
-    features: torch.Tensor  # [N, D] float32
+    """Frames for training or validation: rows of `rows` at `positions`, in example order."""
+
+    rows: FrameRows
+    positions: np.ndarray  # int64 [N]
     labels: torch.Tensor  # [N] int64
     weights: torch.Tensor  # [N] float32
 
+    @classmethod
+    def in_memory(cls, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+                  ) -> Examples:
+        """Examples of rows held in memory, in row order."""
+        return cls(FrameRows([features]), np.arange(len(features), dtype=np.int64), labels,
+                   weights)
 
-def _load(file: LabelledFile) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
-    """A file's frame features and the read each frame came from; the embedding models."""
-    rows, reads, models = [], [], {}
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def features(self, examples: torch.Tensor | slice) -> torch.Tensor:
+        return self.rows.take(self.positions[examples])
+
+    def blocks(self, size: int = 65_536) -> Iterator[slice]:
+        return (slice(start, start + size) for start in range(0, len(self), size))
+
+
+def _load(file: LabelledFile, registry: Path | None
+          ) -> tuple[list[torch.Tensor], np.ndarray, dict[str, Any]]:
+    """A file's feature tables (memory-mapped, one per shard), the read each frame came from,
+    and the embedding models. A corrupted feature file is moved aside and its `.done`
+    removed, so that the rerun embeds the shard again."""
+    tables, reads, models = [], [], {}
     for features, index in zip(file.features, file.indexes, strict=True):
-        table = read_features(features)
-        rows.append(table.data.float())
-        reads.extend(int(row[1]) for row in read_shard_index(index, table.ids, features))
+        features = Path(features)
+        registry_path = registry or features.parent.parent.parent / FAILED_REGISTRY
+        table = read_trusted(features, features.with_suffix(".done"), registry_path)
+        tables.append(table.data)
+        reads.extend(int(row[1]) for row in index_rows(index, table.ids, features))
         models = table.meta.get("models", models)
-    data = torch.cat(rows) if rows else torch.empty(0, 0)
-    return data, np.asarray(reads, dtype=np.int64), models
+    return tables, np.asarray(reads, dtype=np.int64), models
 
 
 def split_reads(reads: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -110,46 +160,61 @@ def split_reads(reads: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.isin(reads, chosen)
 
 
-def _examples(parts: list[tuple[torch.Tensor, int, float]]) -> Examples:
-    parts = [p for p in parts if len(p[0])]
-    features = torch.cat([p[0] for p in parts])
+def _examples(rows: FrameRows, parts: list[tuple[np.ndarray, int, float]]) -> Examples:
+    """Examples from (positions, label, weight) parts, in part order."""
+    positions = np.concatenate([p[0] for p in parts]).astype(np.int64)
     labels = torch.cat([torch.full((len(p[0]),), p[1], dtype=torch.int64) for p in parts])
     weights = torch.cat([torch.full((len(p[0]),), p[2], dtype=torch.float32) for p in parts])
-    return Examples(features, labels, weights)
+    return Examples(rows, positions, labels, weights)
 
 
-def assemble(files: Sequence[LabelledFile], settings: TrainingSettings
-             ) -> tuple[Examples, Examples, dict[str, Any]]:
+def assemble(files: Sequence[LabelledFile], settings: TrainingSettings,
+             registry: Path | None = None) -> tuple[Examples, Examples, dict[str, Any]]:
     """Training and validation examples, and the embedding models they were made with."""
-    train, validation, models = [], [], {}
+    train, validation, models, tables = [], [], {}, []
     explicit = any(f.validation for f in files)
     for file in files:
-        data, reads, models = _load(file)
-        log.info("%s: %d frames (%s)", file.fasta, len(data),
+        file_tables, reads, models = _load(file, registry)
+        base = sum(len(t) for t in tables)
+        tables.extend(file_tables)
+        positions = base + np.arange(len(reads), dtype=np.int64)
+        log.info("%s: %d frames (%s)", file.fasta, len(reads),
                  "virus" if file.label == VIRUS else "non-virus")
         if file.validation:
-            validation.append((data, file.label, file.weight))
+            validation.append((positions, file.label, file.weight))
             continue
         if explicit:  # validation files given: every other frame trains
-            train.append((data, file.label, file.weight))
+            train.append((positions, file.label, file.weight))
             continue
-        held = torch.from_numpy(split_reads(reads, settings.validation_fraction, settings.seed))
-        validation.append((data[held], file.label, file.weight))
-        train.append((data[~held], file.label, file.weight))
+        held = split_reads(reads, settings.validation_fraction, settings.seed)
+        validation.append((positions[held], file.label, file.weight))
+        train.append((positions[~held], file.label, file.weight))
     for name, parts in (("training", train), ("validation", validation)):
-        labels = {label for data, label, _ in parts if len(data)}
+        labels = {label for positions, label, _ in parts if len(positions)}
         if labels != {VIRUS, NON_VIRUS}:
             raise UsageError(f"the {name} set needs frames of both classes, it has "
                              f"{sorted(labels) or 'none'}; give virus and non-virus files with "
                              "stop-free frames, or a larger validation_fraction")
-    return _examples(train), _examples(validation), models
+    rows = FrameRows(tables)
+    return _examples(rows, train), _examples(rows, validation), models
 
 
 def _loss(model: MLPClassifier, examples: Examples) -> float:
+    """Weighted mean cross-entropy, computed a block of rows at a time."""
     model.eval()
+    total = torch.zeros((), dtype=torch.float64)
     with torch.no_grad():
-        losses = F.cross_entropy(model(examples.features), examples.labels, reduction="none")
-    return float((losses * examples.weights).sum() / examples.weights.sum())
+        for block in examples.blocks():
+            losses = F.cross_entropy(model(examples.features(block)), examples.labels[block],
+                                     reduction="none")
+            total += (losses * examples.weights[block]).sum().double()
+    return float(total / examples.weights.double().sum())
+
+
+def predict(model: MLPClassifier, examples: Examples) -> np.ndarray:
+    """P(virus) of every example, a block of rows at a time."""
+    return np.concatenate([model.predict_proba(examples.features(block))[:, 1].numpy()
+                           for block in examples.blocks()])
 
 
 def fit(train: Examples, validation: Examples, settings: TrainingSettings
@@ -157,7 +222,7 @@ def fit(train: Examples, validation: Examples, settings: TrainingSettings
     """The MLP with the lowest validation loss, and the per-epoch history."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = MLPClassifier(train.features.shape[1], settings.hidden_dim)
+    model = MLPClassifier(train.rows.width, settings.hidden_dim)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_step_epochs,
@@ -171,7 +236,7 @@ def fit(train: Examples, validation: Examples, settings: TrainingSettings
             if len(batch) < 2:  # BatchNorm needs two rows in training mode
                 continue
             optimizer.zero_grad()
-            losses = F.cross_entropy(model(train.features[batch]), train.labels[batch],
+            losses = F.cross_entropy(model(train.features(batch.numpy())), train.labels[batch],
                                      reduction="none")
             weights = train.weights[batch]
             loss = (losses * weights).sum() / weights.sum()
@@ -184,7 +249,11 @@ def fit(train: Examples, validation: Examples, settings: TrainingSettings
                         "validation_loss": validation_loss})
         log.info("epoch %d: train loss %.4f, validation loss %.4f", epoch,
                  history[-1]["train_loss"], validation_loss)
-        if validation_loss < best_loss:
+        if math.isnan(validation_loss) and best is None:
+            raise UsageError(f"training diverged: the validation loss is NaN after epoch "
+                             f"{epoch}; lower train.learning_rate (now "
+                             f"{settings.learning_rate}) or check the training files")
+        if validation_loss < best_loss:  # never true for NaN: a diverged epoch is not kept
             best, best_loss, waited = copy.deepcopy(model.state_dict()), validation_loss, 0
         else:
             waited += 1
@@ -279,8 +348,7 @@ def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_s
     log.info("training on %d frames, validating on %d", len(train.labels),
              len(validation.labels))
     model, history = fit(train, validation, settings)
-    with torch.no_grad():
-        scores = model.predict_proba(validation.features)[:, 1].numpy()
+    scores = predict(model, validation)
     labels = validation.labels.numpy()
     metrics = evaluate(labels, scores)
     data = [{"file": f.fasta, "label": "virus" if f.label == VIRUS else "non-virus",

@@ -1,32 +1,36 @@
-# Classify: one scoring job per shard (cheap, CPU), then one streaming
-# aggregation per sample into the original's result files and a per-read summary.
+# Classify: the shard scores (made by embed_classify, or here from kept features), then one
+# streaming aggregation per sample into the original's result files and a per-read summary.
 
 
-rule classify:
-    input:
-        features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
-        done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
-        index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
-        model=classifier_model,
-    output:
-        f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
-    params:
-        registry=FAILED_REGISTRY,
-        # Results built from this shard: withdrawn if its features turn out corrupted.
-        derived=lambda wildcards: sample_results(wildcards.sample),
-    log:
-        f"{OUTDIR}/logs/classify/{{sample}}/{{shard}}.log",
-    benchmark:
-        f"{OUTDIR}/benchmarks/classify/{{sample}}/{{shard}}.tsv"
-    threads: 1
-    resources:
-        # One shard's features (about 13 GB at 1,000,000 frames of 3,328 floats) plus scores.
-        mem_mb=lambda wildcards, input: max(2000, int(input.size_mb * 1.3) + 1000),
-        runtime=60,
-    conda:
-        ENV
-    script:
-        "../scripts/classify.py"
+# Kept features (keep_features: true) are scored by a job of their own, so changing only
+# the classifier rescores without embedding again.
+if KEEP_FEATURES:
+
+    rule classify:
+        input:
+            features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
+            done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
+            index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
+            model=classifier_model,
+        output:
+            f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
+        params:
+            registry=FAILED_REGISTRY,
+            # Results built from this shard: withdrawn if its features turn out corrupted.
+            derived=lambda wildcards: sample_results(wildcards.sample),
+        log:
+            f"{OUTDIR}/logs/classify/{{sample}}/{{shard}}.log",
+        benchmark:
+            f"{OUTDIR}/benchmarks/classify/{{sample}}/{{shard}}.tsv"
+        threads: 1
+        resources:
+            # The feature file is memory-mapped and scored a window at a time.
+            mem_mb=2000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../scripts/classify.py"
 
 
 rule aggregate:

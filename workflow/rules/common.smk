@@ -19,8 +19,18 @@ for _role, _files in (("train", config["train"]), ("validation", config["train"]
             TRAINING[f"{_role}-{_label}-{_i}"] = _path
 
 
+def sample_pattern(names):
+    """A wildcard constraint matching exactly these sample names."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 wildcard_constraints:
-    sample="|".join(map(re.escape, [*SAMPLES, *TRAINING])),
+    sample=sample_pattern([*SAMPLES, *TRAINING]),
+
+
+# Samples whose feature files are kept: training files always, the others on request.
+KEEP_FEATURES = config["keep_features"]
+FEATURE_SAMPLES = [*TRAINING, *(SAMPLES if KEEP_FEATURES else [])]
 
 
 def sample_fasta(wildcards):

@@ -1,5 +1,5 @@
 # Embed: one job per shard (one GPU, one model load), DNABERT-S + ESM-2 features.
-# Intra-shard checkpoints live in {shard}.pt.partial/, which is not a declared
+# Intra-shard checkpoints live in {result}.partial/, which is not a declared
 # output, so a rerun after a kill resumes instead of starting the shard over.
 
 
@@ -61,6 +61,11 @@ if not config["models"]["dnabert"].startswith(DEMO_MODELS):
             "../scripts/download_models.py"
 
 
+# Features are an intermediate: by default each shard is embedded and scored in one job
+# (rule embed_classify) and no feature file is written. Training files, and every sample
+# with keep_features: true, keep their feature files (rule embed; scored by rule classify).
+
+
 rule embed:
     input:
         nucleotide=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.fna",
@@ -71,11 +76,14 @@ rule embed:
     output:
         features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
         done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
+    wildcard_constraints:
+        sample=sample_pattern(FEATURE_SAMPLES),
     params:
         # Only what changes the numbers: a changed param reruns finished shards
         # (rerun-triggers). Batch sizes, memory and checkpoint intervals do not;
         # the script reads them from the config.
         dtype=config["embed"]["dtype"],
+        features_dtype=config["features_dtype"],
     log:
         f"{OUTDIR}/logs/embed/{{sample}}/{{shard}}.log",
     benchmark:
@@ -89,3 +97,33 @@ rule embed:
         ENV
     script:
         "../scripts/embed.py"
+
+
+if not KEEP_FEATURES:
+
+    rule embed_classify:
+        input:
+            nucleotide=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.fna",
+            protein=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.faa",
+            prepared=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.done",
+            index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
+            esm=esm_checkpoint(),
+            dnabert=config["models"]["dnabert"],
+            classifier=classifier_model,
+        output:
+            scores=f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
+        params:
+            dtype=config["embed"]["dtype"],
+        log:
+            f"{OUTDIR}/logs/embed_classify/{{sample}}/{{shard}}.log",
+        benchmark:
+            f"{OUTDIR}/benchmarks/embed_classify/{{sample}}/{{shard}}.tsv"
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=config["embed"]["mem_mb"],
+            runtime=config["embed"]["runtime"],
+        conda:
+            ENV
+        script:
+            "../scripts/embed.py"

@@ -1,8 +1,9 @@
-# Snakemake adapter: embed one shard with incremental checkpoints (logic in virnucpro.resume).
+# Snakemake adapter: embed one shard with incremental checkpoints (logic in virnucpro.resume):
+# rule embed keeps its feature file, rule embed_classify scores it in the same job.
 import sys
+from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
-from virnucpro.resume import CheckpointSettings, embed_shard_resumable
 from virnucpro.runner import run_step
 
 
@@ -17,15 +18,28 @@ def embed(sm):
 
 
 def embed_on_device(sm):
-    from virnucpro.embed import EmbeddingEngine
+    import torch
 
+    from virnucpro.embed import EmbeddingEngine, ShardFrames
+    from virnucpro.models.classifier import load_classifier
+    from virnucpro.resume import CheckpointSettings, FeatureRows, ScoreRows, embed_shard_resumable
+
+    frames = ShardFrames(sm.input.nucleotide, sm.input.protein)
+    scanned = frames.scan()  # a damaged shard fails before the models load
+    if sm.rule == "embed_classify":
+        classifier = load_classifier(sm.input.classifier)
+        result = ScoreRows(Path(sm.output.scores), Path(sm.input.index), classifier)
+    else:
+        dtype = getattr(torch, sm.params.features_dtype)
+        result = FeatureRows(Path(sm.output.features), Path(sm.output.done), dtype)
     e, c = sm.config["embed"], sm.config["checkpoint"]
     engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"], sm.params.dtype,
                                          e["esm_tokens"] or None, e["dnabert_tokens"] or None)
+    if sm.rule == "embed_classify":
+        classifier.expected_input(engine.embed_dim)
     settings = CheckpointSettings(c["frames"], c["seconds"], c["window_frames"], c["force_resume"])
-    embed_shard_resumable(sm.input.nucleotide, sm.input.protein, sm.output.features,
-                          sm.output.done, engine, settings,
-                          f"{sm.config['outdir'].rstrip('/')}/failed_checkpoints.txt")
+    embed_shard_resumable(frames, result, engine, settings,
+                          f"{sm.config['outdir'].rstrip('/')}/failed_checkpoints.txt", scanned)
 
 
 run_step(snakemake.log[0], embed, snakemake)

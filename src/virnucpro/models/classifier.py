@@ -123,6 +123,13 @@ def describe(model: MLPClassifier) -> dict[str, Any]:
             "hidden_dim": model.hidden_dim, "num_class": model.num_class}
 
 
+def classifier_identity(model: MLPClassifier) -> dict[str, Any]:
+    """What scores were made with, for provenance and resume fingerprints: the architecture
+    and the SHA-256 of the file the weights came from."""
+    return {**describe(model), "file": None if model.source is None else Path(model.source).name,
+            "sha256": None if model.source is None else _sha256(Path(model.source))[:16]}
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON sidecar of a classifier file: `model.safetensors` -> `model.safetensors.json`."""
     return Path(f"{path}.json")

@@ -33,14 +33,13 @@ import logging
 import math
 import random
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file as load_safetensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file as save_safetensors
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
@@ -50,7 +49,7 @@ from tokenizers.trainers import BpeTrainer
 from torch import nn
 
 from virnucpro.errors import ModelError, one_line
-from virnucpro.models.torchfile import load_weights_only
+from virnucpro.models.torchfile import load_weights_only, place
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +113,18 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
 
 
+@lru_cache(maxsize=8)
+def _slopes_on(n_heads: int, device: torch.device) -> torch.Tensor:
+    """The slopes as a tensor on `device`, made once: copying a Python list to a GPU makes the
+    host wait for the device, which must not happen once per batch."""
+    return torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
+
+
 def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Symmetric ALiBi bias ``-slope_h * |i - j|`` as a float32 [heads, length, length]."""
     positions = torch.arange(length, device=device)
     distance = (positions[None, :] - positions[:, None]).abs()
-    slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)
+    slopes = _slopes_on(n_heads, torch.device(device))
     return slopes[:, None, None] * -distance
 
 
@@ -287,11 +293,14 @@ def _weights_path(model_dir: Path) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, memory-mapped (safetensors always; a .bin in torch's zip
+    format): the file's pages, not a copy in process memory."""
     if path.name != SAFETENSORS_NAME:
         state = load_weights_only(path)
     else:
         try:
-            state = load_safetensors(str(path))
+            with safe_open(str(path), framework="pt") as weights:
+                state = {key: weights.get_tensor(key) for key in weights.keys()}
         except (SafetensorError, OSError) as exc:
             raise ModelError(f"{path}: cannot read the weights ({one_line(exc)}); the file is "
                              "truncated or not a safetensors file: download it again") from None
@@ -313,13 +322,16 @@ def _encoder_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return state
 
 
-def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor],
-                 model_dir: Path) -> DnaBert2Model:
+def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor], model_dir: Path,
+                 device: torch.device, dtype: torch.dtype) -> DnaBert2Model:
+    """The model, built on the meta device, each weight checked then put on `device` in
+    `dtype` one at a time (no random initialisation, no second copy of the weights)."""
     # The remote BertModel always has a pooler, but checkpoints saved from
     # BertForMaskedLM do not; the pooler plays no part in the embeddings.
-    model = DnaBert2Model(config, add_pooling_layer="pooler.dense.weight" in state)
-    expected = model.state_dict().keys()
-    missing = sorted(expected - state.keys())
+    with torch.device("meta"):
+        model = DnaBert2Model(config, add_pooling_layer="pooler.dense.weight" in state)
+    wanted = model.state_dict()
+    missing = sorted(wanted.keys() - state.keys())
     if missing:
         shown = ", ".join(missing[:5])
         if len(missing) > 5:
@@ -327,19 +339,18 @@ def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor],
         raise ModelError(f"{model_dir}: weights lack {len(missing)} DNABERT-2 parameters "
                          f"({shown}); the directory does not hold a DNABERT-2/DNABERT-S "
                          "checkpoint matching its config.json")
-    unexpected = sorted(state.keys() - expected)
+    unexpected = sorted(state.keys() - wanted.keys())
     if unexpected:
         log.warning("%s: ignoring %d unexpected weights: %s", model_dir, len(unexpected),
                     ", ".join(unexpected[:5]))
-    wanted = model.state_dict()
-    wrong = [key for key in expected if state[key].shape != wanted[key].shape]
+    wrong = [key for key in wanted if state[key].shape != wanted[key].shape]
     if wrong:
         first = wrong[0]
         raise ModelError(f"{model_dir}: weights do not fit config.json: {len(wrong)} tensors "
                          f"differ in shape, first {first} is {list(state[first].shape)}, the "
                          f"config makes it {list(wanted[first].shape)}; check that config.json "
                          "belongs to these weights")
-    model.load_state_dict({key: state[key] for key in expected})
+    model.load_state_dict({key: place(state[key], device, dtype) for key in wanted}, assign=True)
     return model
 
 
@@ -462,11 +473,10 @@ def load_dnabert2(model_dir: str | Path, device: str | torch.device = "cpu",
                          "or pass the right path")
     config = _read_config(model_dir)
     weights_path = _weights_path(model_dir)
-    state = _encoder_state_dict(_read_state_dict(weights_path))
-    model = _build_model(config, state, model_dir)
     tokenizer, special_ids = _read_tokenizer(model_dir)
     device = torch.device(device)
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    state = _encoder_state_dict(_read_state_dict(weights_path))
+    model = _build_model(config, state, model_dir, device, dtype).eval().requires_grad_(False)
     return DnaBert2Encoder(model, tokenizer, special_ids, model_dir, weights_path, device, dtype)
 
 

@@ -21,7 +21,7 @@ import argparse
 import hashlib
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from virnucpro.atomic import atomic_open
 from virnucpro.errors import ModelError, one_line
-from virnucpro.models.torchfile import load_weights_only
+from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
 MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/"
@@ -180,30 +180,50 @@ class Esm2Encoder(nn.Module):
 
     @classmethod
     def from_esm_state_dict(cls, state_dict: Mapping[str, torch.Tensor], attention_heads: int,
-                            **kwargs) -> Esm2Encoder:
+                            device: str | torch.device = "cpu",
+                            dtype: torch.dtype = torch.float32, **kwargs) -> Esm2Encoder:
         """Take the weights of a fair-esm `ESM2` model (its state_dict names), fusing q/k/v.
 
-        Tensors keep their dtype and device (they are assigned, not copied); call `.to()`.
+        The module is built on the meta device and each weight is put on `device` in `dtype`
+        one at a time, so host memory holds at most one converted tensor beyond the result
+        (with a memory-mapped checkpoint, the file's own pages are not process memory).
         """
         num_layers = sum(1 for key in state_dict if key.endswith(".fc1.weight"))
         embed_dim = state_dict["embed_tokens.weight"].shape[1]
         inv_freq = state_dict.get("layers.0.self_attn.rot_emb.inv_freq")
         with torch.device("meta"):
             encoder = cls(num_layers, embed_dim, attention_heads, inv_freq=inv_freq, **kwargs)
-        encoder.load_state_dict(_encoder_state(state_dict, num_layers), assign=True)
+        device = torch.device(device)
+        weights = _encoder_state(state_dict, num_layers, lambda t: place(t, device, dtype))
+        encoder.load_state_dict(weights, assign=True)
         return encoder.requires_grad_(False)
 
     def tokenize(self, seqs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """See the module-level `tokenize`."""
         return tokenize(seqs)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm)."""
+    def key_mask(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """SDPA's key mask [N, 1, 1, T] (True = attend) for host tokens; None when no sequence
+        is padded, which lets SDPA pick its fastest kernels.
+
+        It reads the tokens' values: build it on the host (the engine's loader does), never
+        from tokens already on a GPU, where it would stall the host until the device is idle.
+        """
         padding = tokens.eq(self.padding_idx)
-        key_mask = ~padding[:, None, None, :] if bool(padding.any()) else None
+        return ~padding[:, None, None, :] if bool(padding.any()) else None
+
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None | str = "auto"
+                ) -> torch.Tensor:
+        """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm).
+
+        `key_mask` comes from `key_mask(tokens)`; "auto" computes it here (a host sync when
+        the tokens are on a GPU: fine for a one-off call, not for a loop over batches).
+        """
+        if isinstance(key_mask, str):
+            key_mask = self.key_mask(tokens)
         device = self.embed_tokens.weight.device
         tokens = tokens.to(device, non_blocking=True)
-        padding = padding.to(device, non_blocking=True)
+        padding = tokens.eq(self.padding_idx)
         if key_mask is not None:
             key_mask = key_mask.to(device, non_blocking=True)
         x = self._embed(tokens, padding)
@@ -215,10 +235,11 @@ class Esm2Encoder(nn.Module):
         return x
 
     @torch.inference_mode()
-    def forward_mean(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward_mean(self, tokens: torch.Tensor, lengths: torch.Tensor,
+                     key_mask: torch.Tensor | None | str = "auto") -> torch.Tensor:
         """Mean representation over residue positions 1..length: float32 [N, D], model's device."""
-        hidden = self(tokens)
-        lengths = lengths.to(hidden.device)
+        hidden = self(tokens, key_mask)
+        lengths = lengths.to(hidden.device, non_blocking=True)
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         keep = (positions >= 1) & (positions <= lengths[:, None])
         # An elementwise fp32 sum, not a matmul: TF32 matmul settings cannot touch it.
@@ -267,17 +288,21 @@ class Esm2Encoder(nn.Module):
         return cached[0][:length].to(dtype), cached[1][:length].to(dtype)
 
 
-def _encoder_state(state: Mapping[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """Map fair-esm ESM2 parameter names to `Esm2Encoder`'s, concatenating q, k, v."""
-    out = {key: state[key] for key in ("embed_tokens.weight", "emb_layer_norm_after.weight",
-                                       "emb_layer_norm_after.bias")}
+def _encoder_state(state: Mapping[str, torch.Tensor], num_layers: int,
+                   place_one: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map fair-esm ESM2 parameter names to `Esm2Encoder`'s, each weight placed by `place_one`
+    as it is reached; q, k and v are placed, then concatenated."""
+    out = {key: place_one(state[key]) for key in ("embed_tokens.weight",
+                                                  "emb_layer_norm_after.weight",
+                                                  "emb_layer_norm_after.bias")}
     for i in range(num_layers):
         layer, attn = f"layers.{i}.", f"layers.{i}.self_attn."
         for part in ("weight", "bias"):
-            out[f"{layer}qkv.{part}"] = torch.cat([state[f"{attn}{p}_proj.{part}"] for p in "qkv"])
-            out[f"{layer}out_proj.{part}"] = state[f"{attn}out_proj.{part}"]
+            out[f"{layer}qkv.{part}"] = torch.cat([place_one(state[f"{attn}{p}_proj.{part}"])
+                                                   for p in "qkv"])
+            out[f"{layer}out_proj.{part}"] = place_one(state[f"{attn}out_proj.{part}"])
             for name in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
-                out[f"{layer}{name}.{part}"] = state[f"{layer}{name}.{part}"]
+                out[f"{layer}{name}.{part}"] = place_one(state[f"{layer}{name}.{part}"])
     return out
 
 
@@ -334,7 +359,8 @@ def checkpoint_path(location: str | Path) -> Path:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True; argparse.Namespace is the only object allowed."""
+    """torch.load with weights_only=True (memory-mapped); argparse.Namespace is the only object
+    allowed."""
     data = load_weights_only(path, allowed=[argparse.Namespace])
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ModelError(f"{path}: not a fair-esm checkpoint (no 'model' state dict)")
@@ -369,10 +395,9 @@ def load_esm2(location: str | Path, device: str | torch.device = "cpu",
     regression = read_checkpoint(regression_path) if regression_path.is_file() else None
     config = _validate_with_fair_esm(path, model_data, regression)
     state = {_FAIRSEQ_PREFIX.sub("", key): value for key, value in model_data["model"].items()}
-    encoder = Esm2Encoder.from_esm_state_dict(
-        state, config.attention_heads, token_dropout=config.token_dropout,
+    return Esm2Encoder.from_esm_state_dict(
+        state, config.attention_heads, device, dtype, token_dropout=config.token_dropout,
         repr_layer=repr_layer, name=path.stem, checkpoint=path)
-    return encoder.to(device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- test models

@@ -3,12 +3,17 @@
 Model files come from the internet: `weights_only=True` means a file cannot run code when
 it is loaded; any failure (truncated download, a different kind of file, a pickled object
 that is not allowed) becomes a ModelError naming the file and what to do.
+
+Files in torch's zip format are memory-mapped: their tensors are pages of the file (page
+cache, which the kernel can reclaim), not a copy in the process's own memory, so a model
+can be converted tensor by tensor onto its device without ever holding two copies.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,12 @@ from virnucpro.errors import ModelError, one_line
 
 def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "download it again",
                       ) -> Any:
-    """torch.load(path, weights_only=True) admitting only tensors and the `allowed` classes."""
+    """torch.load(path, weights_only=True) admitting only tensors and the `allowed` classes;
+    memory-mapped when the file is in torch's zip format (older files are read whole)."""
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused:
@@ -38,3 +45,10 @@ def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "down
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read the file ({one_line(exc)}); it is truncated or "
                          f"not a PyTorch file: {fix}") from None
+
+
+def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One weight on its device in its dtype: copied to the device first, then converted, so
+    no converted copy is made in host memory on the way to a GPU (a tensor already right is
+    returned as it is)."""
+    return tensor.to(device).to(dtype)
