@@ -401,31 +401,44 @@ def test_broken_model(finished_copy, clean_run, kind, fault):
 READS = 1500  # about 2,100 frames: 3 shards of up to 1,000
 
 
-def reads_config(work: Path, fasta: Path, outdir: Path | str = "out") -> Path:
-    """Shards of 1,000 frames, progress saved every 100 (so interruptions leave some)."""
+def reads_config(work: Path, fasta: Path, outdir: Path | str = "out", keep: bool = False
+                 ) -> Path:
+    """Shards of 1,000 frames, progress saved every 100 (so interruptions leave some); the
+    default run (each shard embedded and scored in one job), or one keeping feature files."""
     return run_config(work, {"s": str(fasta)}, outdir=str(outdir), shard_size=1000,
-                      checkpoint={"frames": 100, "window_frames": 100})
+                      keep_features=keep, checkpoint={"frames": 100, "window_frames": 100})
+
+
+def _reads_run(tmp_path_factory, keep: bool) -> tuple[Path, Path]:
+    from workflow_helpers import orf_reads
+
+    work = tmp_path_factory.mktemp(f"reads-clean-keep-{keep}")
+    orf_reads(work / "reads.fa", READS)
+    proc = snakemake(work, "--configfile", reads_config(work, work / "reads.fa", keep=keep))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert len(list((work / "out" / "s" / "scores").glob("*.tsv"))) == 3
+    assert len(list((work / "out" / "s" / "features").glob("*.pt"))) == (3 if keep else 0)
+    return work / "reads.fa", work / "out" / "s"
 
 
 @pytest.fixture(scope="module")
 def reads_reference(tmp_path_factory) -> tuple[Path, Path]:
-    """(reads FASTA, its results from an undisturbed run)."""
-    from workflow_helpers import orf_reads
-
-    work = tmp_path_factory.mktemp("reads-clean")
-    orf_reads(work / "reads.fa", READS)
-    proc = snakemake(work, "--configfile", reads_config(work, work / "reads.fa"))
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert len(list((work / "out" / "s" / "features").glob("*.pt"))) == 3
-    return work / "reads.fa", work / "out" / "s"
+    """(reads FASTA, its results from an undisturbed default run)."""
+    return _reads_run(tmp_path_factory, keep=False)
 
 
-def finished_run_copy(reads_reference, tmp_path: Path) -> Path:
-    """A working directory holding a copy of the finished reference run (mtimes kept)."""
-    fasta, clean = reads_reference
+@pytest.fixture(scope="module")
+def kept_reference(tmp_path_factory) -> tuple[Path, Path]:
+    """(reads FASTA, its results from an undisturbed run that keeps its feature files)."""
+    return _reads_run(tmp_path_factory, keep=True)
+
+
+def finished_run_copy(reference, tmp_path: Path, keep: bool = False) -> Path:
+    """A working directory holding a copy of a finished reference run (mtimes kept)."""
+    fasta, clean = reference
     work = tmp_path / "work"
     shutil.copytree(clean.parent.parent, work, symlinks=True)
-    reads_config(work, fasta)
+    reads_config(work, fasta, keep=keep)
     return work
 
 
@@ -451,7 +464,7 @@ def mounts(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("stage", ["prepare", "embed"])
+@pytest.mark.parametrize("stage", ["prepare", "embed_classify"])
 def test_disk_full(reads_reference, mounts, stage):
     """The output file system fills up during prepare (a 64 KB disk, then enlarged) or during
     embedding (another file takes the space left after prepare, then is deleted)."""
@@ -460,10 +473,10 @@ def test_disk_full(reads_reference, mounts, stage):
     mount_tmpfs(disk, "size=64k" if stage == "prepare" else "size=64m")
     config = reads_config(mounts, fasta, disk / "out")
     filler = disk / "someone else's file"
-    if stage == "embed":
+    if stage != "prepare":
         assert snakemake(mounts, "--until", "prepare", "--configfile", config).returncode == 0
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        filler.write_bytes(bytes(free - 96 * 1024))  # room for logs, not for features
+        filler.write_bytes(bytes(free - 96 * 1024))  # room for logs, not for results
     proc = snakemake(mounts, "--configfile", config)
     assert proc.returncode == 1, proc.stdout[-3000:]
     (job,) = failed_jobs(proc.stdout)
@@ -473,7 +486,7 @@ def test_disk_full(reads_reference, mounts, stage):
                         r"left on device \(disk or quota full\); free space there or set outdir "
                         r"to a larger file system, then rerun \(finished results are kept\)", line)
     assert leftovers(disk / "out") == []
-    if stage == "embed":
+    if stage != "prepare":
         filler.unlink()
     else:
         remount(disk, "size=64m")
@@ -526,21 +539,24 @@ def test_prepared_shard_damaged_before_embedding(reads_reference, tmp_path, dama
 
 
 @pytest.mark.parametrize("deleted", ["prepared shards", "feature files"])
-def test_intermediates_deleted_after_the_run_change_nothing(reads_reference, tmp_path, deleted):
+def test_intermediates_deleted_after_the_run_change_nothing(reads_reference, kept_reference,
+                                                             tmp_path, deleted):
     """Once a sample is scored, its prepared shards and features are only intermediates:
     removing them (to save space) loses no result, and a rerun has nothing to do."""
-    work = finished_run_copy(reads_reference, tmp_path)
+    keep = deleted == "feature files"
+    reference = kept_reference if keep else reads_reference
+    work = finished_run_copy(reference, tmp_path, keep)
     sample = work / "out" / "s"
     for path in (sample.glob("prepare/shards/*.f*") if deleted == "prepared shards"
                  else sample.glob("features/*.pt")):
         path.unlink()
     proc = snakemake(work, "--configfile", work / "config.yaml")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
-    assert_same_results(sample, reads_reference[1], intermediates=False)
+    assert_same_results(sample, reference[1], intermediates=False)
 
 
-def test_finished_features_truncated(reads_reference, tmp_path):
-    work = finished_run_copy(reads_reference, tmp_path)
+def test_finished_features_truncated(kept_reference, tmp_path):
+    work = finished_run_copy(kept_reference, tmp_path, keep=True)
     features = work / "out" / "s" / "features" / "shard_000002.pt"
     os.truncate(features, features.stat().st_size // 2)
     proc = snakemake(work, "--configfile", work / "config.yaml")
@@ -557,7 +573,7 @@ def test_finished_features_truncated(reads_reference, tmp_path):
     assert len(list(features.parent.glob("shard_000002.pt.corrupted-*"))) == 1  # kept aside
     proc = snakemake(work, "--configfile", work / "config.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert_same_results(work / "out" / "s", reads_reference[1])
+    assert_same_results(work / "out" / "s", kept_reference[1])
 
 
 # --------------------------------------------------------------------------- concurrent runs and signals
@@ -622,22 +638,26 @@ def interrupted_line(sig: signal.Signals) -> str:
             "checkpoints are kept); rerun the same command to continue")
 
 
-STAGES = ["demo_models", "prepare", "prepare_summary", "embed", "classify", "aggregate",
-          "sample_report"]
+# Stages of the default run, and the two of a run that keeps its feature files; the rule
+# embed_classify runs the embed script.
+STAGES = {False: ["demo_models", "prepare", "prepare_summary", "embed_classify", "aggregate",
+                  "sample_report"], True: ["embed", "classify"]}
+SCRIPTS = {"embed_classify": "embed"}
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep_features"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_in_every_stage(reads_reference, tmp_path, sig):
+def test_signal_in_every_stage(reads_reference, kept_reference, tmp_path, sig, keep):
     """Ctrl-C (SIGINT to the foreground process group) or SIGTERM to the whole run (a batch
     system, `timeout`, `kill -- -PGID`) while a job of each stage runs; after each, the same
     command is run again (no --unlock needed), the last run finishes, and the results equal
     an undisturbed run's."""
-    fasta, clean = reads_reference
-    config = reads_config(tmp_path, fasta)
-    for stage in STAGES:
+    fasta, clean = kept_reference if keep else reads_reference
+    config = reads_config(tmp_path, fasta, keep=keep)
+    for stage in STAGES[keep]:
         # --forcerun: the stage runs even if an earlier interrupted run got past it.
         run = start_snakemake(tmp_path, "--forcerun", stage, "--configfile", config)
-        job = job_process(run, stage)
+        job = job_process(run, SCRIPTS.get(stage, stage))
         assert job is not None, f"no {stage} job ran: {run.communicate()[0][-3000:]}"
         job.suspend()  # wherever it is: starting, importing, or at work
         tree = psutil.Process(run.pid).children(recursive=True)
@@ -668,7 +688,7 @@ def test_sigterm_to_snakemake_finishes_running_jobs(reads_reference, tmp_path):
     out = run.communicate(timeout=300)[0]
     assert "Will exit after finishing currently running jobs" in out, out[-3000:]
     assert run.returncode != 0 and "Error in rule" not in out
-    done = sorted(p.name for p in (tmp_path / "out" / "s" / "features").glob("*.done"))
+    done = sorted(p.name for p in (tmp_path / "out" / "s" / "scores").glob("*.tsv"))
     assert 1 <= len(done) < 3
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -683,22 +703,22 @@ def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
     run = start_snakemake(tmp_path, "--configfile", config)
     job = job_process(run, "embed")
     assert job is not None
-    partial = next((tmp_path / "out" / "s" / "features").glob("*.pt.partial"), None)
+    partial = next((tmp_path / "out" / "s" / "scores").glob("*.tsv.partial"), None)
     while partial is None or not list(partial.glob("batch_*.done")):  # some work is saved
         time.sleep(0.005)
-        partial = next((tmp_path / "out" / "s" / "features").glob("*.pt.partial"), None)
+        partial = next((tmp_path / "out" / "s" / "scores").glob("*.tsv.partial"), None)
     freeze_when_running(job)
     job.send_signal(signal.SIGTERM)
     job.resume()
     out = run.communicate(timeout=300)[0]
     assert run.returncode == 1
     (failed,) = failed_jobs(out)
-    assert (failed.rule, failed.status) == ("embed", 128 + signal.SIGTERM)
+    assert (failed.rule, failed.status) == ("embed_classify", 128 + signal.SIGTERM)
     assert interrupted_line(signal.SIGTERM) in out
     assert list(partial.glob("batch_*.done"))  # the saved work is kept ...
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "resuming after" in (tmp_path / "out" / "logs" / "embed" / "s" /
-                                f"{partial.name[:-len('.pt.partial')]}.log").read_text()
+    assert "resuming after" in (tmp_path / "out" / "logs" / "embed_classify" / "s" /
+                                f"{partial.name[:-len('.tsv.partial')]}.log").read_text()
     assert_same_results(tmp_path / "out" / "s", clean)  # ... and used
 
