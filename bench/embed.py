@@ -16,7 +16,8 @@ GPU mode (--gpu): ESM-2 3B and DNABERT-S architectures built on the GPU in bf16;
 model FLOP utilisation, DNABERT frames/s, both together, peak memory.
 
     .venv/bin/python bench/embed.py [--frames 2000] [--repeats 3]
-    PYTHONPATH=src python bench/embed.py --gpu [--frames 60000] [--esm-tokens N]
+    PYTHONPATH=src python bench/embed.py --gpu [--frames 60000] [--esm-tokens N] [--load]
+    .venv/bin/python bench/embed.py --gpu --dry
 
 Results: printed, and saved to bench/results/embed.json (embed_gpu.json with --gpu).
 """
@@ -54,25 +55,28 @@ DNABERT_CPU_SHAPE = {"hidden": 768, "layers": 2, "heads": 12, "intermediate": 30
                      "vocab_size": 4096}
 DNABERT_S_SHAPE = {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072,
                    "vocab_size": 4096}
+ESM_3B_SHAPE = {"layers": 36, "embed_dim": 2560, "heads": 40}
 TINY_DNABERT = {"hidden": 32, "layers": 1, "heads": 4, "intermediate": 64, "vocab_size": 256}
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str]]:
-    """`count` frames of random 150-bp reads, through the project's prepare."""
+def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str], int]:
+    """`count` frames of random 150-bp reads, through the project's prepare; and the number
+    of reads they came from (for reads/s)."""
     rng = random.Random(seed)
     reads = workdir / "reads.fa"
     with open(reads, "w") as out:
         for i in range(count * 2 + 1000):  # ~0.55 stop-free frames per random 150-bp read
             out.write(f">read{i}\n{''.join(rng.choices('ACGT', k=150))}\n")
     write_flat(reads, 300, workdir / "prepared")
-    _, nucleotides, proteins = read_frames(workdir / "prepared" / "nucleotide.fa",
-                                           workdir / "prepared" / "protein.faa")
+    ids, nucleotides, proteins = read_frames(workdir / "prepared" / "nucleotide.fa",
+                                             workdir / "prepared" / "protein.faa")
     if len(proteins) < count:
         raise SystemExit(f"only {len(proteins)} frames from the reads; need {count}")
-    return nucleotides[:count], proteins[:count]
+    last_read = int(ids[count - 1].split("_chunk_")[0].removeprefix("read"))
+    return nucleotides[:count], proteins[:count], last_read + 1
 
 
 def esm_tokens(proteins: list[str]) -> int:
@@ -225,7 +229,7 @@ def cpu_dnabert(workdir: Path, proteins: list[str], nucleotides: list[str],
 
 
 def cpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
-    nucleotides, proteins = make_frames(args.frames, workdir)
+    nucleotides, proteins, _ = make_frames(args.frames, workdir)
     return {"mode": "cpu", "frames": len(proteins),
             "mean_residues": round(statistics.mean(map(len, proteins)), 1),
             "mean_nucleotides": round(statistics.mean(map(len, nucleotides)), 1),
@@ -237,13 +241,32 @@ def cpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
 # --------------------------------------------------------------------------- GPU mode
 
 
+def timed_load(workdir: Path, device: torch.device, shape: dict) -> dict:
+    """A checkpoint of `shape` in the published fp16 format, written here, loaded by
+    `load_esm2` onto the device in bf16: the load time a job pays."""
+    from scale import write_3b_checkpoint
+
+    path = workdir / "esm2_t36_3B_UR50D.pt"
+    write_3b_checkpoint(path, shape)
+    seconds, encoder = timed(lambda: load_esm2(path, device, torch.bfloat16),
+                             sync=device.type == "cuda")
+    del encoder
+    return {"checkpoint_gb": round(path.stat().st_size / 1e9, 2), "esm_load_s": round(seconds, 1)}
+
+
 def gpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
-    device = torch.device("cuda")
-    nucleotides, proteins = make_frames(args.frames, workdir)
-    load_s, esm = timed(lambda: random_esm2(device=device, dtype=torch.bfloat16), sync=True)
-    directory = write_demo_dnabert2(workdir / "dnabert_s", **DNABERT_S_SHAPE)
+    """Speed of the real engine in bf16: ESM-2 alone, DNABERT-S alone, both (as a job runs).
+    --dry: the same code with tiny shapes on the CPU, so the script is known to work."""
+    device = torch.device("cpu" if args.dry else "cuda")
+    esm_shape = {"layers": 2, "embed_dim": 32, "heads": 4} if args.dry else ESM_3B_SHAPE
+    dnabert_shape = TINY_DNABERT if args.dry else DNABERT_S_SHAPE
+    sync = device.type == "cuda"
+    nucleotides, proteins, reads = make_frames(args.frames, workdir)
+    load_s, esm = timed(lambda: random_esm2(**esm_shape, device=device, dtype=torch.bfloat16),
+                        sync=sync)
+    directory = write_demo_dnabert2(workdir / "dnabert_s", **dnabert_shape)
     dnabert_load_s, dnabert = timed(lambda: load_dnabert2(directory, device, torch.bfloat16),
-                                    sync=True)
+                                    sync=sync)
     params = sum(p.numel() for p in esm.parameters())
     budgets = {"esm_tokens": args.esm_tokens, "dnabert_tokens": args.dnabert_tokens}
     engines = {only: OnlyEngine(esm, dnabert, only=only, **budgets) for only in ("esm", "dnabert")}
@@ -251,34 +274,46 @@ def gpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
     warm = min(2000, len(proteins))
     for engine in engines.values():  # CUDA context, kernels, allocator pools
         engine.embed(nucleotides[:warm], proteins[:warm])
-    torch.cuda.reset_peak_memory_stats(device)
-    seconds = {name: round(timed(lambda e=engine: e.embed(nucleotides, proteins), sync=True)[0], 3)
+    if sync:
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = {name: round(timed(lambda e=engine: e.embed(nucleotides, proteins), sync=sync)[0], 3)
                for name, engine in engines.items()}
     tokens, frames = esm_tokens(proteins), len(proteins)
     esm_rate = tokens / seconds["esm"]
-    return {
-        "mode": "gpu", "device": torch.cuda.get_device_name(device), "dtype": "bfloat16",
-        "frames": frames, "esm_tokens": tokens,
+    result = {
+        "mode": "gpu-dry" if args.dry else "gpu", "dtype": "bfloat16",
+        "device": "cpu" if args.dry else torch.cuda.get_device_name(device),
+        "frames": frames, "reads": reads, "esm_tokens": tokens,
         "mean_residues": round(statistics.mean(map(len, proteins)), 1),
-        "esm_model": "ESM-2 3B architecture (36 layers, 2560 dim, 40 heads), random init",
-        "esm_params": params,
-        "dnabert_model": "DNABERT-S architecture (12 layers, 768 hidden), random init",
+        "esm_model": f"ESM-2 architecture {esm_shape}, random init", "esm_params": params,
+        "dnabert_model": f"DNABERT-2 architecture {dnabert_shape}, random init",
         "seconds": seconds,
         "esm_tokens_per_s": round(esm_rate),
         "esm_frames_per_s": round(frames / seconds["esm"], 1),
         "mfu_vs_989_tflops": round(2 * params * esm_rate / H100_BF16_DENSE_FLOPS, 3),
         "dnabert_frames_per_s": round(frames / seconds["dnabert"], 1),
         "both_frames_per_s": round(frames / seconds["both"], 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+        "reads_per_s_150bp": round(reads / seconds["both"], 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if sync else None,
         "esm_build_s": round(load_s, 1), "dnabert_load_s": round(dnabert_load_s, 1),
         "budgets": {"esm": engines["both"].budgets.esm,
                     "dnabert": engines["both"].budgets.dnabert},
     }
+    if args.load:
+        del esm, engines
+        result.update(timed_load(workdir, device, esm_shape))
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="GPU mode (needs CUDA)")
+    parser.add_argument("--dry", action="store_true",
+                        help="with --gpu: tiny shapes on the CPU (checks the script)")
+    parser.add_argument("--load", action="store_true",
+                        help="with --gpu: also write a published-format checkpoint and time "
+                             "its load onto the device")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames to embed (default 2000 on CPU, 60000 on GPU)")
     parser.add_argument("--repeats", type=int, default=3, help="CPU mode: interleaved repeats")
@@ -288,9 +323,9 @@ def main() -> None:
                         help="GPU mode: DNABERT token budget (default: the engine's)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
-    if args.gpu and not torch.cuda.is_available():
-        raise SystemExit("--gpu: no CUDA device")
-    args.frames = args.frames or (60_000 if args.gpu else 2_000)
+    if args.gpu and not args.dry and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device (--gpu --dry checks the script on the CPU)")
+    args.frames = args.frames or (300 if args.dry else 60_000 if args.gpu else 2_000)
     with tempfile.TemporaryDirectory() as tmp:
         result = (gpu_mode if args.gpu else cpu_mode)(args, Path(tmp))
     result.update(torch=torch.__version__, machine=platform.processor() or platform.machine(),

@@ -237,30 +237,31 @@ print(json.dumps({"seconds": seconds, "model_bytes": size}))
 """
 
 
-def write_3b_checkpoint(path: Path) -> int:
-    """The ESM-2 3B architecture in fair-esm's published format: fp16 weights under fairseq
-    names, random values, written without an fp32 copy in memory. Returns the file size."""
+def write_3b_checkpoint(path: Path, shape: dict = ESM_3B) -> int:
+    """An ESM-2 checkpoint of `shape` (default: the 3B architecture) in fair-esm's published
+    format: fp16 weights under fairseq names, random values, written without an fp32 copy in
+    memory. Returns the file size."""
     import argparse as ap
 
     import torch
     from esm.model.esm2 import ESM2
 
+    layers, width, heads = shape["layers"], shape["embed_dim"], shape["heads"]
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in ESM2(ESM_3B["layers"], ESM_3B["embed_dim"],
-                                              ESM_3B["heads"]).state_dict().items()}
+        shapes = {k: v.shape for k, v in ESM2(layers, width, heads).state_dict().items()}
     generator = torch.Generator().manual_seed(0)
+    head_dim = width // heads
     state = {}
-    for key, shape in shapes.items():
+    for key, size in shapes.items():
         if key.startswith("contact_head."):
             continue
         name = ("encoder." if key.startswith("lm_head.") else "encoder.sentence_encoder.") + key
-        state[name] = (torch.randn(shape, generator=generator) * 0.02).half() \
-            if not key.endswith("inv_freq") else \
-            1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64))
-    cfg = ap.Namespace(arch="esm2", encoder_layers=ESM_3B["layers"],
-                       encoder_embed_dim=ESM_3B["embed_dim"],
-                       encoder_ffn_embed_dim=4 * ESM_3B["embed_dim"],
-                       encoder_attention_heads=ESM_3B["heads"], token_dropout=True)
+        state[name] = (1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+                       if key.endswith("inv_freq") else
+                       (torch.randn(size, generator=generator) * 0.02).half())
+    cfg = ap.Namespace(arch="esm2", encoder_layers=layers, encoder_embed_dim=width,
+                       encoder_ffn_embed_dim=4 * width, encoder_attention_heads=heads,
+                       token_dropout=True)
     torch.save({"model": state, "cfg": {"model": cfg}}, path)
     del state
     return path.stat().st_size

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
@@ -260,3 +261,33 @@ def test_cli_embed_reports_a_mismatched_shard(demo_models, tmp_path):
     assert proc.returncode == 65
     assert "virnucpro: error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.pt").exists()
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read a tensor's value back to the host (what stalls a GPU's
+    host: .item(), bool(), data-dependent shapes), in the thread it is entered in."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_compute_thread_reads_no_value_from_the_device(engine, one_by_one):
+    """Masks and counts are built by the loader: the thread that runs the models never asks
+    a tensor for a value (on a GPU each such read waits for the device to be idle)."""
+    counting = _engine_like(engine, esm_tokens=300, dnabert_tokens=200)  # padded batches
+    with HostReads() as reads:
+        features = counting.embed(NUCLEOTIDES, PROTEINS, window_frames=16)
+    assert reads.seen == []
+    assert _max_diff(features, one_by_one) <= TOLERANCE
+    with HostReads() as reads:  # the check sees a read when there is one
+        bool(torch.ones(2).any())
+    assert reads.seen == ["aten._local_scalar_dense.default"]
