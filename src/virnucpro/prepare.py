@@ -157,8 +157,8 @@ class PrepareStats:
     @classmethod
     def of(cls, source: ReadSource, chunk_size: int, **settings: bool) -> PrepareStats:
         """Empty counts for preparing `source`, which they name."""
-        paths = [str(path) for path in source.paths]
-        return cls(paths[0], chunk_size, *paths[1:], paired=source.paired, **settings)
+        return cls(source.paths[0], chunk_size, *source.paths[1:], paired=source.paired,
+                   **settings)
 
 
 def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
@@ -173,7 +173,7 @@ def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
     """
     check_chunk_size(chunk_size)
     duplicates = DuplicateIdCheck()
-    progress = Progress(f"prepare {' + '.join(p.name for p in source.paths)}",
+    progress = Progress(f"prepare {' + '.join(r.path.name for r in source.readers)}",
                         source.total_bytes)
     for block in source.blocks():
         duplicates.add(block)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
@@ -39,7 +38,7 @@ class ReadSource:
         if not 1 <= len(paths) <= 2:
             raise UsageError(f"a sample has one reads file or two (R1, R2), not {len(paths)}")
         self.readers = [ReadsReader(path, block_bytes) for path in paths]
-        self.paths = [reader.path for reader in self.readers]
+        self.paths = [os.fspath(path) for path in paths]  # as given (stats.json, messages)
         if self.paired and os.path.samefile(*self.paths):
             raise UsageError(f"{self.paths[0]}: given as both R1 and R2; give the two files "
                              "of the paired reads")
@@ -57,13 +56,13 @@ class ReadSource:
         return sum(reader.bytes_read for reader in self.readers)
 
     def __str__(self) -> str:
-        return " + ".join(map(str, self.paths))
+        return " + ".join(self.paths)
 
     def blocks(self) -> Iterator[FastaBlock]:
         """The reads in order (mates interleaved); each iteration reads the files again."""
         return self._paired_blocks() if self.paired else iter(self.readers[0])
 
-    def where(self, block: FastaBlock, i: int) -> tuple[Path, int]:
+    def where(self, block: FastaBlock, i: int) -> tuple[str, int]:
         """The file and 1-based record number that read i of `block` comes from."""
         if not self.paired:
             return self.paths[0], block.first_number + i
@@ -77,7 +76,7 @@ class ReadSource:
         while True:
             pending = [block if block is not None else next(stream, None)
                        for block, stream in zip(pending, streams)]
-            if None in pending:
+            if any(block is None for block in pending):
                 break
             n = min(map(len, pending))
             yield self._interleave(*(block.take(0, n) for block in pending))
