@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import read_fasta, run_cli
+from conftest import fastq_text, read_fasta, run_cli
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import ReadsReader
 from virnucpro.prepare import FLAT_FILES, write_flat, write_shards
@@ -19,15 +19,6 @@ Record = tuple[str, str]  # (header without '>' / '@', sequence)
 
 def fasta_text(records: list[Record]) -> str:
     return "".join(f">{header}\n{seq}\n" for header, seq in records)
-
-
-def fastq_text(records: list[Record], rng: random.Random | None = None, plus: bool = False) -> str:
-    """4-line FASTQ; random qualities (any of '!'..'~', so '@' and '+' start quality lines
-    too); `plus`: the '+' line repeats the title."""
-    rng = rng or random.Random(0)
-    return "".join(
-        f"@{header}\n{seq}\n+{header if plus else ''}\n"
-        f"{''.join(chr(rng.randint(33, 126)) for _ in seq)}\n" for header, seq in records)
 
 
 def random_records(n: int, seed: int, prefix: str = "read", description: str = " sample {i}",
