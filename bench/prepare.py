@@ -1,8 +1,12 @@
-"""Prepare throughput: the project's vectorised prepare vs a plain implementation.
+"""Prepare throughput: the project's vectorised prepare vs a plain implementation,
+and FASTQ input vs FASTA input.
 
 Generates N reads (100-300 bp), runs both on one core in this run, checks that
 their three output files are byte-identical, and reports reads/s, the ratio,
 and the project's peak memory at two input sizes (it must not grow with input).
+The same reads are also written as FASTQ (random qualities) and prepared from it:
+`fastq_vs_fasta` is FASTQ prepare's speed over FASTA prepare's (best of
+`--repeats` fresh processes each; the outputs must be identical).
 
     .venv/bin/python bench/prepare.py [--reads 200000]
 
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,13 +32,17 @@ sys.path.insert(0, str(HERE))
 import plain_prepare  # noqa: E402
 
 
-def make_reads(path: Path, n: int, seed: int) -> None:
+def make_reads(path: Path, n: int, seed: int, fastq: Path | None = None) -> None:
+    """N reads as FASTA at `path` and, if given, the same reads as FASTQ at `fastq`."""
     rng = random.Random(seed)
     bases = "ACGT"
-    with open(path, "w") as out:
+    with open(path, "w") as out, open(fastq or os.devnull, "w") as out_fastq:
         for i in range(n):
             seq = "".join(rng.choices(bases, k=rng.randint(100, 300)))
             out.write(f">read{i} simulated\n{seq}\n")
+            if fastq:
+                quality = "".join(rng.choices("#+5?FIJ", k=len(seq)))
+                out_fastq.write(f"@read{i} simulated\n{seq}\n+\n{quality}\n")
 
 
 def run_plain(fasta: Path, size: int, outdir: Path) -> float:
@@ -69,25 +78,49 @@ def run_ours(fasta: Path, size: int, outdir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+def same_outputs(one: Path, two: Path) -> None:
+    for name in ("chunked.fa", "nucleotide.fa", "protein.faa"):
+        if (one / name).read_bytes() != (two / name).read_bytes():
+            sys.exit(f"outputs differ: {one / name} {two / name}")
+
+
+def best_of(repeats: int, inputs: dict[str, Path], size: int, tmp: Path) -> dict[str, dict]:
+    """Per input, the fastest of `repeats` runs (a shared machine's noise only slows a run
+    down). The inputs take turns, and only the first run's outputs are kept (in tmp/NAME),
+    so that neither input's runs meet more pending disk writes than the other's."""
+    best: dict[str, dict] = {}
+    for i in range(repeats):
+        for name, reads in inputs.items():
+            outdir = tmp / (name if i == 0 else f"{name}-again")
+            run = run_ours(reads, size, outdir)
+            if i:
+                shutil.rmtree(outdir)
+            if name not in best or run["seconds"] < best[name]["seconds"]:
+                best[name] = run
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reads", type=int, default=200_000)
     parser.add_argument("--chunk-size", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, children too
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        small, large = tmp / "small.fa", tmp / "large.fa"
-        make_reads(large, args.reads, seed=1)
+        small, large, large_fastq = tmp / "small.fa", tmp / "large.fa", tmp / "large.fq"
+        make_reads(large, args.reads, seed=1, fastq=large_fastq)
         make_reads(small, args.reads // 10, seed=2)
 
-        ours = run_ours(large, args.chunk_size, tmp / "ours")
+        best = best_of(args.repeats, {"ours": large, "ours-fastq": large_fastq}, args.chunk_size,
+                       tmp)
+        ours, fastq = best["ours"], best["ours-fastq"]
         plain_s = run_plain(large, args.chunk_size, tmp / "plain")
-        for name in ("chunked.fa", "nucleotide.fa", "protein.faa"):
-            if (tmp / "ours" / name).read_bytes() != (tmp / "plain" / name).read_bytes():
-                sys.exit(f"outputs differ: {name}")
+        same_outputs(tmp / "ours", tmp / "plain")
+        same_outputs(tmp / "ours", tmp / "ours-fastq")
         ours_small = run_ours(small, args.chunk_size, tmp / "ours-small")
 
     result = {
@@ -98,6 +131,10 @@ def main() -> None:
         "plain_reads_per_s": round(args.reads / plain_s),
         "speedup": round(plain_s / ours["seconds"], 1),
         "outputs_identical": True,
+        "fastq_reads_per_s": round(args.reads / fastq["seconds"]),
+        "fastq_vs_fasta": round(ours["seconds"] / fastq["seconds"], 2),
+        "fastq_outputs_identical": True,
+        "repeats": args.repeats,
         "max_rss_mb": {f"{args.reads // 10} reads": round(ours_small["max_rss_mb"], 1),
                        f"{args.reads} reads": round(ours["max_rss_mb"], 1)},
         "cores": 1,

@@ -1,3 +1,4 @@
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,13 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 def read_fasta(path: Path) -> list[tuple[str, str]]:
     from Bio import SeqIO
     return [(r.id, str(r.seq)) for r in SeqIO.parse(str(path), "fasta")]
+
+
+def fastq_text(records: list[tuple[str, str]], rng: random.Random | None = None,
+               plus: bool = False) -> str:
+    """4-line FASTQ; random qualities (any of '!'..'~', so '@' and '+' start quality lines
+    too); `plus`: the '+' line repeats the title."""
+    rng = rng or random.Random(0)
+    return "".join(
+        f"@{header}\n{seq}\n+{header if plus else ''}\n"
+        f"{''.join(chr(rng.randint(33, 126)) for _ in seq)}\n" for header, seq in records)

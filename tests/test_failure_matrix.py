@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import plain_prepare
-from conftest import read_fasta
+from conftest import fastq_text, read_fasta
 from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
                               snakemake, start_snakemake, write_config)
 
@@ -53,6 +53,33 @@ def with_sequences(text: str, change) -> str:
     return "".join(f">{header}\n{change(seq)}\n" for header, seq in records(text))
 
 
+def fastq(text: str) -> str:
+    """The reads of a FASTA text as 4-line FASTQ."""
+    return fastq_text(records(text))
+
+
+def mate_files() -> tuple[str, str, str]:
+    """R1 and R2 (FASTQ) of paired reads named as Illumina names them (the same ID, 1:N:0 and
+    2:N:0 in the description), and the FASTA of the mates interleaved as ID/1, ID/2: the
+    reads the pair must give the results of."""
+    ids = [header.split()[0] for header, _ in records(CLEAN)]
+    one = [seq for _, seq in records(CLEAN)]
+    two = [seq for _, seq in records(clean_text(seed=8))]
+    return (fastq("".join(f">{i} 1:N:0:ACGT\n{s}\n" for i, s in zip(ids, one))),
+            fastq("".join(f">{i} 2:N:0:ACGT\n{s}\n" for i, s in zip(ids, two))),
+            "".join(f">{i}/1\n{s}\n>{i}/2\n{t}\n" for i, s, t in zip(ids, one, two)))
+
+
+MATES = mate_files()
+INTERLEAVED = "interleaved_mates"  # the sample of MATES[2], which paired samples must equal
+
+
+def with_line(text: str, number: int, change) -> str:
+    lines = text.split("\n")
+    lines[number - 1] = change(lines[number - 1])
+    return "\n".join(lines)
+
+
 @dataclass
 class FailedJob:
     rule: str
@@ -61,9 +88,11 @@ class FailedJob:
 
 
 def failed_jobs(output: str) -> list[FailedJob]:
-    """The failed jobs of a run, from Snakemake's error reports."""
-    report = re.compile(r"exit status (\d+)\.\n\[[^\n]*\]\nError in rule (\w+):\n"
-                        r"((?:    [^\n]*\n)*)")
+    """The failed jobs of a run, from Snakemake's error reports. Another job's start may be
+    logged between a job's exit status and its report (jobs run in parallel): such lines
+    are skipped, but never another exit status or report."""
+    report = re.compile(r"exit status (\d+)\.\n(?:(?!.*exit status|Error in rule).*\n)*?"
+                        r"\[[^\n]*\]\nError in rule (\w+):\n((?:    [^\n]*\n)*)")
     return [FailedJob(rule, int(status), details)
             for status, rule, details in report.findall(output)]
 
@@ -105,17 +134,17 @@ def clean_run(tmp_path_factory) -> Path:
 
 REJECTED = {
     # row: (file name, content, exit status, what the one line says)
-    "empty file": ("empty.fa", b"", 65, "empty.fa: file is empty; give a FASTA file"),
+    "empty file": ("empty.fa", b"", 65, "empty.fa: file is empty; give a FASTA or FASTQ file"),
     "only headers": ("headers.fa", b">a\n>b\n", 65,
                      "headers.fa: record 'a' (#1): has an empty sequence; remove the record"),
-    "FASTQ": ("reads.fq", b"@r1\nACGT\n+\nIIII\n", 65,
-              "reads.fq: not a FASTA file: looks like FASTQ; give nucleotide reads in FASTA"),
     "GenBank": ("genome.gb", b"LOCUS       X 10 bp    DNA\nORIGIN\n//\n", 65,
-                "genome.gb: not a FASTA file: looks like GenBank"),
+                "genome.gb: not a FASTA or FASTQ file: looks like GenBank; give nucleotide "
+                "reads in FASTA or FASTQ format (plain or gzip)"),
     "binary": ("binary.fa", bytes(range(256)) * 4, 65,
-               "binary.fa: not a FASTA file: is binary, not FASTA text"),
+               "binary.fa: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ text"),
     "gzip of garbage": ("garbage.fa.gz", gzip.compress(bytes(range(256)) * 4), 65,
-                        "garbage.fa.gz: not a FASTA file: is binary, not FASTA text"),
+                        "garbage.fa.gz: not a FASTA or FASTQ file: is binary, not FASTA or "
+                        "FASTQ text"),
     "truncated gzip": ("truncated.fa.gz", gzip.compress(CLEAN.encode())[:200], 65,
                        "truncated.fa.gz: cannot be decompressed"),
     "protein, not DNA": ("protein.fa", b">p1\nMKVLHHSEQW\n", 65,
@@ -125,7 +154,30 @@ REJECTED = {
         "dup.fa", (CLEAN + CLEAN.split(">")[1].join([">", ""])).encode(), 65,
         "dup.fa: record 'read0' (#9): duplicate record ID (first seen at record #1); record "
         "IDs must be unique within a sample; rename one of them"),
+    "FASTQ quality line shorter than the sequence": (
+        "quality.fq", with_line(fastq(CLEAN), 12, lambda quality: quality[:-1]).encode(), 65,
+        f"quality.fq: record 'read2' (#3): has {len(records(CLEAN)[2][1])} bases but "
+        f"{len(records(CLEAN)[2][1]) - 1} quality scores; the record is corrupt (its quality "
+        "line must be as long as its sequence); re-create the file"),
+    "truncated FASTQ": (
+        "truncated.fq", "\n".join(fastq(CLEAN).split("\n")[:30]).encode(), 65,
+        "truncated.fq: record 'read7' (#8): the file ends inside this record (it has 2 of its "
+        "4 lines); the file is truncated; re-create or download it again"),
+    "paired files that do not pair (R2 lacks a mate)": (
+        "unpaired_R2.fq", MATES[1].split("@read7")[0].encode(), 65,
+        "unpaired_R1.fq: record 'read7' (#8): has no mate: unpaired_R2.fq ends after 7 records; "
+        "the two files must hold the same reads in the same order: give both files of one run, "
+        "or re-pair them (e.g. with 'seqkit pair')"),
 }
+# Rejected rows of paired samples: their R1 file (good), with the row's file as R2. Fixed,
+# such a sample gives the results of the interleaved mates.
+PAIRED_ROWS = {"paired files that do not pair (R2 lacks a mate)": "unpaired_R1.fq"}
+
+
+def sample_files(row: str) -> list[str]:
+    """The reads files of a rejected row's sample, as the config lists them."""
+    name = REJECTED[row][0]
+    return [PAIRED_ROWS[row], name] if row in PAIRED_ROWS else [name]
 
 ODD_HEADERS = ["sp|P0{i}|vírus_{i} description with spaces", "read\u00df{i}\twith\ttabs",
                "r{i}|x|y", "ünïcode_{i}"]
@@ -172,6 +224,9 @@ ACCEPTED = {
     "duplicate IDs across samples": ("again.fa", CLEAN),
     "sample path with spaces": ("dir with spaces/my reads.fa", CLEAN),
     "gzip": ("clean.fa.gz", None),
+    "FASTQ": ("reads.fq", fastq(CLEAN)),
+    "FASTQ, gzip": ("reads.fq.gz", None),
+    "FASTQ with Windows line endings": ("crlf.fq", fastq(CLEAN).replace("\n", "\r\n")),
     "IDs with spaces, tabs, '|' and non-ASCII": ("odd ids.fa", odd_ids_text()[0]),
     "IUPAC codes": ("iupac.fa", with_sequences(CLEAN, with_iupac)),
     "U instead of T": ("rna.fa", with_sequences(CLEAN, lambda seq: seq.replace("T", "U"))),
@@ -180,7 +235,10 @@ ACCEPTED = {
     "1,000,000 tiny reads": ("million.fa", None),
 }
 SAME_AS_CLEAN = ["Windows line endings", "lowercase", "soft-masked",
-                 "duplicate IDs across samples", "sample path with spaces", "gzip"]
+                 "duplicate IDs across samples", "sample path with spaces", "gzip", "FASTQ",
+                 "FASTQ, gzip", "FASTQ with Windows line endings"]
+# Accepted paired samples: (R1, R2); compared with the interleaved mates' results.
+PAIRED = {"paired reads (R1 FASTQ, R2 gzipped FASTQ)": ("mates_R1.fq", "mates_R2.fq.gz")}
 
 
 def sample_name(row: str) -> str:
@@ -203,12 +261,23 @@ def input_runs(tmp_path_factory) -> InputRuns:
     samples = {}
     for row, (name, content, _, _) in REJECTED.items():
         (work / name).write_bytes(content)
-        samples[sample_name(row)] = name
+        files = sample_files(row)
+        samples[sample_name(row)] = files if len(files) > 1 else name
+    for r1 in PAIRED_ROWS.values():
+        (work / r1).write_text(MATES[0])
+    for row, (r1, r2) in PAIRED.items():
+        (work / r1).write_text(MATES[0])
+        (work / r2).write_bytes(gzip.compress(MATES[1].encode()))
+        samples[sample_name(row)] = [r1, r2]
+    (work / "mates.fa").write_text(MATES[2])
+    samples[INTERLEAVED] = "mates.fa"
     for row, (name, content) in ACCEPTED.items():
         path = work / name
         path.parent.mkdir(exist_ok=True)
         if row == "gzip":
             path.write_bytes(gzip.compress(CLEAN.encode()))
+        elif row == "FASTQ, gzip":
+            path.write_bytes(gzip.compress(fastq(CLEAN).encode()))
         elif row == "10-Mbp single record":
             genome(path)
         elif row == "1,000,000 tiny reads":
@@ -223,8 +292,9 @@ def input_runs(tmp_path_factory) -> InputRuns:
     logs = {row: (work / "out" / "logs" / "prepare" / f"{sample_name(row)}.log").read_text()
             for row in REJECTED}
     for row, (name, _, _, _) in REJECTED.items():
-        (work / name).write_bytes(gzip.compress(CLEAN.encode()) if name.endswith(".gz")
-                                  else CLEAN.encode())
+        good = MATES[1] if row in PAIRED_ROWS else CLEAN
+        (work / name).write_bytes(gzip.compress(good.encode()) if name.endswith(".gz")
+                                  else good.encode())
     fixed = snakemake(work, "--configfile", config)
     return InputRuns(work, first, failed_jobs(first.stdout), existed, logs, fixed)
 
@@ -233,7 +303,8 @@ def input_runs(tmp_path_factory) -> InputRuns:
 def test_rejected_input(input_runs, clean_run, row):
     name, _, status, message = REJECTED[row]
     assert input_runs.first.returncode == 1
-    assert status_of(input_runs.failed, name) == status, input_runs.first.stdout[-3000:]
+    assert status_of(input_runs.failed, ", ".join(sample_files(row))) == status, \
+        input_runs.first.stdout[-3000:]
     sample = sample_name(row)
     log = input_runs.logs[row]
     assert len(log.splitlines()) == 1 and log.startswith(f"virnucpro: error: {message}"), log
@@ -241,12 +312,24 @@ def test_rejected_input(input_runs, clean_run, row):
     assert input_runs.existed[row] == []  # no partial output
     # Fixed (the file replaced by good reads) and rerun: the results of a clean run.
     assert input_runs.fixed.returncode == 0, input_runs.fixed.stdout[-3000:]
-    assert_same_results(input_runs.work / "out" / sample, clean_run)
+    assert_same_results(input_runs.work / "out" / sample, input_runs.work / "out" / INTERLEAVED
+                        if row in PAIRED_ROWS else clean_run)
 
 
 @pytest.mark.parametrize("row", SAME_AS_CLEAN)
 def test_accepted_input_gives_the_clean_results(input_runs, clean_run, row):
     assert_same_results(input_runs.work / "out" / sample_name(row), clean_run)
+
+
+@pytest.mark.parametrize("row", PAIRED)
+def test_paired_reads_give_the_results_of_the_interleaved_mates(input_runs, row):
+    sample = input_runs.work / "out" / sample_name(row)
+    assert_same_results(sample, input_runs.work / "out" / INTERLEAVED)
+    ids = [h for h, _ in records(MATES[2])]
+    assert [r[0] for r in summary_rows(sample)] == ids
+    assert ids[:2] == ["read0/1", "read0/2"] and len(ids) == 2 * len(records(CLEAN))
+    stats = json.loads((sample / "prepare" / "stats.json").read_text())
+    assert (stats["input"], stats["input2"], stats["paired"]) == (*PAIRED[row], True)
 
 
 def summary_rows(sample_dir: Path) -> list[list[str]]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import plain_prepare
 from conftest import read_fasta, run_cli
-from virnucpro.fasta import FastaReader
+from virnucpro.fasta import ReadsReader
 from virnucpro.frames import chunk_layout
 from virnucpro.prepare import FLAT_FILES, write_flat, write_shards
 
@@ -176,9 +176,9 @@ def test_reader_blocks_split_anywhere_give_the_same_records(tmp_path):
     text = random_fasta(random.Random(1), 200, "ACGT", lengths=(1, 400))
     path = tmp_path / "in.fa"
     path.write_text(text)
-    whole = [(i, s) for b in FastaReader(path) for i, s in zip(b.ids, split(b))]
+    whole = [(i, s) for b in ReadsReader(path) for i, s in zip(b.ids, split(b))]
     for block_bytes in (7, 64, 1000):
-        blocks = list(FastaReader(path, block_bytes=block_bytes))
+        blocks = list(ReadsReader(path, block_bytes=block_bytes))
         assert [(i, s) for b in blocks for i, s in zip(b.ids, split(b))] == whole
         assert [b.first_number for b in blocks][0] == 1
     assert len(whole) == 200
@@ -226,9 +226,10 @@ def test_reads_without_frames_are_counted_not_errors(reference, tmp_path):
 BAD_INPUTS = {
     "missing": (None, "does not exist", 66),
     "empty": (b"", "file is empty", 65),
-    "blank": (b"\n\n\n", "no FASTA records", 65),
-    "fastq": (b"@r1\nACGT\n+\nIIII\n", "looks like FASTQ", 65),
-    "genbank": (b"LOCUS       X 10 bp\n", "looks like GenBank", 65),
+    "blank": (b"\n\n\n", "contains no records (only blank lines)", 65),
+    "genbank": (b"LOCUS       X 10 bp\n", "not a FASTA or FASTQ file: looks like GenBank", 65),
+    "unknown": (b"hello\n", "not a FASTA or FASTQ file: does not start with a FASTA ('>') or "
+                "FASTQ ('@') header; first line: 'hello'", 65),
     "binary": (bytes(range(256)) * 4, "binary", 65),
     "bad-gzip": (b"\x1f\x8b" + b"garbage" * 20, "cannot be decompressed", 65),
     "empty-record": (b">a\nACGT\n>b\n>c\nACGT\n", "record 'b' (#2): has an empty sequence", 65),
@@ -236,6 +237,27 @@ BAD_INPUTS = {
     "duplicate": (b">a\nACGT\n>b\nAAAA\n>a\nCCCC\n",
                   "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
     "protein": (b">p1\nMKVLEEIQ\n", "record 'p1' (#1): has 'L' at position 4, which is not a nucleotide", 65),
+    # FASTQ (told from the content: these files are named .fa too)
+    "fastq-quality-length": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n+\nIII\n",
+                             "record 'r2' (#2): has 4 bases but 3 quality scores", 65),
+    "fastq-truncated": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n", "record 'r2' (#2): the file "
+                        "ends inside this record (it has 2 of its 4 lines); the file is truncated", 65),
+    "fastq-truncated-header": (b"@r1\nACGT\n+\nIIII\n@r2", "record 'r2' (#2): the file ends "
+                               "inside this record (it has 1 of its 4 lines)", 65),
+    "fastq-no-plus-line": (b"@r1\nACGT\nIIII\n@r2\nACGT\n+\nIIII\n", "record 'r1' (#1): its "
+                           "third line is 'IIII', not the '+' line", 65),
+    "fastq-wrapped": (b"@r1\nACGT\nACGT\n+\nIIII\nIIII\n", "record 'r1' (#1): its third line "
+                      "is 'ACGT', not the '+' line; a FASTQ record is exactly 4 lines", 65),
+    "fastq-blank-line": (b"@r1\nACGT\n+\nIIII\n\n@r2\nACGT\n+\nIIII\n", "record #2: should "
+                         "start with a FASTQ header ('@'), found ''", 65),
+    "fastq-no-id": (b"@r1\nACGT\n+\nIIII\n@\nACGT\n+\nIIII\n", "record #2: header line has "
+                    "no record ID; give every record an ID after '@'", 65),
+    "fastq-empty-read": (b"@a\nACGT\n+\nIIII\n@b\n\n+\n\n", "record 'b' (#2): has an empty "
+                         "sequence", 65),
+    "fastq-protein": (b"@p1\nMKVLEEIQ\n+\nIIIIIIII\n", "record 'p1' (#1): has 'L' at position 4, "
+                      "which is not a nucleotide", 65),
+    "fastq-duplicate": (b"@a\nACGT\n+\nIIII\n@b\nAAAA\n+\nIIII\n@a x\nCCCC\n+\nIIII\n",
+                        "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
 }
 
 

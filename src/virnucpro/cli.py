@@ -15,11 +15,11 @@ from virnucpro.runner import call_reporting_errors, configure_logging
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    reads = [args.input] + ([args.mates] if args.mates else [])
     if args.shard_size:
-        stats = write_shards(args.input, args.chunk_size, args.shard_size, args.outdir,
-                             args.u_as_t)
+        stats = write_shards(reads, args.chunk_size, args.shard_size, args.outdir, args.u_as_t)
     else:
-        stats = write_flat(args.input, args.chunk_size, args.outdir, args.u_as_t)
+        stats = write_flat(reads, args.chunk_size, args.outdir, args.u_as_t)
     print(f"{stats.reads:,} reads, {stats.chunks:,} chunks, {stats.frames:,} stop-free frames "
           f"({stats.reads_without_frames:,} reads without one) -> {args.outdir}")
 
@@ -222,8 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="chunk reads and select stop-free frames",
                        description="Write DIR/chunked.fa, DIR/nucleotide.fa and DIR/protein.faa "
                                    "as the original VirNucPro does (or, with --shard-size, the "
-                                   "workflow's shard layout).")
-    p.add_argument("input", help="FASTA file (plain or gzip)")
+                                   "workflow's shard layout). Paired reads: give R1 and R2; "
+                                   "each mate is a read (ID/1, ID/2), the mates interleaved.")
+    p.add_argument("input", metavar="READS",
+                   help="FASTA or FASTQ file, plain or gzip (paired reads: the R1 file)")
+    p.add_argument("mates", metavar="MATES", nargs="?",
+                   help="paired reads: the R2 file (record i pairs with record i of READS)")
     p.add_argument("--chunk-size", type=int, required=True, choices=CHUNK_SIZES)
     p.add_argument("--outdir", required=True)
     p.add_argument("--shard-size", type=int, default=0,

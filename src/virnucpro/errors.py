@@ -42,6 +42,8 @@ class InputError(VirNucProError):
             where += f": record '{record}'"
             if record_number is not None:
                 where += f" (#{record_number})"
+        elif record_number is not None:  # a record whose ID could not be read
+            where += f": record #{record_number}"
         super().__init__(f"{where}: {problem}; {hint}")
         self.path = str(path)
         self.record = record

@@ -1,18 +1,27 @@
-"""Streaming FASTA input: plain or gzip, any line width, CRLF, validated.
+"""Streaming read input: FASTA or FASTQ, plain or gzip, validated.
 
-Records are read in blocks of many records so the per-record work can be
-vectorised; memory is bounded by the block size (and by the longest record),
-never by the file size.
+The format is told from the content, never from the file name: gzip by its magic
+bytes, then FASTA by a first non-blank byte '>' and FASTQ by '@'. Records are read
+in blocks of many records so the per-record work can be vectorised; memory is
+bounded by the block size (and by the longest record), never by the file size.
+Both formats give the same FastaBlocks, so everything downstream is the same.
 
-Parsing follows Biopython's FASTA parser, which the original tool used: the
+FASTA parsing follows Biopython's FASTA parser, which the original tool used: the
 record ID is the header up to the first whitespace, sequence lines are joined
-with spaces and carriage returns removed.
+with spaces and carriage returns removed; any line width, CRLF or LF.
+
+FASTQ records are the standard four lines (`@` header, sequence, `+` line,
+qualities), CRLF or LF; the ID follows the same rule as FASTA. Qualities are not
+used, but their length must equal the sequence's. Wrapped (multi-line) FASTQ is
+refused with a message saying how to unwrap it: its '@' and '+' lines cannot be
+told from quality lines without guessing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -23,7 +32,7 @@ from typing import BinaryIO
 import numpy as np
 
 from virnucpro.errors import InputError, MissingInputError
-from virnucpro.textblock import gather_spans, ramp, table, translate
+from virnucpro.textblock import gather_in_slots, gather_spans, ramp, table, translate
 
 #: IUPAC nucleotide codes (and U), either case. Anything else is rejected.
 NUCLEOTIDE_CODES = b"ACGTURYSWKMBDHVN"
@@ -46,17 +55,21 @@ DEFAULT_BLOCK_BYTES = 1 << 21
 
 @dataclass
 class FastaBlock:
-    """Consecutive records: where each ID and each sequence lies.
+    """Consecutive records: where each ID, header and sequence lies.
 
-    Record i's ID is text[id_start[i] : id_start[i] + id_length[i]] and its
-    sequence data[starts[i] : starts[i] + lengths[i]]. `data` is the block text
-    itself when every record has a single sequence line (the common case for
-    reads: no copy), else the sequences with line breaks removed.
+    Record i's ID is text[id_start[i] : id_start[i] + id_length[i]], its header line
+    (without '>' or '@', description included) text[header_start[i] : header_end[i]],
+    and its sequence data[starts[i] : starts[i] + lengths[i]]. `data` is the block
+    text itself when every FASTA record has a single sequence line (the common case
+    for reads: no copy), else the sequences alone (FASTA with line breaks removed;
+    FASTQ without its other lines).
     """
 
     text: np.ndarray  # uint8
     id_start: np.ndarray
     id_length: np.ndarray
+    header_start: np.ndarray
+    header_end: np.ndarray
     data: np.ndarray  # uint8
     codes: np.ndarray  # CLASSES of `data`, byte for byte (0-3 = ACGT), plus CODE_PADDING bytes
     starts: np.ndarray  # int64, one per record
@@ -73,8 +86,21 @@ class FastaBlock:
     def ids(self) -> list[bytes]:
         return [self.record_id(i) for i in range(len(self))]
 
+    def header(self, i: int) -> bytes:
+        return self.text[self.header_start[i]: self.header_end[i]].tobytes()
+
     def sequence(self, i: int) -> bytes:
         return self.data[self.starts[i]: self.starts[i] + self.lengths[i]].tobytes()
+
+    def take(self, first: int, stop: int) -> FastaBlock:
+        """Records first..stop-1 (views of the same buffers): pairing aligns two files
+        whose blocks hold different numbers of records."""
+        rows = slice(first, stop)
+        return dataclasses.replace(
+            self, id_start=self.id_start[rows], id_length=self.id_length[rows],
+            header_start=self.header_start[rows], header_end=self.header_end[rows],
+            starts=self.starts[rows], lengths=self.lengths[rows],
+            first_number=self.first_number + first)
 
     def id_hashes(self) -> np.ndarray:
         return hash_spans(self.text, self.id_start, self.id_length)
@@ -114,22 +140,30 @@ def display(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-class FastaReader:
-    """Iterate a FASTA file as FastaBlocks; `bytes_read` tracks progress on disk."""
+FORMAT_HINT = "give nucleotide reads in FASTA or FASTQ format (plain or gzip)"
+FASTQ_LINES_HINT = ("a FASTQ record is exactly 4 lines (header, sequence, '+', qualities); "
+                    "wrapped FASTQ is not supported: unwrap it with e.g. 'seqtk seq', or "
+                    "re-create the file")
+
+
+class ReadsReader:
+    """Iterate a FASTA or FASTQ file as FastaBlocks; `bytes_read` tracks progress on disk."""
 
     def __init__(self, path: str | os.PathLike, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
         self.path = Path(path)
         self.block_bytes = block_bytes
+        self._piece_bytes = block_bytes  # read at a time; FASTQ: twice (see __iter__)
         self.bytes_read = 0
         if not self.path.exists():
             raise MissingInputError(self.path, "input file does not exist",
                                     "check the path in your config or command line")
         if self.path.is_dir():
-            raise MissingInputError(self.path, "is a directory, not a FASTA file",
-                                    "give the path of a FASTA file")
+            raise MissingInputError(self.path, "is a directory, not a FASTA or FASTQ file",
+                                    "give the path of a FASTA or FASTQ file")
         self.total_bytes = self.path.stat().st_size
         if self.total_bytes == 0:
-            raise InputError(self.path, "file is empty", "give a FASTA file with at least one record")
+            raise InputError(self.path, "file is empty",
+                             "give a FASTA or FASTQ file with at least one record")
 
     def _error(self, problem: str, hint: str, record: bytes | None = None,
                number: int | None = None) -> InputError:
@@ -149,7 +183,7 @@ class FastaReader:
         with raw:
             while True:
                 try:
-                    data = stream.read(self.block_bytes)
+                    data = stream.read(self._piece_bytes)
                 except (OSError, EOFError, zlib.error) as exc:
                     raise self._error(f"cannot be decompressed ({exc})",
                                       "the gzip file is corrupt or truncated; re-create it") from None
@@ -159,16 +193,42 @@ class FastaReader:
                 yield data
 
     def __iter__(self) -> Iterator[FastaBlock]:
+        self._piece_bytes = self.block_bytes
+        pieces = self._pieces()
+        for first in pieces:
+            first = first.lstrip(b"\r\n")
+            if first:
+                break
+        else:
+            raise self._error("contains no records (only blank lines)",
+                              "give a FASTA or FASTQ file with at least one record")
+        if self._is_fastq(first):
+            # A quality byte per base: reading twice as much gives blocks of as many reads
+            # as FASTA's, so the per-block costs downstream stay the same.
+            self._piece_bytes = 2 * self.block_bytes
+            yield from self._fastq_blocks(itertools.chain([first], pieces))
+        else:
+            yield from self._fasta_blocks(itertools.chain([first], pieces))
+
+    def _is_fastq(self, data: bytes) -> bool:
+        """FASTQ or FASTA, from the first non-blank byte; anything else is refused."""
+        if data.startswith((b">", b"@")):
+            return data.startswith(b"@")
+        first = data.split(b"\n", 1)[0][:40]
+        if data.startswith(b"LOCUS"):
+            kind = "looks like GenBank"
+        elif b"\x00" in data[:4096] or not _is_text(data[:4096]):
+            kind = "is binary, not FASTA or FASTQ text"
+        else:
+            kind = ("does not start with a FASTA ('>') or FASTQ ('@') header; first line: "
+                    f"{display(first)!r}")
+        raise self._error(f"not a FASTA or FASTQ file: {kind}", FORMAT_HINT)
+
+    def _fasta_blocks(self, pieces: Iterator[bytes]) -> Iterator[FastaBlock]:
+        """Blocks of whole FASTA records: each cut before a line that starts with '>'."""
         number = 1
         pending: list[bytes] = []
-        started = False
-        for data in self._pieces():
-            if not started:
-                data = data.lstrip(b"\r\n")
-                if not data:
-                    continue
-                self._check_fasta_start(data)
-                started = True
+        for data in pieces:
             cut = data.rfind(b"\n>")
             if cut < 0:
                 if pending and pending[-1].endswith(b"\n") and data.startswith(b">"):
@@ -177,36 +237,19 @@ class FastaReader:
                     pending.append(data)
                     continue
             pending.append(data[: cut + 1])
-            block = self._parse(b"".join(pending), number)
+            block = self._parse_fasta(b"".join(pending), number)
             if block is not None:
                 number += len(block)
                 yield block
             pending = [data[cut + 1:]]
-        if not started:
-            raise self._error("contains no FASTA records (only blank lines)",
-                              "give a FASTA file with at least one record")
         tail = b"".join(pending)
         if tail.strip():
-            block = self._parse(tail, number)
+            block = self._parse_fasta(tail, number)
             if block is not None:
                 yield block
 
-    def _check_fasta_start(self, data: bytes) -> None:
-        if data.startswith(b">"):
-            return
-        first = data.split(b"\n", 1)[0][:40]
-        if data.startswith(b"@"):
-            kind = "looks like FASTQ"
-        elif data.startswith(b"LOCUS"):
-            kind = "looks like GenBank"
-        elif b"\x00" in data[:4096] or not _is_text(data[:4096]):
-            kind = "is binary, not FASTA text"
-        else:
-            kind = f"does not start with a FASTA header ('>'); first line: {display(first)!r}"
-        raise self._error(f"not a FASTA file: {kind}", "give nucleotide reads in FASTA format (convert FASTQ with e.g. 'seqtk seq -a')")
-
-    def _parse(self, text: bytes, number: int) -> FastaBlock | None:
-        """Parse whole records (text starts with '>') with array operations."""
+    def _parse_fasta(self, text: bytes, number: int) -> FastaBlock | None:
+        """Parse whole FASTA records (text starts with '>') with array operations."""
         if b"\r" in text:
             text = text.replace(b"\r", b"")
         if not text.strip():
@@ -252,12 +295,122 @@ class FastaReader:
             data = arr[keep]
             codes = np.concatenate([text_codes[keep], codes[len(arr):]])
             seq_start = np.cumsum(lengths) - lengths
+        self._check_not_empty(lengths, arr, id_start, id_length, number)
+        return FastaBlock(arr, id_start, id_length, starts + 1, header_end, data, codes, seq_start,
+                          lengths, number)
+
+    def _check_not_empty(self, lengths: np.ndarray, arr: np.ndarray, id_start: np.ndarray,
+                         id_length: np.ndarray, number: int) -> None:
         empty = np.flatnonzero(lengths == 0)
         if len(empty):
             i = int(empty[0])
             raise self._error("has an empty sequence", "remove the record or add its sequence",
                               _span(arr, id_start[i], id_length[i]), number + i)
-        return FastaBlock(arr, id_start, id_length, data, codes, seq_start, lengths, number)
+
+    def _fastq_blocks(self, pieces: Iterator[bytes]) -> Iterator[FastaBlock]:
+        """Blocks of whole FASTQ records: each cut after a multiple of 4 lines.
+
+        Line breaks at the end of a piece stay pending: they may be blank lines that
+        end the file, which are allowed, while blank lines within it are not. The line
+        breaks are found once, for cutting and parsing.
+        """
+        number = 1
+        pending: list[bytes] = []  # text not yet parsed, with its line breaks' positions
+        pending_breaks: list[np.ndarray] = []
+        pending_bytes = lines = 0
+        for data in pieces:
+            breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+            body = len(data.rstrip(b"\r\n"))
+            whole = (lines + int(np.searchsorted(breaks, body))) // 4 * 4
+            pending.append(data)
+            pending_breaks.append(breaks + pending_bytes)
+            pending_bytes += len(data)
+            lines += len(breaks)
+            if not whole:
+                continue
+            text, breaks = b"".join(pending), np.concatenate(pending_breaks)
+            cut = int(breaks[whole - 1]) + 1
+            block = self._parse_fastq(text[:cut], number, breaks[:whole])
+            number += len(block)
+            yield block
+            pending, pending_breaks = [text[cut:]], [breaks[whole:] - cut]
+            pending_bytes, lines = len(text) - cut, lines - whole
+        tail = b"".join(pending)
+        text = tail.rstrip(b"\r\n") + b"\n"
+        if text == b"\n":
+            return
+        short = -text.count(b"\n") % 4  # lines the last record lacks
+        if short and tail.count(b"\n", len(text) - 1) > short:  # its last lines are empty
+            text += b"\n" * short
+        cut = _line_end_before(text, len(text), text.count(b"\n") % 4) + 1
+        if cut:
+            block = self._parse_fastq(text[:cut], number)
+            number += len(block)
+            yield block
+        if cut < len(text):
+            self._truncated(text[cut:], number)
+
+    def _parse_fastq(self, text: bytes, number: int, breaks: np.ndarray | None = None
+                     ) -> FastaBlock:
+        """Parse whole 4-line records (text ends with a line break, at positions `breaks`
+        if known) with array operations."""
+        if b"\r" in text:
+            text, breaks = text.replace(b"\r", b""), None
+        arr = np.frombuffer(text, dtype=np.uint8)
+        if breaks is None:
+            breaks = np.flatnonzero(arr == ord("\n"))
+        ends = breaks.reshape(-1, 4)  # line ends of each record
+        begins = np.empty_like(ends)
+        begins.ravel()[1:] = ends.ravel()[:-1] + 1
+        begins[0, 0] = 0
+        heads, seq_start, plus = begins[:, 0], begins[:, 1], begins[:, 2]
+        misplaced = (arr[heads] != ord("@")) | (arr[plus] != ord("+"))
+        if misplaced.any():
+            i = int(np.argmax(misplaced))
+            self._not_four_lines([text[b:e] for b, e in zip(begins[i], ends[i])], number + i)
+        lengths = ends[:, 1] - seq_start
+        qualities = ends[:, 3] - begins[:, 3]
+        if (lengths != qualities).any():
+            i = int(np.argmax(lengths != qualities))
+            raise self._error(f"has {lengths[i]} bases but {qualities[i]} quality scores",
+                              "the record is corrupt (its quality line must be as long as its "
+                              "sequence); re-create the file",
+                              _fastq_id(text[heads[i]:ends[i, 0]]), number + i)
+        spaces = np.flatnonzero(arr == ord(" "))
+        id_start, id_length = self._id_spans(text, heads, ends[:, 0], spaces, number)
+        padded, starts = gather_in_slots(arr, seq_start, lengths, CODE_PADDING)
+        padded[len(padded) - CODE_PADDING:] = ord("\n")
+        data = padded[:len(padded) - CODE_PADDING]
+        codes = translate(padded, CLASSES)
+        worst = np.maximum.reduceat(codes, np.stack([starts, starts + lengths], 1).ravel())[::2]
+        invalid = (worst > OTHER_CODE) & (lengths > 0)
+        if invalid.any():
+            i = int(np.argmax(invalid))
+            pos = starts[i] + int(np.argmax(codes[starts[i]:starts[i] + lengths[i]] > OTHER_CODE))
+            self._invalid_letter(data, pos, starts[i], _span(arr, id_start[i], id_length[i]),
+                                 number + i)
+        self._check_not_empty(lengths, arr, id_start, id_length, number)
+        return FastaBlock(arr, id_start, id_length, heads + 1, ends[:, 0], data, codes, starts,
+                          lengths, number)
+
+    def _not_four_lines(self, lines: list[bytes], number: int) -> None:
+        """The record does not have its '@' header and '+' line where 4-line FASTQ has them."""
+        if not lines[0].startswith(b"@"):
+            raise self._error(f"should start with a FASTQ header ('@'), found "
+                              f"{display(lines[0][:40])!r}",
+                              "the record before it may be cut short, or there is a blank "
+                              "line; " + FASTQ_LINES_HINT, number=number)
+        raise self._error(f"its third line is {display(lines[2][:40])!r}, not the '+' line",
+                          FASTQ_LINES_HINT, _fastq_id(lines[0]), number)
+
+    def _truncated(self, partial: bytes, number: int) -> None:
+        """The file ends inside a record (fewer than its 4 lines)."""
+        lines = partial.replace(b"\r", b"").split(b"\n")[:-1]
+        if not lines[0].startswith(b"@"):
+            self._not_four_lines(lines, number)
+        raise self._error(f"the file ends inside this record (it has {len(lines)} of its 4 lines)",
+                          "the file is truncated; re-create or download it again",
+                          _fastq_id(lines[0]), number)
 
     def _id_spans(self, text: bytes, starts: np.ndarray, header_end: np.ndarray,
                   spaces: np.ndarray, number: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,8 +433,10 @@ class FastaReader:
         id_length = id_end - id_start
         missing = np.flatnonzero(id_length <= 0)
         if len(missing):
-            raise self._error("header line has no record ID", "give every record an ID after '>'",
-                              number=number + int(missing[0]))
+            i = int(missing[0])
+            raise self._error("header line has no record ID",
+                              f"give every record an ID after '{chr(text[starts[i]])}'",
+                              number=number + i)
         return id_start, id_length
 
     def _invalid_letter(self, arr: np.ndarray, pos: int, seq_start: int, record: bytes,
@@ -293,6 +448,22 @@ class FastaReader:
             f"has {char!r} at position {column}, which is not a nucleotide code",
             "give nucleotide sequences (IUPAC: ACGTURYSWKMBDHVN); is this a protein FASTA?",
             record, number)
+
+
+def _line_end_before(text: bytes, end: int, lines: int) -> int:
+    """Where the line break lies that is followed by `lines` more line breaks before `end`
+    (-1 if there is none): the end of the last whole FASTQ record."""
+    for _ in range(lines + 1):
+        end = text.rfind(b"\n", 0, end)
+        if end < 0:
+            break
+    return end
+
+
+def _fastq_id(header: bytes) -> bytes:
+    """The record ID of a FASTQ header line, for messages about a record that did not parse."""
+    fields = header[1:].split(None, 1)
+    return fields[0] if fields else b""
 
 
 def _span(arr: np.ndarray, start: int, length: int) -> bytes:
@@ -307,33 +478,3 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
-class DuplicateIdCheck:
-    """Detect duplicate record IDs in a stream using 8 bytes per record.
-
-    IDs are hashed as they stream by; at the end the hashes are sorted and any
-    repeated hash is confirmed against the real IDs in a second pass over the
-    file (so a hash collision is never reported as a duplicate).
-    """
-
-    def __init__(self) -> None:
-        self._hashes: list[np.ndarray] = []
-
-    def add(self, block: FastaBlock) -> None:
-        self._hashes.append(block.id_hashes())
-
-    def check(self, path: str | os.PathLike) -> None:
-        if not self._hashes:
-            return
-        hashes = np.sort(np.concatenate(self._hashes))
-        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-        if not len(repeated):
-            return
-        first_seen: dict[bytes, int] = {}
-        for block in FastaReader(path):
-            for i in np.flatnonzero(np.isin(block.id_hashes(), repeated)).tolist():
-                rid, number = block.record_id(i), block.first_number + i
-                if rid in first_seen:
-                    raise InputError(path, f"duplicate record ID (first seen at record #{first_seen[rid]})",
-                                     "record IDs must be unique within a sample; rename one of them",
-                                     display(rid), number)
-                first_seen[rid] = number

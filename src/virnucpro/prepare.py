@@ -1,4 +1,5 @@
-"""Prepare stage: FASTA -> chunks -> stop-free frames -> shard files.
+"""Prepare stage: reads (FASTA or FASTQ, one file or paired) -> chunks -> stop-free frames
+-> shard files.
 
 Two output layouts come from the same stream of prepared blocks:
 - `write_flat` (the CLI's stable interface): chunked.fa, nucleotide.fa and
@@ -10,8 +11,9 @@ Two output layouts come from the same stream of prepared blocks:
   input read) and stats.json.
 
 Shard index (`shard_NNNNNN.index.tsv`): frame_id, read_index (0-based position
-of the read in the input), chunk (1-based), frame (F1..R3). Aggregation back to
-reads uses it instead of parsing IDs, which users control.
+of the read in the input; paired reads: 2k and 2k+1 are the mates of pair k), chunk
+(1-based), frame (F1..R3). Aggregation back to reads uses it instead of parsing IDs,
+which users control.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.errors import InputError, UsageError
-from virnucpro.fasta import DuplicateIdCheck, FastaBlock, FastaReader
+from virnucpro.fasta import FastaBlock
 from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
+from virnucpro.reads import DuplicateIdCheck, Reads, ReadSource
 from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
 
 log = logging.getLogger("virnucpro")
@@ -128,8 +131,10 @@ class PreparedBlock:
 
 @dataclass
 class PrepareStats:
-    input: str
+    input: str  # the reads file; paired reads: R1
     chunk_size: int
+    input2: str | None = None  # paired reads: R2
+    paired: bool = False
     reads: int = 0
     bases: int = 0
     chunks: int = 0
@@ -149,10 +154,16 @@ class PrepareStats:
         self.frames += len(block.frames)
         self.reads_without_frames += int((block.frames_per_read == 0).sum())
 
+    @classmethod
+    def of(cls, source: ReadSource, chunk_size: int, **settings: bool) -> PrepareStats:
+        """Empty counts for preparing `source`, which they name."""
+        return cls(source.paths[0], chunk_size, *source.paths[1:], paired=source.paired,
+                   **settings)
 
-def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
+
+def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
                    ) -> Iterator[PreparedBlock]:
-    """Stream the input as prepared blocks, counting into `stats`.
+    """Stream the reads as prepared blocks, counting into `stats`.
 
     Duplicate read IDs are detected when the stream ends (InputError), so a
     consumer must treat its output as incomplete until the iterator is exhausted.
@@ -161,10 +172,10 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
     `stats.u_as_t` reads U as T instead.
     """
     check_chunk_size(chunk_size)
-    reader = FastaReader(path)
     duplicates = DuplicateIdCheck()
-    progress = Progress(f"prepare {Path(path).name}", reader.total_bytes)
-    for block in reader:
+    progress = Progress(f"prepare {' + '.join(r.path.name for r in source.readers)}",
+                        source.total_bytes)
+    for block in source.blocks():
         duplicates.add(block)
         u_positions = block.u_positions()
         if len(u_positions):
@@ -180,30 +191,32 @@ def prepare_blocks(path: str | os.PathLike, chunk_size: int, stats: PrepareStats
         prepared = PreparedBlock(block, chunks, frames, stats.reads)
         stats.count(prepared)
         yield prepared
-        progress.update(reader.bytes_read, reads=stats.reads, frames=stats.frames)
-    duplicates.check(path)
+        progress.update(source.bytes_read, reads=stats.reads, frames=stats.frames)
+    duplicates.check(source)
     if stats.u_bases and not stats.u_as_t:
         log.warning("%s: %d bases are U: codons containing U are skipped, as the original "
                     "does; if this is RNA, set u_as_t: true (CLI: --u-as-t) to read U as T",
-                    path, stats.u_bases)
+                    source, stats.u_bases)
     stats.seconds = round(time.monotonic() - progress.start, 3)
     progress.close(reads=stats.reads, frames=stats.frames)
 
 
-def write_flat(path: str | os.PathLike, chunk_size: int, outdir: str | os.PathLike,
+def write_flat(reads: Reads, chunk_size: int, outdir: str | os.PathLike,
                u_as_t: bool = False) -> PrepareStats:
     """Write chunked.fa, nucleotide.fa and protein.faa exactly as the original tool.
 
-    The files are built in a staging directory and moved into `outdir` only
-    when the whole input has been read and validated: on error none is left.
+    `reads` is one file or the two files (R1, R2) of paired reads. The files are
+    built in a staging directory and moved into `outdir` only when the whole input
+    has been read and validated: on error none is left.
     """
-    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t)
+    source = ReadSource(reads)
+    stats = PrepareStats.of(source, chunk_size, u_as_t=u_as_t)
     outdir = Path(outdir)
     staging = outdir / ".prepare-staging"
     with atomic_directory(staging) as tmp:
         handles = [open(tmp / name, "wb") for name in FLAT_FILES]
         try:
-            for block in prepare_blocks(path, chunk_size, stats):
+            for block in prepare_blocks(source, chunk_size, stats):
                 for handle, rows in zip(handles, (block.chunked_fasta(), block.nucleotide_fasta(),
                                                   block.protein_fasta())):
                     handle.write(rows.buffer)
@@ -322,14 +335,16 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
     return None
 
 
-def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
+def write_shards(reads: Reads, chunk_size: int, shard_size: int,
                  outdir: str | os.PathLike, u_as_t: bool = False,
                  drop_ambiguous: bool = False) -> PrepareStats:
     """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
 
-    `outdir` appears only when complete (built under a temporary name).
+    `reads` is one file or the two files (R1, R2) of paired reads. `outdir` appears
+    only when complete (built under a temporary name).
     """
-    stats = PrepareStats(str(path), chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous)
+    source = ReadSource(reads)
+    stats = PrepareStats.of(source, chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous)
     with atomic_directory(outdir) as tmp:
         shards = tmp / "shards"
         shards.mkdir()
@@ -337,7 +352,7 @@ def write_shards(path: str | os.PathLike, chunk_size: int, shard_size: int,
         try:
             with open(tmp / "reads.tsv", "wb") as reads:
                 reads.write(READS_HEADER)
-                for block in prepare_blocks(path, chunk_size, stats):
+                for block in prepare_blocks(source, chunk_size, stats):
                     writer.add(block)
                     reads.write(block.reads_tsv().buffer)
             stats.shards = writer.close()

@@ -64,6 +64,16 @@ def call_reporting_errors(func: Callable[..., Any], *args: Any) -> int:
     return 0
 
 
+def result_or_exit(func: Callable[..., Any], *args: Any) -> Any:
+    """func(*args) while Snakemake plans the run: an expected failure becomes its one line
+    and an exit with its status, before any job starts (a traceback would bury the line)."""
+    try:
+        return func(*args)
+    except VirNucProError as exc:
+        _report(f"virnucpro: error: {exc.one_line()}")
+        raise SystemExit(exc.exit_code) from None
+
+
 def _report(line: str) -> None:
     """One line to stderr (Snakemake shows it) and to the log file, without log decoration."""
     log.debug("%s", line)

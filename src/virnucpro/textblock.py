@@ -100,6 +100,37 @@ def gather_spans(source: np.ndarray, start: np.ndarray, length: np.ndarray) -> n
     return out
 
 
+_SLOT = 16  # gather_in_slots: slot widths are multiples of this
+_SLOT_WIDTHS = 32  # ... and at most this many distinct ones (one row copy each)
+
+
+def gather_in_slots(source: np.ndarray, start: np.ndarray, length: np.ndarray,
+                    padding: int) -> tuple[np.ndarray, np.ndarray]:
+    """The spans in order, each in a slot of its length rounded up to a multiple of 16
+    (the rest of a slot holds the bytes that follow the span in `source`), plus
+    `padding` bytes (unset) at the end; returns the buffer and each span's start in it.
+
+    Slots of one width are filled by one row copy, so spans of many different lengths
+    (trimmed reads) cost a few numpy calls instead of copy_spans's one per length or
+    per bit of a length. Spans of too many slot widths, or whose slot would reach past
+    the end of `source`, are packed exactly (copy_spans) instead.
+    """
+    width = -(-length // _SLOT) * _SLOT
+    widths = np.unique(width[width > 0])
+    exact = len(widths) > _SLOT_WIDTHS or (len(start) and int((start + width).max()) > len(source))
+    if exact:
+        width = length
+    slots = np.cumsum(width) - width
+    out = np.empty(int(width.sum()) + padding, dtype=np.uint8)
+    if exact:
+        copy_spans(out, slots, source, start, length)
+        return out, slots
+    for w in widths.tolist():
+        rows = np.flatnonzero(width == w)
+        _copy_rows(out, slots[rows], source, start[rows], w, 1)
+    return out, slots
+
+
 @dataclass(frozen=True)
 class Field:
     source: np.ndarray  # uint8

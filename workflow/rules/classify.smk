@@ -73,7 +73,7 @@ rule sample_report:
         ),
     params:
         settings=lambda wildcards: {
-            "input": config["samples"][wildcards.sample],
+            "input": " + ".join(sample_reads(wildcards)),
             "chunk_size": config["chunk_size"],
             "shard_size": config["shard_size"],
             "esm": config["models"]["esm"],

@@ -1,10 +1,11 @@
 # Prepare: reads -> overlapping chunks -> stop-free frames -> shards.
 # A Snakemake checkpoint, because the number of shards is known only after it ran.
+# Its input is the sample's reads file, or its R1 and R2 files (paired reads).
 
 
 checkpoint prepare:
     input:
-        sample_fasta,
+        sample_reads,
     output:
         directory(f"{OUTDIR}/{{sample}}/prepare"),
     params:

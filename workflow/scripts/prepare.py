@@ -5,6 +5,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.prepare import write_shards
 from virnucpro.runner import run_step
 
-run_step(snakemake.log[0], write_shards, snakemake.input[0], snakemake.params.chunk_size,
+# The input is one reads file, or R1 and R2.
+run_step(snakemake.log[0], write_shards, list(snakemake.input), snakemake.params.chunk_size,
          snakemake.params.shard_size, snakemake.output[0], snakemake.params.u_as_t,
          snakemake.params.drop_ambiguous)
