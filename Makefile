@@ -1,13 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   build .venv and run the workflow on the bundled demo
-#   make test   build .venv and run the whole test suite
+#   make test   build .venv and run the whole test suite (make test-fast: without the
+#               end-to-end Snakemake runs)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 
-.PHONY: venv test demo lint dryrun bench clean
+.PHONY: venv test test-fast demo lint dryrun bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +23,10 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest
+
+# The edit loop: everything but the end-to-end Snakemake runs (marker `slow`).
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
@@ -42,6 +47,8 @@ bench: venv
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/kill_resume.py
+	$(BIN)/python bench/dag.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf results .snakemake .test/results

@@ -86,7 +86,7 @@ def main() -> None:
         kills, chains, out = [], 0, None
         modes = ["random", "random", "checkpoint-write", "final-assembly"]
         while len(kills) < args.kills:
-            if out is None or (out.with_name(out.name + ".done")).exists():
+            if out is None or out.with_suffix(".done").exists():
                 chains += 1
                 out = tmp / f"run{chains}.pt"
             mode = modes[len(kills) % len(modes)]

@@ -222,13 +222,17 @@ import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[4])
 from virnucpro.models.esm2 import load_esm2
+from virnucpro.runner import keep_heap_flat
+keep_heap_flat()  # as in every virnucpro step
 dtype = getattr(torch, sys.argv[2])
 start = time.perf_counter()
 if sys.argv[3] == "lean":
     encoder = load_esm2(sys.argv[1], "cpu", dtype)
 else:  # the code before: the whole file in memory, the module converted afterwards
     from virnucpro.models.esm2 import Esm2Encoder, read_checkpoint, _FAIRSEQ_PREFIX
-    data = torch.load(sys.argv[1], map_location="cpu", weights_only=True, mmap=False)
+    import argparse
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(sys.argv[1], map_location="cpu", weights_only=True, mmap=False)
     state = {_FAIRSEQ_PREFIX.sub("", k): v for k, v in data["model"].items()}
     encoder = Esm2Encoder.from_esm_state_dict(state, 40, "cpu", torch.float16).to(dtype)
 seconds = time.perf_counter() - start

@@ -25,8 +25,34 @@ def make_run(tmp_path, reference):
 def test_status_counts_shards_and_checkpointed_frames(tmp_path, reference):
     outdir = make_run(tmp_path, reference)
     proc = run_cli("status", outdir, check=True)
-    assert proc.stdout == "s: Progress: 1/4 shards complete, 2 frames checkpointed in partial shards\n"
-    empty = run_cli("status", tmp_path / "nothing")
+    assert proc.stdout == ("s: 4 shards: 1 embedded, 0 scored, 2 frames saved in unfinished "
+                           "shards; results not aggregated yet\n")
+    # The default run's embedding job writes scores (no feature file); then aggregation.
+    sample = outdir / "s"
+    (sample / "scores").mkdir()
+    for shard in ("shard_000000", "shard_000001", "shard_000002"):
+        (sample / "scores" / f"{shard}.tsv").write_text("frame_id\n")
+    partial = sample / "scores" / "shard_000003.tsv.partial"
+    partial.mkdir()
+    writer = BatchWriter(partial)
+    writer.submit(Batch(0, ["z"], torch.ones(1, 2)))
+    writer.close()
+    (sample / "summary.tsv").write_text("read_id\n")
+    proc = run_cli("status", outdir, check=True)
+    assert proc.stdout == ("s: 4 shards: 3 embedded, 3 scored, 1 frames saved in unfinished "
+                           "shards; results aggregated\n")
+    (sample / "scores" / "shard_000003.tsv").write_text("frame_id\n")
+    assert run_cli("status", outdir, check=True).stdout.endswith("4 scored, 0 frames saved in "
+                                                                  "unfinished shards; complete\n")
+
+
+def test_status_names_a_missing_or_empty_outdir(tmp_path):
+    missing = run_cli("status", tmp_path / "nothing")
+    assert missing.returncode == 66
+    assert missing.stderr.strip() == (f"virnucpro: error: {tmp_path / 'nothing'}: does not exist; "
+                                      "give the workflow's outdir (the config's `outdir`, "
+                                      "`results` by default)")
+    empty = run_cli("status", tmp_path)
     assert empty.returncode == 64 and "no samples found" in empty.stderr
 
 

@@ -1,4 +1,9 @@
-"""Progress of a run from sentinels and file names alone (fast on many shards)."""
+"""Progress of a run from sentinels and file names alone (fast on many shards).
+
+Per sample: the prepared shards; how many are embedded (a kept feature file with its `.done`,
+or scores, which the default embedding job writes directly), how many scored, the frames
+saved in the partial results of unfinished shards, and whether the results were aggregated.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virnucpro.checkpoint import frames_checkpointed
+from virnucpro.errors import MissingInputError, UsageError
 
 
 @dataclass
 class SampleProgress:
     sample: str
     shards: int
-    shards_done: int
-    frames_checkpointed: int
+    embedded: int
+    scored: int
+    frames_saved: int
+    aggregated: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.aggregated and self.scored == self.shards
 
     def line(self) -> str:
-        return (f"{self.sample}: Progress: {self.shards_done}/{self.shards} shards complete, "
-                f"{self.frames_checkpointed:,} frames checkpointed in partial shards")
+        state = "complete" if self.complete else (
+            "results aggregated" if self.aggregated else "results not aggregated yet")
+        return (f"{self.sample}: {self.shards} shards: {self.embedded} embedded, {self.scored} "
+                f"scored, {self.frames_saved:,} frames saved in unfinished shards; {state}")
 
 
 def _names(directory: Path, suffix: str) -> set[str]:
@@ -29,16 +43,24 @@ def _names(directory: Path, suffix: str) -> set[str]:
 
 def sample_progress(sample_dir: Path) -> SampleProgress:
     shards = _names(sample_dir / "prepare" / "shards", ".done")
-    features = sample_dir / "features"
-    done = _names(features, ".done") & shards
-    checkpointed = sum(frames_checkpointed(features / f"{partial}.pt.partial")
-                       for partial in _names(features, ".pt.partial") - done)
-    return SampleProgress(sample_dir.name, len(shards), len(done), checkpointed)
+    features, scores = sample_dir / "features", sample_dir / "scores"
+    scored = _names(scores, ".tsv") & shards
+    embedded = (_names(features, ".done") & shards) | scored
+    saved = sum(frames_checkpointed(directory / f"{shard}{suffix}.partial")
+                for directory, suffix, finished in ((features, ".pt", embedded),
+                                                    (scores, ".tsv", scored))
+                for shard in _names(directory, f"{suffix}.partial") - finished)
+    return SampleProgress(sample_dir.name, len(shards), len(embedded), len(scored), saved,
+                          (sample_dir / "summary.tsv").is_file())
 
 
 def run_progress(outdir: str | os.PathLike) -> list[SampleProgress]:
     """Every sample directory under `outdir` (one whose prepare finished)."""
     outdir = Path(outdir)
-    samples = sorted(p for p in outdir.iterdir() if (p / "prepare" / "stats.json").exists()) \
-        if outdir.is_dir() else []
+    if not outdir.exists():
+        raise MissingInputError(outdir, "does not exist", "give the workflow's outdir (the "
+                                "config's `outdir`, `results` by default)")
+    if not outdir.is_dir():
+        raise UsageError(f"{outdir}: is not a directory; give the workflow's outdir")
+    samples = sorted(p for p in outdir.iterdir() if (p / "prepare" / "stats.json").exists())
     return [sample_progress(p) for p in samples]

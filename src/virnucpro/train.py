@@ -132,7 +132,7 @@ class Examples:
     def features(self, examples: torch.Tensor | slice) -> torch.Tensor:
         return self.rows.take(self.positions[examples])
 
-    def blocks(self, size: int = 65_536) -> Iterator[slice]:
+    def blocks(self, size: int = 8192) -> Iterator[slice]:
         return (slice(start, start + size) for start in range(0, len(self), size))
 
 
