@@ -6,11 +6,12 @@ elsewhere; no rescoring here) on frames of random 150-bp reads; a random MLP of 
 shape (3,328 -> 512 -> 2), its batch norm fitted to the float32 features so that calls split
 both ways, scores them. Reported per precision: per-row cosine of the features, the fraction of
 identical frame calls, and how far it moves the decision margin P(virus) - P(others): what the
-mixed precision's float32 rescoring of near-boundary frames must cover (resume.RESCORE_MARGIN).
+mixed precision's float32 rescoring of near-boundary frames must cover (resume.RESCORE_MARGINS).
 Then the scoring job's own rule (resume.rescore_positions) on the mixed scores: the frames it
 rescores, and the calls after rescoring.
 
     PYTHONPATH=src python3 bench/agreement.py --out DIR/agreement.json [--frames 8000]
+    .venv/bin/python bench/agreement.py --cpu --frames 100   # the published shapes, slowly
     .venv/bin/python bench/agreement.py --dry      # tiny shapes on the CPU (make test)
 """
 
@@ -36,7 +37,7 @@ from virnucpro.embed import EmbeddingEngine, FrameWindow  # noqa: E402
 from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.models.dnabert2 import load_dnabert2, write_demo_dnabert2  # noqa: E402
 from virnucpro.models.esm2 import random_esm2  # noqa: E402
-from virnucpro.resume import RESCORE_MARGIN, rescore_positions  # noqa: E402
+from virnucpro.resume import rescore_margin, rescore_positions  # noqa: E402
 
 ESM_3B = {"layers": 36, "embed_dim": 2560, "heads": 40}
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -99,34 +100,37 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path) -> dict:
               "frames": frames, "reads": reads, "build_s": round(built, 1), "embed_s": seconds,
               **{name: agreement(features[name], features["float32"], classifier)
                  for name in ("bfloat16", "mixed")}}
-    result["mixed_rescored"] = after_rescoring(features, classifier, engines["float32"])
+    result["mixed_rescored"] = after_rescoring(features, classifier, rescore_margin(
+        engines["mixed"]))
     return result
 
 
 def after_rescoring(features: dict[str, torch.Tensor], classifier: MLPClassifier,
-                    exact: EmbeddingEngine) -> dict:
+                    margin: float) -> dict:
     """The mixed scores with the scoring job's rule applied (one window, no chunk grouping:
     every frame its own chunk): how many frames it rescores, and the calls after it."""
     mixed = classifier.predict_proba(features["mixed"])
     window = FrameWindow(1, [str(i) for i in range(len(mixed))], [], [], final=False)
-    need = rescore_positions(mixed, window)
+    need = rescore_positions(mixed, window, margin)
     fixed = mixed.clone()
     fixed[torch.from_numpy(need)] = classifier.predict_proba(features["float32"][need])
     truth = classifier.predict_proba(features["float32"])
     same = ((fixed[:, 1] > fixed[:, 0]) == (truth[:, 1] > truth[:, 0])).float().mean().item()
-    return {"margin": RESCORE_MARGIN, "rescored_fraction": round(len(need) / len(mixed), 6),
+    return {"margin": margin, "rescored_fraction": round(len(need) / len(mixed), 6),
             "identical_calls": round(same, 6)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry", action="store_true", help="tiny shapes, on the CPU")
+    parser.add_argument("--cpu", action="store_true",
+                        help="the published shapes on the CPU (slow: use --frames ~100)")
     parser.add_argument("--frames", type=int, default=None, help="default 8000 (dry: 300)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "agreement.json")
     args = parser.parse_args()
-    if not args.dry and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: use --dry for the CPU check of this script")
-    device = torch.device("cpu" if args.dry else "cuda")
+    if not (args.dry or args.cpu) and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --dry for the CPU check of this script, or --cpu")
+    device = torch.device("cpu" if args.dry or args.cpu else "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         result = run(device, args.frames or (300 if args.dry else 8000), args.dry, Path(tmp))
     result.update(torch=torch.__version__, machine=platform.machine(),

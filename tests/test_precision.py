@@ -34,15 +34,17 @@ def _window(chunks: list[str], start: int = 10, final: bool = False) -> FrameWin
 def test_rescoring_picks_frames_and_chunks_near_the_boundary():
     # chunk a: confident both ways (max P(virus) 0.95, max P(others) 0.8: margin 0.15)
     # chunk b: one frame within the margin of the frame boundary
-    # chunk c: frames far from 0.5 but the chunk's call is close (0.755 vs 0.745)
-    margins = [0.9, -0.6, 0.8, 0.01, -0.9, 0.51, -0.49]
-    window = _window(["a", "a", "b", "b", "b", "c", "c"])
+    # chunk c: frames far from 0.5, but the chunk's call is close (max P(virus) 0.755, max
+    #          P(others) 0.745): the frames that hold (or come within the margin of) those
+    #          maxima are rescored, not its confident third frame
+    margins = [0.9, -0.6, 0.8, 0.01, -0.9, 0.51, -0.49, -0.2]
+    window = _window(["a", "a", "b", "b", "b", "c", "c", "c"])
     assert rescore_positions(_scores(margins), window, margin=0.02).tolist() == [3, 5, 6]
     assert rescore_positions(_scores(margins), window, margin=0.0).tolist() == []
     # The shard's first and last chunks may continue in another shard: always rescored.
-    edges = rescore_positions(_scores(margins), _window(["a", "a", "b", "b", "b", "c", "c"],
+    edges = rescore_positions(_scores(margins), _window(["a", "a", "b", "b", "b", "c", "c", "c"],
                                                         start=0, final=True), margin=0.02)
-    assert edges.tolist() == [0, 1, 3, 5, 6]
+    assert edges.tolist() == [0, 1, 3, 5, 6, 7]
     # A 16-bit overflow (non-finite features, so NaN scores) is rescored too.
     nan = _scores([0.9, 0.9])
     nan[1] = float("nan")

@@ -81,7 +81,7 @@ PRECISIONS = {
     "bfloat16": Precision("bfloat16", torch.bfloat16, False),
     # float32 weights, residual stream, layer norms, attention and pooling, 16-bit matrix
     # multiplications; scoring jobs rescore in float32 the frames near a decision boundary
-    # (resume.RESCORE_MARGIN), so their calls are float32's.
+    # (resume.RESCORE_MARGINS), so their calls are float32's.
     "mixed": Precision("mixed", torch.float32, True),
 }
 

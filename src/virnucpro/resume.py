@@ -96,28 +96,38 @@ class FeatureRows:
         write_sentinel(self.done, f"{frames}\n")
 
 
-# How far mixed precision may move a frame's margin P(virus) - P(others) from float32's,
-# with room to spare: frames, and chunks (max P(virus) - max P(others) over their frames),
-# within it of the decision boundary are embedded again in float32. Measured with
-# bench/precision.py and bench/agreement.py (README "Precision").
-RESCORE_MARGIN = 0.02
+# How far mixed precision may move a frame's margin P(virus) - P(others) from float32's, by
+# its matrix multiplications' dtype, with room to spare: frames, and chunks (max P(virus) -
+# max P(others) over their frames), within it of the decision boundary are embedded again in
+# float32. Measured (bench/agreement.py --cpu, bench/precision.py; README "Precision"): the
+# largest shift with bfloat16 matrix multiplications was 0.042 on random models of the
+# published shapes (100 frames) and 0.029 on the reference models (917 frames); with float16,
+# 0.0048 on the reference models, 6 times less.
+RESCORE_MARGINS = {torch.bfloat16: 0.06, torch.float16: 0.01}
 
 
-def rescore_positions(scores: torch.Tensor, window: FrameWindow,
-                      margin: float = RESCORE_MARGIN) -> np.ndarray:
-    """Positions in the window whose calls mixed precision could have changed: frames whose
-    margin is within `margin` of 0 (or not a number: a 16-bit overflow), every frame of a
-    chunk whose chunk margin is, and every frame of the shard's first and last chunks (they
-    may continue in another shard, so their chunk margin is not known here)."""
+def rescore_positions(scores: torch.Tensor, window: FrameWindow, margin: float
+                      ) -> np.ndarray:
+    """Positions in the window whose calls mixed precision could have changed.
+
+    - frames whose margin is within `margin` of 0 (or not a number: a 16-bit overflow);
+    - in a chunk whose margin is within `margin` of 0, the frames that could hold its
+      largest P(virus) or its largest P(others) (within `margin` of them): the chunk's call
+      compares those two;
+    - every frame of the shard's first and last chunks, which may continue in another shard
+      (so their chunk margin is not known here).
+    """
     frame_margin = (scores[:, 1] - scores[:, 0]).numpy()
     need = ~(np.abs(frame_margin) > margin)  # NaN compares False: rescored too
     keys = window.chunks if window.chunks is not None else list(range(len(window)))
     starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
     for number, (start, stop) in enumerate(zip(starts, [*starts[1:], len(keys)])):
-        chunk = scores[start:stop]
-        edge = (number == 0 and window.start == 0) or (stop == len(keys) and window.final)
-        if edge or not abs(float(chunk[:, 1].max() - chunk[:, 0].max())) > margin:
+        chunk = scores[start:stop].numpy()
+        best = chunk.max(axis=0)  # max P(others), max P(virus)
+        if (number == 0 and window.start == 0) or (stop == len(keys) and window.final):
             need[start:stop] = True
+        elif not abs(best[1] - best[0]) > margin:
+            need[start:stop] |= ~(chunk < best - margin).all(axis=1)
     return np.flatnonzero(need)
 
 
@@ -137,14 +147,15 @@ class ScoreRows:
 
     def identity(self) -> dict[str, Any]:
         return {"rows": "scores", "classifier": classifier_identity(self.classifier),
-                "rescore_margin": RESCORE_MARGIN}
+                "rescore_margins": {str(k).removeprefix("torch."): v
+                                    for k, v in RESCORE_MARGINS.items()}}
 
     def rows(self, window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine
              ) -> torch.Tensor:
         scores = score_rows(self.classifier, features)
         rescored = torch.zeros(len(scores), 1)
         if engine.precision.autocast:
-            need = rescore_positions(scores, window)
+            need = rescore_positions(scores, window, rescore_margin(engine))
             if len(need):
                 exact = engine.embed([window.nucleotides[i] for i in need],
                                      [window.proteins[i] for i in need], exact=True)
@@ -159,7 +170,7 @@ class ScoreRows:
         about = {"frames": frames, "models": engine.identities(), "settings": engine.settings(),
                  "classifier": classifier_identity(self.classifier),
                  "rescored_in_float32": rescored,
-                 "rescore_margin": RESCORE_MARGIN if engine.precision.autocast else None}
+                 "rescore_margin": rescore_margin(engine) if engine.precision.autocast else None}
         with atomic_open(sidecar_path(self.out), "w") as handle:
             json.dump(about, handle, indent=2)
         parts = ((t.ids, t.data[:, :2]) for t in (batch.load(validate=False) for batch in batches))
@@ -167,6 +178,11 @@ class ScoreRows:
         if rescored:
             log.info("%s: %d of %d frames rescored in float32 (near a decision boundary)",
                      self.out.name, rescored, frames)
+
+
+def rescore_margin(engine: EmbeddingEngine) -> float:
+    """The margin for this engine's matrix multiplications (see RESCORE_MARGINS)."""
+    return RESCORE_MARGINS[engine.precision.matmul_dtype(engine.device)]
 
 
 def sidecar_path(scores: Path) -> Path:
