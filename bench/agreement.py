@@ -1,13 +1,17 @@
-"""bfloat16 against float32 on random models of the published shapes, through a classifier.
+"""bfloat16 and mixed precision against float32 on random models of the published shapes.
 
 The same random weights (ESM-2 3B: 36 layers, 2560 wide; DNABERT-S: 12 layers, 768 wide) run
-in float32 and in bfloat16 on frames of random 150-bp reads; a random MLP of the published
+in float32, in bfloat16 and in mixed precision (bfloat16 matrix multiplications, float32
+elsewhere; no rescoring here) on frames of random 150-bp reads; a random MLP of the published
 shape (3,328 -> 512 -> 2), its batch norm fitted to the float32 features so that calls split
-both ways, scores both. Reported: per-row cosine of the features, the fraction of identical
-frame calls, and how far bfloat16 moves the decision margin P(virus) - P(others) (the margin a
-float32 rescoring of near-boundary frames would need).
+both ways, scores them. Reported per precision: per-row cosine of the features, the fraction of
+identical frame calls, and how far it moves the decision margin P(virus) - P(others): what the
+mixed precision's float32 rescoring of near-boundary frames must cover (resume.RESCORE_MARGINS).
+Then the scoring job's own rule (resume.rescore_positions) on the mixed scores: the frames it
+rescores, and the calls after rescoring.
 
     PYTHONPATH=src python3 bench/agreement.py --out DIR/agreement.json [--frames 8000]
+    .venv/bin/python bench/agreement.py --cpu --frames 100   # the published shapes, slowly
     .venv/bin/python bench/agreement.py --dry      # tiny shapes on the CPU (make test)
 """
 
@@ -29,10 +33,11 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from embed import DNABERT_S_SHAPE, TINY_DNABERT, make_frames  # noqa: E402
-from virnucpro.embed import EmbeddingEngine  # noqa: E402
+from virnucpro.embed import EmbeddingEngine, FrameWindow  # noqa: E402
 from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.models.dnabert2 import load_dnabert2, write_demo_dnabert2  # noqa: E402
 from virnucpro.models.esm2 import random_esm2  # noqa: E402
+from virnucpro.resume import rescore_margin, rescore_positions  # noqa: E402
 
 ESM_3B = {"layers": 36, "embed_dim": 2560, "heads": 40}
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -58,7 +63,6 @@ def agreement(low: torch.Tensor, exact: torch.Tensor, classifier: MLPClassifier)
     shift = ((p_low[:, 1] - p_low[:, 0]) - margin_exact).abs()
     quantiles = torch.tensor([0.5, 0.99, 0.999, 1.0])
     return {
-        "frames": len(exact),
         "cosine": {"min": round(cosine.min().item(), 6), "mean": round(cosine.mean().item(), 6)},
         "identical_calls": round((calls_low == calls_exact).float().mean().item(), 6),
         "differing_calls": int((calls_low != calls_exact).sum()),
@@ -79,9 +83,11 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path) -> dict:
     esm32 = random_esm2(**esm_shape, device=device, dtype=torch.float32, seed=1)
     esm16 = copy.deepcopy(esm32).to(torch.bfloat16)
     directory = write_demo_dnabert2(workdir / "dnabert", seed=2, **dnabert_shape)
-    engines = {name: EmbeddingEngine(esm, load_dnabert2(directory, device, dtype))
-               for name, esm, dtype in (("float32", esm32, torch.float32),
-                                        ("bfloat16", esm16, torch.bfloat16))}
+    dnabert32 = load_dnabert2(directory, device, torch.float32)
+    engines = {"float32": EmbeddingEngine(esm32, dnabert32),
+               "bfloat16": EmbeddingEngine(esm16, load_dnabert2(directory, device,
+                                                                torch.bfloat16)),
+               "mixed": EmbeddingEngine(esm32, dnabert32, mixed=True)}
     built = time.perf_counter() - start
     features, seconds = {}, {}
     for name, engine in engines.items():
@@ -89,21 +95,42 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path) -> dict:
         features[name] = engine.embed(nucleotides, proteins)
         seconds[name] = round(time.perf_counter() - begin, 2)
     classifier = calibrated_classifier(features["float32"])
-    return {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "dry": dry, "esm_shape": esm_shape, "dnabert_shape": dnabert_shape,
-            "reads": reads, "build_s": round(built, 1), "embed_s": seconds,
-            **agreement(features["bfloat16"], features["float32"], classifier)}
+    result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+              "dry": dry, "esm_shape": esm_shape, "dnabert_shape": dnabert_shape,
+              "frames": frames, "reads": reads, "build_s": round(built, 1), "embed_s": seconds,
+              **{name: agreement(features[name], features["float32"], classifier)
+                 for name in ("bfloat16", "mixed")}}
+    result["mixed_rescored"] = after_rescoring(features, classifier, rescore_margin(
+        engines["mixed"]))
+    return result
+
+
+def after_rescoring(features: dict[str, torch.Tensor], classifier: MLPClassifier,
+                    margin: float) -> dict:
+    """The mixed scores with the scoring job's rule applied (one window, no chunk grouping:
+    every frame its own chunk): how many frames it rescores, and the calls after it."""
+    mixed = classifier.predict_proba(features["mixed"])
+    window = FrameWindow(1, [str(i) for i in range(len(mixed))], [], [], final=False)
+    need = rescore_positions(mixed, window, margin)
+    fixed = mixed.clone()
+    fixed[torch.from_numpy(need)] = classifier.predict_proba(features["float32"][need])
+    truth = classifier.predict_proba(features["float32"])
+    same = ((fixed[:, 1] > fixed[:, 0]) == (truth[:, 1] > truth[:, 0])).float().mean().item()
+    return {"margin": margin, "rescored_fraction": round(len(need) / len(mixed), 6),
+            "identical_calls": round(same, 6)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry", action="store_true", help="tiny shapes, on the CPU")
+    parser.add_argument("--cpu", action="store_true",
+                        help="the published shapes on the CPU (slow: use --frames ~100)")
     parser.add_argument("--frames", type=int, default=None, help="default 8000 (dry: 300)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "agreement.json")
     args = parser.parse_args()
-    if not args.dry and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: use --dry for the CPU check of this script")
-    device = torch.device("cpu" if args.dry else "cuda")
+    if not (args.dry or args.cpu) and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --dry for the CPU check of this script, or --cpu")
+    device = torch.device("cpu" if args.dry or args.cpu else "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         result = run(device, args.frames or (300 if args.dry else 8000), args.dry, Path(tmp))
     result.update(torch=torch.__version__, machine=platform.machine(),

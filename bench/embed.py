@@ -300,10 +300,37 @@ def gpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
         "budgets": {"esm": engines["both"].budgets.esm,
                     "dnabert": engines["both"].budgets.dnabert},
     }
+    result.update(mixed_speed(args, device, esm_shape, directory, nucleotides, proteins,
+                              seconds["both"]))
     if args.load:
         del esm, engines
         result.update(timed_load(workdir, device, esm_shape))
     return result
+
+
+def mixed_speed(args: argparse.Namespace, device: torch.device, esm_shape: dict,
+                dnabert_dir: Path, nucleotides: list[str], proteins: list[str],
+                bfloat16_s: float) -> dict:
+    """The default GPU precision (mixed: float32 weights, 16-bit matrix multiplications) and
+    float32, both models together, against bfloat16's time: with the rescored fraction of
+    bench/agreement.py, what the default costs (time = mixed + fraction x float32)."""
+    sync = device.type == "cuda"
+    esm = random_esm2(**esm_shape, device=device, dtype=torch.float32)
+    dnabert = load_dnabert2(dnabert_dir, device, torch.float32)
+    budgets = {"esm_tokens": args.esm_tokens, "dnabert_tokens": args.dnabert_tokens}
+    mixed = EmbeddingEngine(esm, dnabert, mixed=True, **budgets)
+    exact = EmbeddingEngine(esm, dnabert, **budgets)
+    warm = min(500, len(proteins))
+    mixed.embed(nucleotides[:warm], proteins[:warm])
+    exact.embed(nucleotides[:warm], proteins[:warm])
+    mixed_s = timed(lambda: mixed.embed(nucleotides, proteins), sync=sync)[0]
+    subset = min(len(proteins), max(warm, len(proteins) // 10))  # float32 is slow on a GPU
+    exact_s = timed(lambda: exact.embed(nucleotides[:subset], proteins[:subset]), sync=sync)[0]
+    float32_s = exact_s * len(proteins) / subset
+    return {"mixed_matmul_dtype": str(mixed.precision.matmul_dtype(device)).removeprefix("torch."),
+            "both_mixed_s": round(mixed_s, 3), "both_float32_s_estimated": round(float32_s, 3),
+            "mixed_vs_bfloat16": round(bfloat16_s / mixed_s, 3),
+            "float32_vs_bfloat16": round(bfloat16_s / float32_s, 3)}
 
 
 def main() -> None:

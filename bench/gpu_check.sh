@@ -66,8 +66,17 @@ if tests.exists():
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     summary["cuda_tests"]["result"] = {k: int(suite.get(k, 0))
                                        for k in ("tests", "failures", "errors", "skipped")}
+speed, agreement = summary["speed"]["result"], summary["agreement"]["result"]
+if speed and agreement:  # the default's cost: mixed, plus float32 for the rescored frames
+    fraction = agreement["mixed_rescored"]["rescored_fraction"]
+    default_s = speed["both_mixed_s"] + fraction * speed["both_float32_s_estimated"]
+    summary["default_precision"] = {
+        "rescored_fraction": fraction,
+        "identical_calls_after_rescoring": agreement["mixed_rescored"]["identical_calls"],
+        "throughput_vs_bfloat16": round(speed["seconds"]["both"] / default_s, 3)}
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
-failed = [s for s, v in summary.items() if v["status"] not in (0, 5)]  # 5: pytest, all skipped
+failed = [s for s in ("cuda_tests", "agreement", "speed")
+          if summary[s]["status"] not in (0, 5)]  # 5: pytest found no test
 print(f"gpu_check: {'failed: ' + ', '.join(failed) if failed else 'all steps ran'} -> {out}/gpu_check.json")
 sys.exit(1 if failed else 0)
 EOF

@@ -96,3 +96,11 @@ def test_the_host_waits_once_per_window_not_per_batch(models):
             torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in seen if "synchroniz" in str(w.message)]
     assert len(syncs) == windows, [str(w.message) for w in syncs]
+
+
+def test_mixed_precision_on_the_gpu_is_closer_to_float32_than_bfloat16(models, cpu_fp32):
+    mixed = _gpu(models, "mixed")
+    assert mixed.settings()["matmul_dtype"] == "float16"
+    error = {name: (_gpu(models, name).embed(NUCLEOTIDES, PROTEINS) - cpu_fp32).abs().max().item()
+             for name in ("bfloat16", "mixed")}
+    assert error["mixed"] < error["bfloat16"] / 3, error

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import (EmbeddingEngine, EmbeddingError, ShardFrames, in_windows,
-                             plan_batches, read_frames, resolve_device, resolve_dtype)
+                             plan_batches, read_frames, resolve_device, resolve_precision)
 from virnucpro.errors import InputError, UsageError
 from virnucpro.checkpoint import read_features
 
@@ -222,8 +222,11 @@ def test_asking_for_cuda_without_it_is_a_usage_error():
     with pytest.raises(UsageError, match="not one of"):
         resolve_device("gpu")
     assert resolve_device("auto") == torch.device("cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_precision("auto", torch.device("cpu")).name == "float32"
+    assert resolve_precision("auto", torch.device("cuda")).name == "mixed"
+    assert resolve_precision("mixed", torch.device("cpu")).weights == torch.float32
+    with pytest.raises(UsageError, match="not one of auto, float32, bfloat16, mixed"):
+        resolve_precision("float16", torch.device("cpu"))
 
 
 def test_cli_embeds_a_prepared_shard(reference, demo_models, engine, tmp_path):

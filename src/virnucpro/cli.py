@@ -165,8 +165,9 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S model directory")
     p.add_argument("--out", required=True, help="feature file to write (.pt)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="auto: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "mixed"),
+                   help="auto: mixed on CUDA (bfloat16 matrix multiplications, float32 "
+                        "elsewhere), float32 on the CPU")
     p.add_argument("--features-dtype", default="float32", choices=("float32", "float16"),
                    help="dtype of the written features (float16 halves the file)")
     p.add_argument("--esm-tokens", type=_positive, default=None,

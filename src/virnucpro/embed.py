@@ -47,14 +47,43 @@ import torch
 from virnucpro.errors import InputError, MissingInputError, UsageError, VirNucProError
 from virnucpro.models.dnabert2 import DnaBert2Encoder, load_dnabert2
 from virnucpro.models.esm2 import MAX_RESIDUES, Esm2Encoder, load_esm2
+from virnucpro.prepare import index_rows
 from virnucpro.progress import Progress
 
 log = logging.getLogger("virnucpro")
 
 DEFAULT_WINDOW_FRAMES = 4096  # frames embedded (and saved) together
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUEUE_DEPTH = 4  # staged batches waiting for the device
 LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How an engine computes: its weights' dtype, and whether matrix multiplications run in
+    16 bits over them (autocast; see `PRECISIONS`)."""
+
+    name: str
+    weights: torch.dtype
+    autocast: bool
+
+    def matmul_dtype(self, device: torch.device) -> torch.dtype:
+        """Mixed precision's matrix multiplications: float16 on a GPU, where its tensor cores
+        run it as fast as bfloat16 and the published ESM-2 weights, stored in float16, stay
+        exact (its 11 bits keep activations about ten times closer to float32 than bfloat16's
+        8, measured); bfloat16 on a CPU, which has no fast float16 (ten times slower here)."""
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+PRECISIONS = {
+    # Exact: the original's numbers. Slow on a GPU (no tensor cores).
+    "float32": Precision("float32", torch.float32, False),
+    # Fastest: weights and activations in bfloat16; about 1 call in 100 differs from float32.
+    "bfloat16": Precision("bfloat16", torch.bfloat16, False),
+    # float32 weights, residual stream, layer norms, attention and pooling, 16-bit matrix
+    # multiplications; scoring jobs rescore in float32 the frames near a decision boundary
+    # (resume.RESCORE_MARGINS), so their calls are float32's.
+    "mixed": Precision("mixed", torch.float32, True),
+}
 
 
 @dataclass(frozen=True)
@@ -108,12 +137,16 @@ def _fasta_records(path: Path) -> Iterator[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class FrameWindow:
-    """Consecutive frames of a shard: `start` is the index of the first in the shard."""
+    """Consecutive frames of a shard: `start` is the index of the first in the shard, `final`
+    says no frame follows; `chunks` (when the shard's index was given) names each frame's
+    chunk as (read index, chunk number)."""
 
     start: int
     ids: list[str]
     nucleotides: list[str]
     proteins: list[str]
+    final: bool = False
+    chunks: list[tuple[str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -175,16 +208,33 @@ class ShardFrames:
             count += 1
         return count, digest.hexdigest()[:16]
 
-    def windows(self, window_frames: int, skip: int = 0) -> Iterator[FrameWindow]:
+    def windows(self, window_frames: int, skip: int = 0,
+                index: str | os.PathLike | None = None) -> Iterator[FrameWindow]:
         """Windows of `window_frames` frames from frame `skip` on (a resumed job skips the
-        frames it saved, which end on a window unless force_resume changed the windows)."""
+        frames it saved, which end on a window unless force_resume changed the windows).
+
+        With the shard's `index`, each frame's chunk comes with it and a window is extended
+        to the end of its last chunk (at most 5 frames more), so that no chunk spans two
+        windows: a scoring job can then judge whole chunks. Deterministic either way.
+        """
         if window_frames < 1:
             raise ValueError(f"window_frames must be at least 1, not {window_frames}")
-        records = itertools.islice(self.records(), skip, None)
-        start = skip
-        while block := list(itertools.islice(records, window_frames)):
-            ids, nucleotides, proteins = (list(column) for column in zip(*block))
-            yield FrameWindow(start, ids, nucleotides, proteins)
+        records: Iterator[tuple] = self.records()
+        if index is not None:  # in lockstep: tee holds one frame at most
+            records, checked = itertools.tee(records)
+            rows = index_rows(index, (frame[0] for frame in checked), self.nucleotide_fasta)
+            records = ((*frame, (row[1], row[2])) for row, frame in zip(rows, records))
+        records = itertools.islice(records, skip, None)
+        start, pending = skip, next(records, None)
+        while pending is not None:
+            block = [pending, *itertools.islice(records, window_frames - 1)]
+            pending = next(records, None)
+            while index is not None and pending is not None and pending[3] == block[-1][3]:
+                block.append(pending)
+                pending = next(records, None)
+            columns = [list(column) for column in zip(*block)]
+            yield FrameWindow(start, *columns[:3], final=pending is None,
+                              chunks=columns[3] if index is not None else None)
             start += len(block)
 
 
@@ -354,15 +404,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on CUDA and float32 on the CPU."""
-    if isinstance(dtype, torch.dtype):
+def resolve_precision(dtype: str | torch.dtype | Precision, device: torch.device) -> Precision:
+    """'auto' is mixed on CUDA and float32 on the CPU (where bfloat16 saves little)."""
+    if isinstance(dtype, Precision):
         return dtype
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UsageError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+        return PRECISIONS["mixed" if device.type == "cuda" else "float32"]
+    if dtype not in PRECISIONS:
+        raise UsageError(f"dtype {dtype!r} is not one of auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[dtype]
 
 
 class EmbeddingEngine:
@@ -372,10 +424,15 @@ class EmbeddingEngine:
     """
 
     def __init__(self, esm: Esm2Encoder, dnabert: DnaBert2Encoder, *,
-                 esm_tokens: int | None = None, dnabert_tokens: int | None = None) -> None:
+                 esm_tokens: int | None = None, dnabert_tokens: int | None = None,
+                 mixed: bool = False) -> None:
         self.esm, self.dnabert = esm, dnabert
         self.device = esm.embed_tokens.weight.device
         self.dtype = esm.embed_tokens.weight.dtype
+        if mixed and self.dtype != torch.float32:
+            raise ValueError(f"mixed precision needs float32 weights, not {self.dtype}")
+        self.precision = PRECISIONS["mixed" if mixed else str(self.dtype).removeprefix("torch.")]
+        self._matmul_dtype = self.precision.matmul_dtype(self.device)
         # The weights' devices: `dnabert.device` may say 'cuda' where the weights say 'cuda:0'.
         dnabert_weights = next(dnabert.model.parameters())
         if (dnabert_weights.device, dnabert_weights.dtype) != (self.device, self.dtype):
@@ -407,14 +464,15 @@ class EmbeddingEngine:
                     repr_layer: int | None = None) -> EmbeddingEngine:
         """Load both models (ESM-2 by name or path, DNABERT-S directory) onto one device."""
         device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
+        precision = resolve_precision(dtype, device)
         start = time.monotonic()
-        esm = load_esm2(esm_location, device, dtype, repr_layer)
-        dnabert = load_dnabert2(dnabert_dir, device, dtype)
+        esm = load_esm2(esm_location, device, precision.weights, repr_layer)
+        dnabert = load_dnabert2(dnabert_dir, device, precision.weights)
         log.info("models loaded in %.1f s: %s (layer %d) and DNABERT (%d layers) on %s, %s",
                  time.monotonic() - start, esm.name, esm.repr_layer,
-                 dnabert.config.num_hidden_layers, device, str(dtype).removeprefix("torch."))
-        return cls(esm, dnabert, esm_tokens=esm_tokens, dnabert_tokens=dnabert_tokens)
+                 dnabert.config.num_hidden_layers, device, precision.name)
+        return cls(esm, dnabert, esm_tokens=esm_tokens, dnabert_tokens=dnabert_tokens,
+                   mixed=precision.autocast)
 
     # ---- provenance
 
@@ -423,7 +481,9 @@ class EmbeddingEngine:
 
     def settings(self) -> dict[str, Any]:
         """What, beyond the models, determines the numbers."""
-        return {"dtype": str(self.dtype).removeprefix("torch."),
+        return {"dtype": self.precision.name,
+                "matmul_dtype": (str(self._matmul_dtype).removeprefix("torch.")
+                                 if self.precision.autocast else self.precision.name),
                 "esm_repr_layer": self.esm.repr_layer,
                 "esm_max_residues": MAX_RESIDUES,
                 "esm_pooling": "mean over residues 1..len (BOS, EOS excluded)",
@@ -434,22 +494,30 @@ class EmbeddingEngine:
     # ---- embedding
 
     def embed(self, nucleotides: Sequence[str], proteins: Sequence[str],
-              window_frames: int = DEFAULT_WINDOW_FRAMES) -> torch.Tensor:
-        """Features [N, Dn + De] of frames held in memory, float32 on the CPU, in input order."""
+              window_frames: int = DEFAULT_WINDOW_FRAMES, exact: bool = False) -> torch.Tensor:
+        """Features [N, Dn + De] of frames held in memory, float32 on the CPU, in input order.
+
+        `exact`: in float32 throughout even when the engine's precision is mixed (its weights
+        are float32: a rescoring job gets float32's numbers from the same models).
+        """
         out = torch.empty(len(nucleotides), self.embed_dim)
         windows = in_windows(nucleotides, proteins, window_frames)
-        for window, rows in self.embed_windows(windows, total=len(nucleotides)):
+        for window, rows in self.embed_windows(windows, total=len(nucleotides), exact=exact,
+                                               quiet=exact):
             out[window.start:window.start + len(window)] = rows
         return out
 
-    def embed_windows(self, windows: Iterable[FrameWindow], total: int | None = None
+    def embed_windows(self, windows: Iterable[FrameWindow], total: int | None = None,
+                      exact: bool = False, quiet: bool = False
                       ) -> Iterator[tuple[FrameWindow, torch.Tensor]]:
         """(window, features [len(window), Dn + De]) for each window, in order.
 
         `windows` is consumed by the loader thread (so reading a shard overlaps the compute),
-        a few windows ahead at most; `total` (frames) makes progress lines show an ETA.
+        a few windows ahead at most; `total` (frames) makes progress lines show an ETA
+        (`quiet`: no progress lines).
         """
-        progress = Progress("embed", total, unit="frame", log_every_s=LOG_EVERY_S)
+        mixed = self.precision.autocast and not exact
+        progress = Progress("embed", total, unit="frame", log_every_s=LOG_EVERY_S, quiet=quiet)
         frames_done, tokens = 0, 0
         pending: list[tuple[_Model, torch.Tensor, torch.Tensor]] = []
         try:
@@ -460,7 +528,8 @@ class EmbeddingEngine:
                         pending = []
                         continue
                     self._wait_for(item)
-                    result = self._embed_batch(item.model, item.inputs)
+                    with torch.autocast(self.device.type, self._matmul_dtype, enabled=mixed):
+                        result = self._embed_batch(item.model, item.inputs)
                     pending.append((item.model, item.rows, self._to_host(result)))
                     if item.model.name == "esm":
                         frames_done += len(item.rows)

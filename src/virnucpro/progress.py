@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
@@ -30,15 +31,16 @@ class Progress:
     """Track a task measured in `unit` (bytes read, frames embedded, ...) towards `total`
     (None when unknown), with counts of named items: a bar on a terminal, a line every
     `log_every_s` seconds in rule logs (done/total, rate, ETA, the counts), and a last line
-    saying done or stopped."""
+    saying done or stopped (`quiet`: the bar only, for a step's small side tasks)."""
 
     def __init__(self, label: str, total: int | None, unit: str = "B",
-                 log_every_s: float = 10.0) -> None:
+                 log_every_s: float = 10.0, quiet: bool = False) -> None:
         self.label = label
         self.unit = unit
         self.start = time.monotonic()
         self._last_log = self.start
-        self._log_every = log_every_s
+        self._log_every = math.inf if quiet else log_every_s
+        self._quiet = quiet
         self._total = total
         self._done = 0
         self._bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=label,
@@ -71,6 +73,8 @@ class Progress:
 
     def close(self, **counts: int) -> None:
         self._bar.close()
+        if self._quiet:
+            return
         state = "done" if self._total is None or self._done >= self._total else "stopped"
         log.info("%s %s after %.1f s: %s", self.label, state, time.monotonic() - self.start,
                  self.line(**counts))

@@ -14,19 +14,21 @@ the partial directory. Nothing is held for the whole shard but its frame IDs at 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
-from virnucpro.atomic import write_sentinel
+from virnucpro.atomic import atomic_open, write_sentinel
 from virnucpro.checkpoint import (FAILED_REGISTRY, Accumulator, BatchWriter, PartialShard,
                                   SavedBatch, assemble_features, checkpoint_policy)
 from virnucpro.classify import score_rows, write_scores
-from virnucpro.embed import DEFAULT_WINDOW_FRAMES, EmbeddingEngine, ShardFrames
+from virnucpro.embed import DEFAULT_WINDOW_FRAMES, EmbeddingEngine, FrameWindow, ShardFrames
 from virnucpro.models.classifier import MLPClassifier, classifier_identity
 
 log = logging.getLogger("virnucpro")
@@ -54,11 +56,13 @@ class ShardResult(Protocol):
     """What an embedding job makes of its shard's features."""
 
     out: Path
+    index: Path | None  # given, the job's windows hold whole chunks (see ShardFrames.windows)
 
     def identity(self) -> dict[str, Any]:
         """What, beyond the models, determines the saved rows (part of the fingerprint)."""
 
-    def rows(self, features: torch.Tensor) -> torch.Tensor:
+    def rows(self, window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine
+             ) -> torch.Tensor:
         """The rows to save for a window's features [n, D]."""
 
     def publish(self, frames: int, batches: list[SavedBatch], engine: EmbeddingEngine,
@@ -73,11 +77,13 @@ class FeatureRows:
     out: Path
     done: Path
     dtype: torch.dtype = torch.float32
+    index = None
 
     def identity(self) -> dict[str, Any]:
         return {"rows": "features", "dtype": str(self.dtype).removeprefix("torch.")}
 
-    def rows(self, features: torch.Tensor) -> torch.Tensor:
+    def rows(self, window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine
+             ) -> torch.Tensor:
         return features.to(self.dtype)
 
     def publish(self, frames: int, batches: list[SavedBatch], engine: EmbeddingEngine,
@@ -90,25 +96,98 @@ class FeatureRows:
         write_sentinel(self.done, f"{frames}\n")
 
 
+# How far mixed precision may move a frame's margin P(virus) - P(others) from float32's, by
+# its matrix multiplications' dtype, with room to spare: frames, and chunks (max P(virus) -
+# max P(others) over their frames), within it of the decision boundary are embedded again in
+# float32. Measured (bench/agreement.py --cpu, bench/precision.py; README "Precision"): the
+# largest shift with bfloat16 matrix multiplications was 0.042 on random models of the
+# published shapes (100 frames) and 0.029 on the reference models (917 frames); with float16,
+# 0.0048 on the reference models, 6 times less.
+RESCORE_MARGINS = {torch.bfloat16: 0.06, torch.float16: 0.01}
+
+
+def rescore_positions(scores: torch.Tensor, window: FrameWindow, margin: float
+                      ) -> np.ndarray:
+    """Positions in the window whose calls mixed precision could have changed.
+
+    - frames whose margin is within `margin` of 0 (or not a number: a 16-bit overflow);
+    - in a chunk whose margin is within `margin` of 0, the frames that could hold its
+      largest P(virus) or its largest P(others) (within `margin` of them): the chunk's call
+      compares those two;
+    - every frame of the shard's first and last chunks, which may continue in another shard
+      (so their chunk margin is not known here).
+    """
+    frame_margin = (scores[:, 1] - scores[:, 0]).numpy()
+    need = ~(np.abs(frame_margin) > margin)  # NaN compares False: rescored too
+    keys = window.chunks if window.chunks is not None else list(range(len(window)))
+    starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]]
+    for number, (start, stop) in enumerate(zip(starts, [*starts[1:], len(keys)])):
+        chunk = scores[start:stop].numpy()
+        best = chunk.max(axis=0)  # max P(others), max P(virus)
+        if (number == 0 and window.start == 0) or (stop == len(keys) and window.final):
+            need[start:stop] = True
+        elif not abs(best[1] - best[0]) > margin:
+            need[start:stop] |= ~(chunk < best - margin).all(axis=1)
+    return np.flatnonzero(need)
+
+
 @dataclass
 class ScoreRows:
     """The result is the shard's scores table; the classifier scores each window as it is
-    embedded, so features are never written (8 bytes a frame are saved instead of 13 KB)."""
+    embedded, so features are never written (12 bytes a frame are saved instead of 13 KB).
+
+    With mixed precision, frames near a decision boundary (`rescore_positions`) are embedded
+    again in float32 and scored from those features: frame, chunk and read calls are
+    float32's. Rows are [P(others), P(virus), 1 if rescored else 0].
+    """
 
     out: Path
     index: Path
     classifier: MLPClassifier
 
     def identity(self) -> dict[str, Any]:
-        return {"rows": "scores", "classifier": classifier_identity(self.classifier)}
+        return {"rows": "scores", "classifier": classifier_identity(self.classifier),
+                "rescore_margins": {str(k).removeprefix("torch."): v
+                                    for k, v in RESCORE_MARGINS.items()}}
 
-    def rows(self, features: torch.Tensor) -> torch.Tensor:
-        return score_rows(self.classifier, features)
+    def rows(self, window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine
+             ) -> torch.Tensor:
+        scores = score_rows(self.classifier, features)
+        rescored = torch.zeros(len(scores), 1)
+        if engine.precision.autocast:
+            need = rescore_positions(scores, window, rescore_margin(engine))
+            if len(need):
+                exact = engine.embed([window.nucleotides[i] for i in need],
+                                     [window.proteins[i] for i in need], exact=True)
+                scores = scores.clone()  # the classifier's output is an inference tensor
+                scores[torch.from_numpy(need)] = score_rows(self.classifier, exact)
+                rescored[torch.from_numpy(need)] = 1.0
+        return torch.cat([scores, rescored], dim=1)
 
     def publish(self, frames: int, batches: list[SavedBatch], engine: EmbeddingEngine,
                 window_frames: int) -> None:
-        parts = ((t.ids, t.data) for t in (batch.load(validate=False) for batch in batches))
+        rescored = sum(int(batch.load(validate=False).data[:, 2].sum()) for batch in batches)
+        about = {"frames": frames, "models": engine.identities(), "settings": engine.settings(),
+                 "classifier": classifier_identity(self.classifier),
+                 "rescored_in_float32": rescored,
+                 "rescore_margin": rescore_margin(engine) if engine.precision.autocast else None}
+        with atomic_open(sidecar_path(self.out), "w") as handle:
+            json.dump(about, handle, indent=2)
+        parts = ((t.ids, t.data[:, :2]) for t in (batch.load(validate=False) for batch in batches))
         write_scores(self.out, self.index, parts, partial_dir(self.out))
+        if rescored:
+            log.info("%s: %d of %d frames rescored in float32 (near a decision boundary)",
+                     self.out.name, rescored, frames)
+
+
+def rescore_margin(engine: EmbeddingEngine) -> float:
+    """The margin for this engine's matrix multiplications (see RESCORE_MARGINS)."""
+    return RESCORE_MARGINS[engine.precision.matmul_dtype(engine.device)]
+
+
+def sidecar_path(scores: Path) -> Path:
+    """What made a scores table: `shard_000000.tsv` -> `shard_000000.json`."""
+    return scores.with_suffix(".json")
 
 
 def _fingerprint(engine: EmbeddingEngine, result: ShardResult, frames: int, ids_sha256: str,
@@ -142,11 +221,11 @@ def embed_shard_resumable(frames: ShardFrames, result: ShardResult, engine: Embe
     # A signal reaches us as an exception (virnucpro.runner): `finally` flushes the writer.
     writer = BatchWriter(partial.directory)
     try:
-        windows = engine.embed_windows(frames.windows(settings.window_frames, skip=start),
-                                       total=total - start)
+        windows = engine.embed_windows(frames.windows(settings.window_frames, skip=start,
+                                                      index=result.index), total=total - start)
         for window, features in windows:
             log.debug("embedded frames up to %d of %d", window.start + len(window), total)
-            for batch in accumulator.add(window.ids, result.rows(features)):
+            for batch in accumulator.add(window.ids, result.rows(window, features, engine)):
                 writer.submit(batch)
         for batch in accumulator.finish():
             writer.submit(batch)

@@ -49,6 +49,7 @@ from tokenizers.trainers import BpeTrainer
 from torch import nn
 
 from virnucpro.errors import ModelError, one_line
+from virnucpro.models.attention import attention
 from virnucpro.models.torchfile import load_weights_only, place
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class SelfAttention(nn.Module):
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, T, d]
         # SDPA's default scale is 1/sqrt(head_dim), as in the original.
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+        attended = attention(query, key, value, bias)
         return attended.transpose(1, 2).reshape(batch, length, -1)
 
 

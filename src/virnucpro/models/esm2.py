@@ -28,12 +28,12 @@ from pathlib import Path
 import esm
 import numpy as np
 import torch
-import torch.nn.functional as F
 from esm.model.esm2 import ESM2
 from torch import nn
 
 from virnucpro.atomic import atomic_open
 from virnucpro.errors import ModelError, one_line
+from virnucpro.models.attention import attention
 from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
@@ -135,7 +135,7 @@ class _Layer(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)  # each of q, k, v: [N, H, T, head_dim]
         # fair-esm scales q by head_dim**-0.5 before the rotation; rotation is linear, so
         # SDPA's default scale on the rotated q is the same thing.
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        attn = attention(q, k, v, key_mask)
         x += self.out_proj(attn.transpose(1, 2).reshape(n, t, d))
         hidden = self.fc1(self.final_layer_norm(x))
         x += self.fc2(torch.ops.aten.gelu_(hidden))
