@@ -6,9 +6,11 @@ import time
 import pytest
 import torch
 
-from virnucpro.checkpoint import (EXIT_CORRUPTED, EXIT_INCOMPATIBLE, Accumulator, Batch, BatchWriter,
+from virnucpro.errors import EXIT_CORRUPTED, EXIT_INCOMPATIBLE
+from virnucpro.checkpoint import (Accumulator, Batch, BatchWriter,
                                   CheckpointError, PartialShard, checkpoint_policy, quarantine,
-                                  frames_checkpointed, read_features, read_trusted, save_features)
+                                  first_duplicate, frames_checkpointed, read_features, read_trusted,
+                                  save_features)
 
 
 def good(path, n=4, d=6, **meta):
@@ -218,3 +220,17 @@ def test_policy_environment_overrides(monkeypatch):
     monkeypatch.setenv("VIRNUCPRO_CHECKPOINT_FRAMES", "50")
     monkeypatch.setenv("VIRNUCPRO_CHECKPOINT_SECONDS", "2.5")
     assert checkpoint_policy(1000, 60) == (50, 2.5)
+
+
+def test_a_duplicate_id_is_found_in_one_pass(tmp_path):
+    """The last ID repeated in a large file: found without comparing every pair (a count()
+    per ID took hours at this size)."""
+    ids = [f"read{i}_chunk_1F1" for i in range(400_000)]
+    ids.append(ids[-1])
+    start = time.monotonic()
+    assert first_duplicate(ids) == ids[-1]
+    path = tmp_path / "dup.pt"
+    save_features(path, ids, torch.zeros(len(ids), 2))
+    with pytest.raises(CheckpointError, match=f"duplicate ID '{ids[-1]}'"):
+        read_features(path)
+    assert time.monotonic() - start < 30

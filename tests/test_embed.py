@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import subprocess
+import sys
 import random
 import threading
 from pathlib import Path
@@ -201,6 +204,16 @@ def test_read_frames_requires_the_same_ids_in_the_same_order(tmp_path):
 def _tree_hashes(directory: Path) -> dict[str, str]:
     return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_demo_model_files_follow_the_umask(tmp_path):
+    """A process's umask decides its files' modes (a group shares models and results)."""
+    subprocess.run([sys.executable, "-m", "virnucpro.cli", "-q", "make-demo-models",
+                    str(tmp_path)], check=True, preexec_fn=lambda: os.umask(0o027))
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes["dnabert2_demo/model.safetensors"] == 0o640  # safetensors alone gives 0600
+    assert set(modes.values()) == {0o640}, modes
 
 
 def test_demo_models_are_deterministic_and_idempotent(demo_models, tmp_path):

@@ -80,26 +80,20 @@ def with_line(text: str, number: int, change) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class FailedJob:
-    rule: str
-    status: int
-    details: str  # Snakemake's indented lines: jobid, input, output, log, ...
+def step_statuses(outdir: Path, since: float = 0.0) -> dict[str, int | None]:
+    """Each step log under outdir/logs written since `since` (a time.time()), by its path
+    within logs/ ('prepare/s.log'), with the exit status the step recorded in it (None: it
+    did not finish). Per-job facts come from these files, never from Snakemake's terminal
+    report, whose lines interleave when jobs run in parallel."""
+    logs = outdir / "logs"
+    return {str(path.relative_to(logs)): exit_status(path) for path in sorted(logs.rglob("*.log"))
+            if path.stat().st_mtime >= since} if logs.is_dir() else {}
 
 
-def failed_jobs(output: str) -> list[FailedJob]:
-    """The failed jobs of a run, from Snakemake's error reports. Another job's start may be
-    logged between a job's exit status and its report (jobs run in parallel): such lines
-    are skipped, but never another exit status or report."""
-    report = re.compile(r"exit status (\d+)\.\n(?:(?!.*exit status|Error in rule).*\n)*?"
-                        r"\[[^\n]*\]\nError in rule (\w+):\n((?:    [^\n]*\n)*)")
-    return [FailedJob(rule, int(status), details)
-            for status, rule, details in report.findall(output)]
-
-
-def status_of(jobs: list[FailedJob], input_file: str) -> int:
-    (job,) = [job for job in jobs if f"    input: {input_file}\n" in job.details]
-    return job.status
+def failed_steps(outdir: Path, since: float = 0.0) -> dict[str, int]:
+    """The steps that finished with a non-zero status since `since`."""
+    return {log: status for log, status in step_statuses(outdir, since).items()
+            if status not in (0, None)}
 
 
 def error_lines(output: str) -> list[str]:
@@ -249,7 +243,6 @@ def sample_name(row: str) -> str:
 class InputRuns:
     work: Path
     first: subprocess.CompletedProcess  # every row at once, --keep-going
-    failed: list[FailedJob]
     existed: dict[str, list[str]]  # rejected sample -> what it left in out/{sample}
     logs: dict[str, str]  # rejected sample -> its prepare log
     fixed: subprocess.CompletedProcess  # after replacing every rejected file with clean reads
@@ -296,19 +289,18 @@ def input_runs(tmp_path_factory) -> InputRuns:
         (work / name).write_bytes(gzip.compress(good.encode()) if name.endswith(".gz")
                                   else good.encode())
     fixed = snakemake(work, "--configfile", config)
-    return InputRuns(work, first, failed_jobs(first.stdout), existed, logs, fixed)
+    return InputRuns(work, first, existed, logs, fixed)
 
 
 @pytest.mark.parametrize("row", REJECTED)
 def test_rejected_input(input_runs, clean_run, row):
     name, _, status, message = REJECTED[row]
     assert input_runs.first.returncode == 1
-    assert status_of(input_runs.failed, ", ".join(sample_files(row))) == status, \
-        input_runs.first.stdout[-3000:]
     sample = sample_name(row)
-    log = input_runs.logs[row]
-    assert len(log.splitlines()) == 1 and log.startswith(f"virnucpro: error: {message}"), log
-    assert log.strip() in error_lines(input_runs.first.stdout)  # also shown on the terminal
+    log = input_runs.logs[row].splitlines()
+    assert log[1:] == [f"virnucpro: exit status {status}"], log
+    assert log[0].startswith(f"virnucpro: error: {message}"), log
+    assert log[0] in error_lines(input_runs.first.stdout)  # also shown on the terminal
     assert input_runs.existed[row] == []  # no partial output
     # Fixed (the file replaced by good reads) and rerun: the results of a clean run.
     assert input_runs.fixed.returncode == 0, input_runs.fixed.stdout[-3000:]
@@ -466,12 +458,18 @@ def test_broken_model(finished_copy, clean_run, kind, fault):
     status, message = MODEL_ROWS[(kind, fault)]
     broken = break_model(work, kind, fault)
     config = run_config(work, {"clean": "clean.fa"}, models={**DEMO_MODELS, kind: broken})
+    since = time.time()
     proc = snakemake(work, "--configfile", config, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1, proc.stdout[-3000:]
     lines = [line for line in error_lines(proc.stdout) if message in line]
     assert len(lines) == 1 and broken in lines[0], proc.stdout[-3000:]
-    if status is not None:
-        assert [job.status for job in failed_jobs(proc.stdout)] == [status]
+    failed = failed_steps(work / "out", since)
+    if status is None:  # refused while planning: no step ran
+        assert step_statuses(work / "out", since) == {}
+    else:
+        assert list(failed.values()) == [status], failed
+        (log,) = failed
+        assert lines[0] in (work / "out" / "logs" / log).read_text().splitlines()
     assert leftovers(work / "out") == []
     # Fixed (the configured model restored) and rerun: the results of a clean run.
     proc = snakemake(work, "--configfile", run_config(work, {"clean": "clean.fa"}))
@@ -560,10 +558,11 @@ def test_disk_full(reads_reference, mounts, stage):
         assert snakemake(mounts, "--until", "prepare", "--configfile", config).returncode == 0
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         filler.write_bytes(bytes(free - 96 * 1024))  # room for logs, not for results
+    since = time.time()
     proc = snakemake(mounts, "--configfile", config)
     assert proc.returncode == 1, proc.stdout[-3000:]
-    (job,) = failed_jobs(proc.stdout)
-    assert (job.rule, job.status) == (stage, 74)
+    (log, status), = failed_steps(disk / "out", since).items()
+    assert (log.split("/")[0], status) == (stage, 74)
     (line,) = error_lines(proc.stdout)
     assert re.fullmatch(rf"virnucpro: error: {re.escape(str(disk / 'out' / 's'))}/\S+: No space "
                         r"left on device \(disk or quota full\); free space there or set outdir "
@@ -588,7 +587,7 @@ def test_unwritable_output_directory(reads_reference, mounts):
     assert error_lines(proc.stdout) == [
         f"virnucpro: error: {disk / 'out'}: Read-only file system; make the output directory "
         "writable or set outdir elsewhere, then rerun"]
-    assert failed_jobs(proc.stdout) == []  # refused before any job started
+    assert step_statuses(disk / "out") == {}  # refused before any job started
     remount(disk, "rw")
     proc = snakemake(mounts, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -642,11 +641,12 @@ def test_finished_features_truncated(kept_reference, tmp_path):
     work = finished_run_copy(kept_reference, tmp_path, keep=True)
     features = work / "out" / "s" / "features" / "shard_000002.pt"
     os.truncate(features, features.stat().st_size // 2)
+    since = time.time()
     proc = snakemake(work, "--configfile", work / "config.yaml")
     assert proc.returncode == 1, proc.stdout[-3000:]
-    (job,) = failed_jobs(proc.stdout)
-    assert (job.rule, job.status) == ("classify", 75)
+    assert failed_steps(work / "out", since) == {"classify/s/shard_000002.log": 75}
     (line,) = error_lines(proc.stdout)
+    assert line in (work / "out" / "logs" / "classify" / "s" / "shard_000002.log").read_text()
     assert re.fullmatch(r"virnucpro: error: out/s/features/shard_000002.pt: corrupted checkpoint: "
                         r"not a torch zip container \(truncated or overwritten\?\); moved aside "
                         r"as shard_000002.pt.corrupted-\S+ and listed in failed_checkpoints.txt: "
@@ -711,7 +711,7 @@ def test_second_run_on_the_same_output_directory_is_refused(reads_reference, tmp
                             r"is using this output directory \(\{.*\"pid\": "
                             rf"{first.pid}.*\}}\); wait for it to finish, or set a different "
                             r"outdir", line), line
-    assert failed_jobs(second.stdout) == []  # the second run started no job
+    # Exit status 75 is the onstart hook's: no job of the second run had started.
     assert dry.returncode == 0 and "embed" in dry.stdout  # a dry run is always allowed
     assert_same_results(outdir / "s", clean)
 
@@ -739,6 +739,7 @@ def test_signal_in_every_stage(reads_reference, kept_reference, tmp_path, sig, k
     config = reads_config(tmp_path, fasta, keep=keep)
     for stage in STAGES[keep]:
         # --forcerun: the stage runs even if an earlier interrupted run got past it.
+        since = time.time()
         run = start_snakemake(tmp_path, "--forcerun", stage, "--configfile", config)
         job = job_process(run, SCRIPTS.get(stage, stage))
         assert job is not None, f"no {stage} job ran: {run.communicate()[0][-3000:]}"
@@ -750,7 +751,10 @@ def test_signal_in_every_stage(reads_reference, kept_reference, tmp_path, sig, k
             job.resume()
         out = run.communicate(timeout=300)[0]
         assert run.returncode != 0, f"{stage}: {out[-3000:]}"
-        assert f"Error in rule {stage}:" in out, out[-3000:]
+        stage_logs = {log: status for log, status in step_statuses(tmp_path / "out",
+                                                                     since).items()
+                      if log.split("/")[0] == stage}
+        assert 0 not in stage_logs.values(), (stage, stage_logs)  # the job did not finish
         assert "LockException" not in out
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert leftovers(tmp_path / "out") == [], stage
@@ -764,13 +768,17 @@ def test_sigterm_to_snakemake_finishes_running_jobs(reads_reference, tmp_path):
     the rerun continues from there."""
     fasta, clean = reads_reference
     config = reads_config(tmp_path, fasta)
+    since = time.time()
     run = start_snakemake(tmp_path, "--configfile", config)
     job = job_process(run, "embed")
     assert job is not None
     os.kill(run.pid, signal.SIGTERM)
     out = run.communicate(timeout=300)[0]
     assert "Will exit after finishing currently running jobs" in out, out[-3000:]
-    assert run.returncode != 0 and "Error in rule" not in out
+    assert run.returncode != 0
+    statuses = step_statuses(tmp_path / "out", since)
+    assert failed_steps(tmp_path / "out", since) == {}, statuses  # the running job finished
+    assert [s for log, s in statuses.items() if log.startswith("embed_classify/")] == [0]
     done = sorted(p.name for p in (tmp_path / "out" / "s" / "scores").glob("*.tsv"))
     assert 1 <= len(done) < 3
     proc = snakemake(tmp_path, "--configfile", config)
@@ -795,13 +803,16 @@ def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
     job.resume()
     out = run.communicate(timeout=300)[0]
     assert run.returncode == 1
-    (failed,) = failed_jobs(out)
-    assert (failed.rule, failed.status) == ("embed_classify", 128 + signal.SIGTERM)
-    assert interrupted_line(signal.SIGTERM) in out
+    shard = partial.name[:-len(".tsv.partial")]
+    assert failed_steps(tmp_path / "out") == {f"embed_classify/s/{shard}.log":
+                                              128 + signal.SIGTERM}
+    log = (tmp_path / "out" / "logs" / "embed_classify" / "s" / f"{shard}.log").read_text()
+    assert interrupted_line(signal.SIGTERM) in log.splitlines()
+    assert interrupted_line(signal.SIGTERM) in out  # also shown on the terminal
     assert list(partial.glob("batch_*.done"))  # the saved work is kept ...
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "resuming after" in (tmp_path / "out" / "logs" / "embed_classify" / "s" /
-                                f"{partial.name[:-len('.tsv.partial')]}.log").read_text()
+                                f"{shard}.log").read_text()
     assert_same_results(tmp_path / "out" / "s", clean)  # ... and used
 

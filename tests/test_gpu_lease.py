@@ -71,3 +71,16 @@ def test_device_lists(monkeypatch):
     assert visible_devices({"CUDA_VISIBLE_DEVICES": "-1"}) == []
     with gpu_lease([]) as device:
         assert device is None
+
+
+@pytest.mark.parametrize("before", [None, "0,1"], ids=["unset", "set"])
+def test_the_lease_puts_cuda_visible_devices_back(tmp_path, monkeypatch, before):
+    """A lease pins CUDA_VISIBLE_DEVICES only while it is held: code running after it (other
+    tests, on a GPU machine) must not stay pinned to a device it no longer holds."""
+    if before is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", before)
+    with gpu_lease(["1"], lock_dir=tmp_path) as device:
+        assert device == "1" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before

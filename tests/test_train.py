@@ -171,3 +171,23 @@ def test_train_target_learns_codon_usage_and_the_model_predicts(tmp_path):
     assert calls["new_host"].count("non-virus") >= 0.9 * len(calls["new_host"])
     report = snakemake(tmp_path, "train", "--configfile", config, "--report", "report.zip")
     assert report.returncode == 0, report.stdout[-3000:]
+
+
+def test_a_corrupt_training_feature_file_is_moved_aside_for_the_rerun(tmp_path):
+    """Training is a consumer of finished feature files like classify: a corrupt one is moved
+    aside and its .done removed (exit 75), so that the rerun embeds that shard again instead
+    of failing alike forever."""
+    from scale import labelled_dir
+
+    labelled_dir(tmp_path / "virus", 60, seed=1, shard_frames=20)
+    labelled_dir(tmp_path / "host", 60, seed=0, shard_frames=20)
+    bad = tmp_path / "host" / "features" / "shard_000001.pt"
+    bad.write_bytes(bad.read_bytes()[:100])
+    proc = run_cli("train", "--virus", tmp_path / "virus", "--nonvirus", tmp_path / "host",
+                   "--chunk-size", "500", "--outdir", tmp_path / "model", "--epochs", "2")
+    assert proc.returncode == 75, proc.stderr
+    assert not bad.exists() and not bad.with_suffix(".done").exists()
+    (aside,) = bad.parent.glob("shard_000001.pt.corrupted-*")
+    assert f"moved aside as {aside.name}" in proc.stderr
+    assert (tmp_path / "failed_checkpoints.txt").read_text().startswith(f"{bad}|")
+    assert not (tmp_path / "model").exists()

@@ -14,8 +14,8 @@ A file failing 1-3 or the structure checks is *corrupted*: it is moved aside
 and the work is redone. A file of a newer major version is *incompatible*: it
 is left alone and the run stops, naming both versions.
 
-Exit statuses (for schedulers): 75 corrupted checkpoint (moved aside; a rerun
-redoes the work), 78 incompatible checkpoint or configuration (needs a decision).
+Exit statuses (virnucpro.errors): 75 corrupted (moved aside; a rerun redoes the work),
+78 incompatible (needs a decision).
 """
 
 from __future__ import annotations
@@ -39,13 +39,11 @@ from typing import Any
 import torch
 
 from virnucpro.atomic import atomic_open, write_sentinel
-from virnucpro.errors import VirNucProError
+from virnucpro.errors import EXIT_CORRUPTED, EXIT_INCOMPATIBLE, VirNucProError
 
 log = logging.getLogger("virnucpro")
 
 FORMAT_VERSION = "1.0"
-EXIT_CORRUPTED = 75
-EXIT_INCOMPATIBLE = 78
 FAILED_REGISTRY = "failed_checkpoints.txt"
 
 

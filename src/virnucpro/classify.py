@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from virnucpro.atomic import atomic_open
+from virnucpro.atomic import atomic_directory, atomic_open
 from virnucpro.checkpoint import CheckpointError, read_trusted
 from virnucpro.embed import DEFAULT_WINDOW_FRAMES
 from virnucpro.errors import InputError
@@ -240,19 +240,36 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
 def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
                  model: str | os.PathLike, outdir: str | os.PathLike) -> dict:
     """The classification stage alone: score each shard's features (shard_N.pt is
-    matched with prepared/shards/shard_N.index.tsv), then aggregate per sample."""
+    matched with prepared/shards/shard_N.index.tsv), then aggregate per sample.
+
+    Every prepared shard needs its feature file (a sample's results cover all its reads):
+    what is missing is named before anything is read or written. The scores directory
+    appears only once every shard is scored.
+    """
     from virnucpro.checkpoint import FAILED_REGISTRY
     from virnucpro.models.classifier import load_classifier
 
     outdir, prepared = Path(outdir), Path(prepared)
-    (outdir / "scores").mkdir(parents=True, exist_ok=True)
+    features = {Path(path).stem: Path(path) for path in features}
+    shards = sorted(p.name[:-len(".done")] for p in (prepared / "shards").glob("shard_*.done"))
+    if not (prepared / "reads.tsv").is_file() or not shards:
+        raise InputError(prepared, "is not a prepared sample (no reads.tsv and shards/)",
+                         "give --prepared the directory `virnucpro prepare --shard-size N` wrote")
+    unknown = sorted(set(features) - set(shards))
+    if unknown:
+        raise InputError(features[unknown[0]], f"{prepared} has no shard {unknown[0]}",
+                         "give --prepared the prepare directory these features came from")
+    missing = [name for name in shards if name not in features]
+    if missing:
+        raise InputError(prepared, f"no feature file given for {len(missing)} of its "
+                         f"{len(shards)} shards ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''})",
+                         "embed every shard and pass all the feature files")
     classifier = load_classifier(model)
-    score_files = []
-    for path in sorted(map(Path, features)):
-        index = prepared / "shards" / f"{path.stem}.index.tsv"
-        if not index.exists():
-            raise InputError(path, f"no shard index {index}",
-                             "give --prepared the prepare directory these features came from")
-        score_files.append(outdir / "scores" / f"{path.stem}.tsv")
-        score_shard(path, index, classifier, score_files[-1], outdir / FAILED_REGISTRY)
-    return aggregate(prepared / "reads.tsv", score_files, outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(outdir / "scores") as scores:
+        for name in shards:
+            score_shard(features[name], prepared / "shards" / f"{name}.index.tsv", classifier,
+                        scores / f"{name}.tsv", outdir / FAILED_REGISTRY)
+    return aggregate(prepared / "reads.tsv",
+                     [outdir / "scores" / f"{name}.tsv" for name in shards], outdir)

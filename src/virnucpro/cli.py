@@ -39,6 +39,7 @@ def _embed(args: argparse.Namespace) -> None:
     settings = CheckpointSettings(args.checkpoint_frames, args.checkpoint_seconds,
                                   force_resume=args.force_resume)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = FeatureRows(out, out.with_suffix(".done"), getattr(torch, args.features_dtype))
     frames_now = embed_shard_resumable(frames, result, engine, settings, scanned=scanned)
     print(f"{frames_now:,} frames embedded x {engine.embed_dim} features -> {args.out}")

@@ -1,12 +1,15 @@
-"""Errors that end a run with one clear line and a documented exit status.
+"""Errors that end a run with one clear line, and every exit status in one place.
 
 Exit statuses (also in README "When things go wrong"):
-  65  bad input data (EX_DATAERR): the message names the file, the record and what to do
-  66  an input file is missing or unreadable (EX_NOINPUT)
   64  bad usage or configuration (EX_USAGE)
-  66  also: a model file is missing, unreadable, refused or of the wrong architecture
+  65  bad input data (EX_DATAERR): the message names the file, the record and what to do
+  66  an input file is missing or unreadable, or a model file is missing, unreadable, refused
+      or of the wrong architecture (EX_NOINPUT)
   73  an output cannot be created: permission denied, read-only file system (EX_CANTCREAT)
   74  the disk is full, a quota is exceeded, or an I/O error (EX_IOERR)
+  75  a result file is corrupted: moved aside, a rerun redoes its work (EX_TEMPFAIL)
+  78  an incompatible result file or partial results: a decision is needed (EX_CONFIG)
+  128+N  interrupted by signal N (130 Ctrl-C, 143 SIGTERM)
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ EXIT_DATA = 65
 EXIT_NOINPUT = 66
 EXIT_CANTCREAT = 73
 EXIT_IOERR = 74
+EXIT_CORRUPTED = 75
+EXIT_INCOMPATIBLE = 78
 
 
 class VirNucProError(Exception):

@@ -44,8 +44,10 @@ def gpu_lease(devices: list[str] | None = None, lock_dir: str | os.PathLike | No
               poll_s: float = 0.2) -> Iterator[str | None]:
     """Hold one device exclusively; yields its ID (None when there is no GPU).
 
-    Sets CUDA_VISIBLE_DEVICES to the leased device. Waits while all devices
-    are leased (more jobs than GPUs started outside Snakemake's accounting).
+    Sets CUDA_VISIBLE_DEVICES to the leased device while the lease is held, and puts back
+    what it was afterwards (a caller that goes on must not stay pinned to a device it no
+    longer holds). Waits while all devices are leased (more jobs than GPUs started outside
+    Snakemake's accounting).
     """
     devices = visible_devices() if devices is None else devices
     if not devices:
@@ -62,6 +64,7 @@ def gpu_lease(devices: list[str] | None = None, lock_dir: str | os.PathLike | No
             except BlockingIOError:
                 handle.close()
                 continue
+            before = os.environ.get("CUDA_VISIBLE_DEVICES")
             try:
                 handle.seek(0)
                 handle.truncate()
@@ -73,6 +76,10 @@ def gpu_lease(devices: list[str] | None = None, lock_dir: str | os.PathLike | No
                          f", SLURM job {slurm}" if slurm else "")
                 yield device
             finally:
+                if before is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = before
                 handle.close()  # releases the lock
             return
         if not waited:

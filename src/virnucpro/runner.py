@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import resource
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from virnucpro.errors import VirNucProError, storage_error
@@ -97,22 +99,44 @@ def result_or_exit(func: Callable[..., Any], *args: Any) -> Any:
 def _report(line: str) -> None:
     """One line to stderr (Snakemake shows it) and to the log file, without log decoration."""
     log.debug("%s", line)
+    _write_to_logs(line)
+    print(line, file=sys.stderr)
+
+
+def _write_to_logs(line: str) -> None:
+    """A line in the log files as it is, without log decoration."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             with contextlib.suppress(OSError):  # the log may sit on the disk that is full
                 handler.stream.write(line + "\n")
                 handler.flush()
-    print(line, file=sys.stderr)
+
+
+STATUS_PREFIX = "virnucpro: exit status "
 
 
 def run_step(log_file: str, func: Callable[..., Any], *args: Any) -> NoReturn:
     """Entry point of a Snakemake script: log to the rule's log, exit with the step's status.
 
     A finished step logs its peak memory: Snakemake's benchmark samples memory too rarely
-    to see a step that lasts a few seconds.
+    to see a step that lasts a few seconds. The log's last line is the step's exit-status
+    record, `virnucpro: exit status N`: the job's outcome in a file of its own, for people,
+    schedulers and tests alike (Snakemake's terminal report interleaves parallel jobs).
     """
     configure_logging(log_file=log_file)
     status = call_reporting_errors(func, *args)
     if status == 0:
         log.info("peak memory %.0f MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    _write_to_logs(f"{STATUS_PREFIX}{status}")
     sys.exit(status)
+
+
+def exit_status(log_file: str | os.PathLike) -> int | None:
+    """A finished step's exit status from its log's record; None if it did not finish (it
+    was killed, or the log is not a step's)."""
+    try:
+        lines = Path(log_file).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    last = lines[-1] if lines else ""
+    return int(last[len(STATUS_PREFIX):]) if last.startswith(STATUS_PREFIX) else None

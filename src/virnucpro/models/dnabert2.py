@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file as save_safetensors
+from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer
 from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import Whitespace
@@ -48,6 +48,7 @@ from tokenizers.processors import TemplateProcessing
 from tokenizers.trainers import BpeTrainer
 from torch import nn
 
+from virnucpro.atomic import atomic_open
 from virnucpro.errors import ModelError, one_line
 from virnucpro.models.attention import attention
 from virnucpro.models.torchfile import load_weights_only, place
@@ -579,6 +580,7 @@ def write_demo_dnabert2(model_dir: str | Path, hidden: int = 32, layers: int = 2
         {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **special},
         indent=2) + "\n")
     (model_dir / CONFIG_NAME).write_text(json.dumps(_demo_config_json(config), indent=2) + "\n")
-    save_safetensors(_random_state_dict(config, seed), str(model_dir / SAFETENSORS_NAME),
-                     metadata={"format": "pt"})
+    # Through atomic_open: safetensors' own writer makes the file mode 0600, whatever the umask.
+    with atomic_open(model_dir / SAFETENSORS_NAME) as handle:
+        handle.write(safetensors_bytes(_random_state_dict(config, seed), metadata={"format": "pt"}))
     return model_dir
