@@ -56,5 +56,6 @@ def test_classify_names_the_shards_it_was_not_given(tmp_path):
     assert proc.returncode == 65
     assert proc.stderr.strip() == (
         f"virnucpro: error: out: no feature file given for {shards - 1} of its {shards} shards "
-        f"(shard_000001, shard_000002, ...); embed every shard and pass all the feature files")
+        f"(shard_000001, shard_000002, shard_000003, ...); embed every shard and pass all the "
+        "feature files")
     assert not (tmp_path / "res").exists()
