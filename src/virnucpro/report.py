@@ -324,7 +324,8 @@ def write_overview(counts_files: Mapping[str, str | os.PathLike],
     body = (_tiles(tiles) + "<h2>Samples</h2>"
             + _table(header, rows, numeric=range(2, len(header)), escape=False)
             + '<p class="note">Reads of paired samples are counted per mate. Every count, '
-              "also per mate: <code>samples_summary.tsv</code>. Click a sample for its page.</p>"
+              "also per mate: <code>samples_summary.tsv</code>. A sample's name links to its page "
+              "(in the Snakemake report: Samples, then the sample, then report page).</p>"
             + _figure(svgs["calls"], "Share of each sample's reads per call.")
             + _figure(svgs["scores"], "Distribution of the best P(virus) of each sample's reads "
                       "with a stop-free frame (percent of those reads per bin of 0.02); the "
