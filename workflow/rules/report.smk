@@ -11,6 +11,8 @@ rule provenance:
         settings=RUN_SETTINGS,
         # Its demo manifest marks demo models wherever they were copied to.
         demo_models=DEMO_MODELS,
+    # Quick, and every page needs it: before the long embedding jobs, not after them.
+    priority: 1
     log:
         f"{OUTDIR}/logs/provenance.log",
     benchmark:
