@@ -128,11 +128,11 @@ def test_reads_that_are_not_mates_are_refused(tmp_path):
 # --------------------------------------------------------------------------- distributions
 
 def test_distributions_stay_bounded_and_list_the_top_reads_by_score_then_input_order():
-    dist = ScoreDistributions()
+    dist = ScoreDistributions(["read_id"])
     for i in range(5000):
         score = (i % 1000) / 1000
-        dist.add(i, 100 + i, Evidence(1, int(score >= 0.5), score, score), {"read_id": f"r{i}"})
-    dist.add(5000, 10, Evidence(), {"read_id": "none"})  # no frame: not scored
+        dist.add(i, 100 + i, Evidence(1, int(score >= 0.5), score, score), [f"r{i}"])
+    dist.add(5000, 10, Evidence(), ["none"])  # no frame: not scored
     data = dist.as_dict()
     assert data["length_and_score"]["scored_reads"] == 5000
     assert len(data["length_and_score"]["sample"]) == LENGTH_SAMPLE

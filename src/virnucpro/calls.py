@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 VIRUS, NON_VIRUS, NO_CODING_FRAME = "virus", "non-virus", "no_coding_frame"
@@ -52,14 +51,18 @@ def describe_rule(threshold: float | None) -> str:
             f"least {threshold:g} (virus_threshold)")
 
 
-@dataclass(frozen=True)
 class Evidence:
-    """What a read's (or a pair's) call is made from: its scored chunks."""
+    """What a read's (or a pair's) call is made from: its scored chunks; and that call."""
 
-    scored_chunks: int = 0
-    virus_chunks: int = 0
-    best: float | None = None  # max P(virus) over the frames; None without a frame
-    score_sum: float = 0.0  # the sum over scored chunks of the chunk's max P(virus)
+    __slots__ = ("scored_chunks", "virus_chunks", "best", "score_sum", "call")
+
+    def __init__(self, scored_chunks: int = 0, virus_chunks: int = 0,
+                 best: float | None = None, score_sum: float = 0.0) -> None:
+        self.scored_chunks = scored_chunks
+        self.virus_chunks = virus_chunks
+        self.best = best  # max P(virus) over the frames; None without a frame
+        self.score_sum = score_sum  # the sum over scored chunks of the chunk's max P(virus)
+        self.call = majority_call(virus_chunks, scored_chunks)  # made once: read many times
 
     @classmethod
     def of_chunks(cls, maxima: Iterable[tuple[float, float]], threshold: float | None
@@ -70,7 +73,7 @@ class Evidence:
         for s1, s2 in maxima:
             scored += 1
             virus += chunk_is_virus(s1, s2, threshold)
-            best = s2 if best is None else max(best, s2)
+            best = s2 if best is None or s2 > best else best
             total += s2
         return cls(scored, virus, best, total)
 
@@ -80,10 +83,6 @@ class Evidence:
         return Evidence(self.scored_chunks + other.scored_chunks,
                         self.virus_chunks + other.virus_chunks, max(bests, default=None),
                         self.score_sum + other.score_sum)
-
-    @property
-    def call(self) -> str:
-        return majority_call(self.virus_chunks, self.scored_chunks)
 
     @property
     def score(self) -> float | None:
@@ -114,54 +113,58 @@ class Tally:
 class ScoreDistributions:
     """The report's view of the reads with a stop-free frame, in fixed memory: a histogram of
     their best virus scores by call, a uniform random sample of (length, score, call) (seeded:
-    the same sample every run) and the highest-scoring reads (ties: the earlier read)."""
+    the same sample every run) and the highest-scoring reads (ties: the earlier read), as
+    their rows named by `columns`."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, columns: Sequence[str], seed: int = 0) -> None:
+        self.columns = tuple(columns)
         self.histogram = {VIRUS: [0] * HISTOGRAM_BINS, NON_VIRUS: [0] * HISTOGRAM_BINS}
         self.sample: list[list] = []
         self.scored = 0
-        self._top: list[tuple[float, int, dict[str, str]]] = []  # a min-heap
+        self._top: list[tuple[float, int, list[str]]] = []  # a min-heap
         self._rng = random.Random(seed)
 
-    def add(self, index: int, length: int, evidence: Evidence, row: dict[str, str]) -> None:
-        """One read (its summary.tsv row); reads without a frame are not scored, so not added."""
+    def add(self, index: int, length: int, evidence: Evidence, row: list[str]) -> None:
+        """One read (its row); reads without a frame are not scored, so not added."""
         if evidence.best is None:
             return
-        self.histogram[evidence.call][min(int(evidence.best * HISTOGRAM_BINS),
-                                          HISTOGRAM_BINS - 1)] += 1
-        point = [length, round(evidence.best, 6), evidence.call]
-        if self.scored < LENGTH_SAMPLE:  # reservoir sampling (Algorithm R)
-            self.sample.append(point)
-        else:
-            slot = self._rng.randrange(self.scored + 1)
-            if slot < LENGTH_SAMPLE:
+        best, call = evidence.best, evidence.call
+        self.histogram[call][min(int(best * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        # Reservoir sampling (Algorithm R): each read is kept with probability K / reads seen.
+        slot = self.scored if self.scored < LENGTH_SAMPLE else \
+            int(self._rng.random() * (self.scored + 1))
+        if slot < LENGTH_SAMPLE:
+            point = [length, round(best, 6), call]
+            if slot == len(self.sample):
+                self.sample.append(point)
+            else:
                 self.sample[slot] = point
         self.scored += 1
-        entry = (evidence.best, -index, row)
         if len(self._top) < TOP_READS:
-            heapq.heappush(self._top, entry)
-        elif entry[:2] > self._top[0][:2]:
-            heapq.heapreplace(self._top, entry)
+            heapq.heappush(self._top, (best, -index, row))
+        elif best > self._top[0][0]:  # a tie keeps the earlier read (reads come in order)
+            heapq.heapreplace(self._top, (best, -index, row))
 
     def as_dict(self) -> dict[str, Any]:
         return {"best_virus_score_histogram": {"bins": HISTOGRAM_BINS, **self.histogram},
                 "length_and_score": {"scored_reads": self.scored, "sample": self.sample},
-                "top_reads": [row for *_, row in sorted(self._top, key=lambda e: e[:2],
-                                                        reverse=True)]}
+                "top_reads": [dict(zip(self.columns, row)) for *_, row in
+                              sorted(self._top, key=lambda e: e[:2], reverse=True)]}
 
 
 class SampleTally:
     """Everything counts.json holds about a sample, collected read by read (and pair by pair)."""
 
-    def __init__(self, paired: bool, threshold: float | None) -> None:
+    def __init__(self, paired: bool, threshold: float | None, columns: Sequence[str]) -> None:
+        """`columns` name the fields of the rows given to add_read (summary.tsv's)."""
         self.reads = Tally()
         self.mates = [Tally(), Tally()] if paired else []
         self.pairs = Tally("pairs") if paired else None
-        self.scores = ScoreDistributions()
+        self.scores = ScoreDistributions(columns)
         self.threshold = threshold
 
     def add_read(self, index: int, length: int, frames: int, evidence: Evidence,
-                 row: dict[str, str]) -> None:
+                 row: list[str]) -> None:
         self.reads.add(evidence.call, frames)
         if self.mates:
             self.mates[index % 2].add(evidence.call, frames)  # reads 2k, 2k+1: pair k

@@ -243,7 +243,7 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
     """Write the per-sample result files (pairs.tsv too when `paired`) in one pass; return
     counts.json's content. `threshold` is virus_threshold (None: the original's rule)."""
     outdir = Path(outdir)
-    tally = SampleTally(paired, threshold)
+    tally = SampleTally(paired, threshold, SUMMARY_COLUMNS)
     with contextlib.ExitStack() as files:
         prediction, summary = (files.enter_context(atomic_open(outdir / name, "w"))
                                for name in ("prediction_results.txt", "summary.tsv"))
@@ -259,8 +259,7 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
             index, evidence = int(fields[0]), _evidence(frames, threshold)
             row = _summary_fields(fields, len(frames), evidence)
             summary.write("\t".join(row) + "\n")
-            tally.add_read(index, int(fields[2]), len(frames), evidence,
-                           dict(zip(SUMMARY_COLUMNS, row)))
+            tally.add_read(index, int(fields[2]), len(frames), evidence, row)
             if not pairs:
                 continue
             if index % 2 == 0:  # mate 1; its mate is the next read
