@@ -73,5 +73,6 @@ def test_demo_through_the_slurm_profile(tmp_path, reference, slurm):
         log = (tmp_path / "out" / "logs" / "embed_classify" / "s" / f"{shard}.log").read_text()
         assert "GPU lease: device" in log and ", SLURM job " in log
     assert sorted(p.name for p in (tmp_path / ".snakemake" / "slurm_logs").iterdir()) == [
-        "rule_aggregate", "rule_demo_models", "rule_embed_classify", "rule_prepare",
-        "rule_prepare_summary", "rule_sample_report"]
+        "rule_aggregate", "rule_demo_models", "rule_embed_classify", "rule_overview_report",
+        "rule_prepare", "rule_prepare_summary", "rule_provenance", "rule_sample_report",
+        "rule_samples_summary", "rule_virus_reads"]

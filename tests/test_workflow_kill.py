@@ -58,7 +58,8 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     dry = snakemake(work, "-n", "--configfile", config)
     assert dry.returncode == 0, dry.stdout
     assert job_counts(dry.stdout) == {"embed_classify": 1, "aggregate": 1, "sample_report": 1,
-                                      "all": 1, "total": 4}
+                                      "virus_reads": 1, "samples_summary": 1,
+                                      "overview_report": 1, "all": 1, "total": 7}
     assert snakemake(work, "--unlock", "--configfile", config).returncode == 0
     rerun = snakemake(work, "--configfile", config)
     assert rerun.returncode == 0, rerun.stdout

@@ -13,11 +13,15 @@ score2), then one streaming pass per sample over reads.tsv and the scores files
   max(score2) >= max(score1) over the chunk's frames; rows sorted by
   Modified_ID as pandas' groupby sorts them (merged across shards, streaming).
 - summary.tsv: one row per input read, in input order, none missing (see
-  SUMMARY_COLUMNS for how the per-read call is made).
+  SUMMARY_COLUMNS; the calls follow virnucpro.calls, with `virus_threshold`).
+- pairs.tsv (paired samples): one row per pair (PAIRS_COLUMNS).
+- counts.json: the sample's counts and score distributions (virnucpro.calls.SampleTally).
+The original's two tables never depend on `virus_threshold`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -32,11 +36,13 @@ import numpy as np
 import torch
 
 from virnucpro.atomic import atomic_directory, atomic_open
+from virnucpro.calls import Evidence, SampleTally
 from virnucpro.checkpoint import CheckpointError, read_trusted
 from virnucpro.embed import DEFAULT_WINDOW_FRAMES
 from virnucpro.errors import InputError
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.prepare import index_rows
+from virnucpro.reads import pair_id
 
 log = logging.getLogger("virnucpro")
 
@@ -48,10 +54,22 @@ SUMMARY_COLUMNS = ("read_id", "length", "chunks", "frames", "best_virus_score", 
 """summary.tsv, one row per read:
 - best_virus_score: max P(virus) over the read's frames;
 - read_score: mean over the read's chunks with frames of the chunk's max P(virus);
-- virus_chunks: chunks called virus by the original rule (max score2 >= max score1);
+- virus_chunks: chunks called virus by the chunk rule (virnucpro.calls: by default the
+  original's, max score2 >= max score1; with virus_threshold t, max score2 >= t);
 - call: no_coding_frame when the read has no stop-free frame, else virus when at
-  least half of its scored chunks are virus chunks (for a one-chunk read: the
-  original's chunk call), else non-virus."""
+  least half of its scored chunks are virus chunks (for a one-chunk read: its chunk's
+  call), else non-virus."""
+PAIRS_FILE = "pairs.tsv"
+PAIRS_COLUMNS = ("pair_id", "mate1_call", "mate2_call", "scored_chunks", "virus_chunks",
+                 "best_virus_score", "pair_score", "call")
+"""pairs.tsv, one row per pair of a paired sample, in input order:
+- pair_id: the mates' ID without /1, /2; mate1_call, mate2_call: the mates' calls in summary.tsv;
+- scored_chunks, virus_chunks: both mates' chunks with a stop-free frame, and the virus
+  chunks among them;
+- best_virus_score: max P(virus) over both mates' frames; pair_score: mean over the scored
+  chunks of the chunk's max P(virus);
+- call: no_coding_frame when neither mate has a stop-free frame, else virus when at least
+  half of the scored chunks are virus chunks, else non-virus."""
 
 
 def _float32_text(values: np.ndarray) -> list[str]:
@@ -193,54 +211,78 @@ def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike
                          "the scores are stale; delete them and rerun")
 
 
-def _summary_row(fields: list[str], frames: list[FrameScore]) -> tuple[str, dict]:
-    read_id, length, chunks = fields[1], fields[2], fields[3]
-    if not frames:
-        return f"{read_id}\t{length}\t{chunks}\t0\tNA\tNA\t0\tno_coding_frame\n", {"call": "no_coding_frame"}
-    per_chunk = _chunk_maxima(frames, lambda frame: frame.chunk)
-    virus_chunks = sum(s2 >= s1 for s1, s2 in per_chunk.values())
-    best_virus = max(float(f.score2) for f in frames)
-    read_score = sum(s2 for _, s2 in per_chunk.values()) / len(per_chunk)
-    call = "virus" if 2 * virus_chunks >= len(per_chunk) else "non-virus"
-    row = (f"{read_id}\t{length}\t{chunks}\t{len(frames)}\t{best_virus:.6g}\t{read_score:.6g}\t"
-           f"{virus_chunks}\t{call}\n")
-    return row, {"call": call, "best": best_virus}
+def _score_text(value: float | None) -> str:
+    return "NA" if value is None else f"{value:.6g}"
+
+
+def _evidence(frames: list[FrameScore], threshold: float | None) -> Evidence:
+    return Evidence.of_chunks(_chunk_maxima(frames, lambda frame: frame.chunk).values(),
+                              threshold)
+
+
+def _summary_fields(fields: list[str], frames: int, evidence: Evidence) -> list[str]:
+    """A summary.tsv row (SUMMARY_COLUMNS) from the read's reads.tsv fields."""
+    return [fields[1], fields[2], fields[3], str(frames), _score_text(evidence.best),
+            _score_text(evidence.score), str(evidence.virus_chunks), evidence.call]
+
+
+def _pair_fields(mate1: list[str], mate2: list[str], evidence: Evidence,
+                 reads_tsv: str | os.PathLike) -> list[str]:
+    """A pairs.tsv row (PAIRS_COLUMNS) from the mates' summary rows and their evidence together."""
+    name = pair_id(mate1[0])
+    if pair_id(mate2[0]) != name:
+        raise InputError(reads_tsv, f"reads '{mate1[0]}' and '{mate2[0]}' are not mates",
+                         "the sample is not prepared as paired reads; delete its results and rerun")
+    return [name, mate1[-1], mate2[-1], str(evidence.scored_chunks), str(evidence.virus_chunks),
+            _score_text(evidence.best), _score_text(evidence.score), evidence.call]
 
 
 def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
-              outdir: str | os.PathLike) -> dict:
-    """Write the three per-sample result files; return counts for the report."""
+              outdir: str | os.PathLike, threshold: float | None = None,
+              paired: bool = False) -> dict:
+    """Write the per-sample result files (pairs.tsv too when `paired`) in one pass; return
+    counts.json's content. `threshold` is virus_threshold (None: the original's rule)."""
     outdir = Path(outdir)
-    counts = {"reads": 0, "frames": 0, "virus": 0, "non-virus": 0, "no_coding_frame": 0}
-    histogram = np.zeros(20, dtype=np.int64)
-    with atomic_open(outdir / "prediction_results.txt", "w") as prediction, \
-            atomic_open(outdir / "summary.tsv", "w") as summary:
+    tally = SampleTally(paired, threshold, SUMMARY_COLUMNS)
+    with contextlib.ExitStack() as files:
+        prediction, summary = (files.enter_context(atomic_open(outdir / name, "w"))
+                               for name in ("prediction_results.txt", "summary.tsv"))
+        pairs = files.enter_context(atomic_open(outdir / PAIRS_FILE, "w")) if paired else None
         prediction.write(PREDICTION_HEADER)
         summary.write("\t".join(SUMMARY_COLUMNS) + "\n")
+        if pairs:
+            pairs.write("\t".join(PAIRS_COLUMNS) + "\n")
         for fields, frames in _read_rows(reads_tsv, score_files):
             for f in frames:
                 prediction.write(f"{f.frame_id}\t{'virus' if f.is_virus else 'others'}\t"
                                  f"{f.score1}\t{f.score2}\n")
-            row, info = _summary_row(fields, frames)
-            summary.write(row)
-            counts["reads"] += 1
-            counts["frames"] += len(frames)
-            counts[info["call"]] += 1
-            if "best" in info:
-                histogram[min(int(info["best"] * 20), 19)] += 1
+            index, evidence = int(fields[0]), _evidence(frames, threshold)
+            row = _summary_fields(fields, len(frames), evidence)
+            summary.write("\t".join(row) + "\n")
+            tally.add_read(index, int(fields[2]), len(frames), evidence, row)
+            if not pairs:
+                continue
+            if index % 2 == 0:  # mate 1; its mate is the next read
+                mate1 = (row, len(frames), evidence)
+            else:
+                together = mate1[2] + evidence
+                pairs.write("\t".join(_pair_fields(mate1[0], row, together, reads_tsv)) + "\n")
+                tally.add_pair(mate1[1] + len(frames), together)
     with atomic_open(outdir / "prediction_results_highestscore.csv", "w") as highest:
         highest.write(HIGHEST_HEADER)
         highest.writelines(_highest_score_rows(score_files))
-    counts["best_virus_score_histogram"] = histogram.tolist()
+    counts = tally.as_dict()
     with atomic_open(outdir / "counts.json", "w") as handle:
         json.dump(counts, handle, indent=2)
     return counts
 
 
 def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
-                 model: str | os.PathLike, outdir: str | os.PathLike) -> dict:
+                 model: str | os.PathLike, outdir: str | os.PathLike,
+                 threshold: float | None = None) -> dict:
     """The classification stage alone: score each shard's features (shard_N.pt is
-    matched with prepared/shards/shard_N.index.tsv), then aggregate per sample.
+    matched with prepared/shards/shard_N.index.tsv), then aggregate per sample (as paired
+    reads when the sample was prepared from two files).
 
     Every prepared shard needs its feature file (a sample's results cover all its reads):
     what is missing is named before anything is read or written. The scores directory
@@ -271,5 +313,7 @@ def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
         for name in shards:
             score_shard(features[name], prepared / "shards" / f"{name}.index.tsv", classifier,
                         scores / f"{name}.tsv", outdir / FAILED_REGISTRY)
+    paired = json.loads((prepared / "stats.json").read_text()).get("paired", False)
     return aggregate(prepared / "reads.tsv",
-                     [outdir / "scores" / f"{name}.tsv" for name in shards], outdir)
+                     [outdir / "scores" / f"{name}.tsv" for name in shards], outdir, threshold,
+                     paired)

@@ -55,7 +55,8 @@ def _make_demo_models(args: argparse.Namespace) -> None:
 def _classify(args: argparse.Namespace) -> None:
     from virnucpro.classify import classify_run
 
-    counts = classify_run(args.features, args.prepared, args.model, args.outdir)
+    counts = classify_run(args.features, args.prepared, args.model, args.outdir,
+                          args.virus_threshold)
     print(f"{counts['reads']:,} reads: {counts['virus']:,} virus, {counts['non-virus']:,} non-virus, "
           f"{counts['no_coding_frame']:,} without a stop-free frame -> {args.outdir}")
 
@@ -151,6 +152,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, not {text}")
+    return value
+
+
 def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a shard's frames with DNABERT-S and ESM-2",
                        description="Write the shard's feature file: one row per frame, "
@@ -191,13 +199,18 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("classify", help="score feature files and write the result tables",
                        description="Score shard feature files with the VirNucPro classifier and "
-                                   "write prediction_results.txt, prediction_results_highestscore.csv "
-                                   "and summary.tsv (one row per read) into OUTDIR.")
+                                   "write prediction_results.txt, prediction_results_highestscore.csv, "
+                                   "summary.tsv (one row per read), pairs.tsv (paired reads) "
+                                   "and counts.json into OUTDIR.")
     p.add_argument("--features", nargs="+", required=True, help="shard feature files (shard_N.pt)")
     p.add_argument("--prepared", required=True,
                    help="the prepare directory of the sample (reads.tsv, shards/*.index.tsv)")
     p.add_argument("--model", required=True, help="classifier: published .pth or .safetensors")
     p.add_argument("--outdir", required=True)
+    p.add_argument("--virus-threshold", type=_probability, default=None, metavar="T",
+                   help="a chunk is virus when its max P(virus) >= T (default: the original's "
+                        "rule, max P(virus) >= max P(others)); the original's two tables do "
+                        "not change")
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("status", help="progress of a workflow run, per sample",

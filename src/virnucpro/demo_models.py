@@ -11,11 +11,13 @@ Layout of the directory:
                           module, its class named __main__.MLPClassifier; it takes the demo
                           embeddings (DNABERT-S width + ESM-2 width features)
     models.json           what they are, and the sha256 of every file; written last
+
+The manifest's hashes are how a run knows it used demo models (virnucpro.provenance): a model
+file whose SHA-256 a demo manifest lists has random weights.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from virnucpro.atomic import atomic_open
+from virnucpro.hashing import file_sha256
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.models.dnabert2 import write_demo_dnabert2
 from virnucpro.models.esm2 import write_demo_esm2
@@ -82,10 +85,12 @@ def write_demo_classifier(path: str | os.PathLike, input_dim: int, seed: int = 0
     return path
 
 
+DESCRIPTION = ("random-init demo models in the ESM-2, DNABERT-S and VirNucPro classifier file "
+               "formats; not the published weights, so their features and scores mean nothing")
+
+
 def _describe(seed: int) -> dict[str, Any]:
-    return {"description": "random-init demo models in the ESM-2, DNABERT-S and VirNucPro "
-                           "classifier file formats; not the published weights, so their "
-                           "features and scores mean nothing",
+    return {"description": DESCRIPTION,
             "seed": seed,
             "esm": {"path": ESM_FILE, **ESM_SHAPE},
             "dnabert": {"path": DNABERT_DIR, **DNABERT_SHAPE},
@@ -97,8 +102,20 @@ def _file_hashes(directory: Path) -> dict[str, str]:
     """sha256 of every model file, by path relative to `directory`."""
     files = [directory / ESM_FILE, *sorted((directory / DNABERT_DIR).iterdir()),
              directory / CLASSIFIER_FILE]
-    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+    return {path.relative_to(directory).as_posix(): file_sha256(path)
             for path in files if path.is_file()}
+
+
+def manifest_hashes(directory: str | os.PathLike) -> set[str]:
+    """The SHA-256 of every file the demo manifest in `directory` lists; empty without one.
+    A models.json of any other kind (not our description) lists nothing."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
+        if manifest["description"] != DESCRIPTION:
+            return set()
+        return {str(digest) for digest in manifest["files"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def _is_complete(directory: Path, described: dict[str, Any]) -> bool:

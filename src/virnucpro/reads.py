@@ -153,6 +153,11 @@ def _interleave_spans(first: tuple[np.ndarray, np.ndarray, np.ndarray],
     return out, starts, lengths
 
 
+def pair_id(mate_id: str) -> str:
+    """The pair's ID from a mate's (ID/1 or ID/2 -> ID): pairs.tsv names pairs by it."""
+    return mate_id[:-len(MATE_SUFFIXES[0])]
+
+
 class DuplicateIdCheck:
     """Detect duplicate read IDs in a stream using 8 bytes per read.
 

@@ -30,6 +30,7 @@ from virnucpro.atomic import atomic_open
 from virnucpro.checkpoint import FAILED_REGISTRY, read_trusted
 from virnucpro.errors import InputError, UsageError
 from virnucpro.models.classifier import MLPClassifier, save_classifier
+from virnucpro.plots import class_scores_plot, roc_plot
 from virnucpro.prepare import index_rows
 
 log = logging.getLogger("virnucpro")
@@ -292,42 +293,6 @@ def evaluate(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
             "virus_frames": int(np.sum(labels == VIRUS))}
 
 
-def _svg(title: str, body: str, x_label: str, y_label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="420" height="420" '
-            f'viewBox="-60 -40 420 420" font-family="sans-serif" font-size="12">'
-            f'<text x="150" y="-20" text-anchor="middle" font-size="14">{title}</text>'
-            f'<rect x="0" y="0" width="300" height="300" fill="none" stroke="black"/>{body}'
-            f'<text x="150" y="335" text-anchor="middle">{x_label}</text>'
-            f'<text x="-40" y="150" text-anchor="middle" transform="rotate(-90 -40 150)">'
-            f'{y_label}</text>'
-            '<text x="0" y="315" text-anchor="middle">0</text>'
-            '<text x="300" y="315" text-anchor="middle">1</text></svg>\n')
-
-
-def roc_svg(labels: np.ndarray, scores: np.ndarray, auc: float) -> str:
-    fpr, tpr = roc_curve(labels, scores)
-    points = " ".join(f"{300 * x:.1f},{300 * (1 - y):.1f}" for x, y in zip(fpr, tpr))
-    body = (f'<line x1="0" y1="300" x2="300" y2="0" stroke="#bbb" stroke-dasharray="4"/>'
-            f'<polyline points="{points}" fill="none" stroke="#c0392b" stroke-width="2"/>')
-    return _svg(f"Validation ROC (AUC {auc:.3f})", body, "false positive rate",
-                "true positive rate")
-
-
-def scores_svg(labels: np.ndarray, scores: np.ndarray, bins: int = 20) -> str:
-    counts = {label: np.histogram(scores[labels == label], bins=bins, range=(0, 1))[0]
-              for label in (VIRUS, NON_VIRUS)}
-    top = max(1, max(int(c.max()) for c in counts.values()))
-    width = 300 / bins
-    body = "".join(
-        f'<rect x="{i * width:.1f}" y="{300 - 300 * n / top:.1f}" width="{width:.1f}" '
-        f'height="{300 * n / top:.1f}" fill="{colour}" fill-opacity="0.5"/>'
-        for label, colour in ((NON_VIRUS, "#2980b9"), (VIRUS, "#c0392b"))
-        for i, n in enumerate(counts[label]))
-    body += ('<text x="10" y="15" fill="#c0392b">virus</text>'
-             '<text x="10" y="30" fill="#2980b9">non-virus</text>')
-    return _svg("Validation P(virus) by true class", body, "P(virus)", "frames")
-
-
 def _sha256(paths: Sequence[str]) -> str:
     """One digest of the files' bytes, in order: the embedded frames a model was trained on."""
     digest = hashlib.sha256()
@@ -366,8 +331,10 @@ def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_s
         json.dump({**metrics, "train_frames": len(train.labels), "history": history}, handle,
                   indent=2)
         handle.write("\n")
-    for out, text in ((roc_out, roc_svg(labels, scores, metrics["roc_auc"])),
-                      (scores_out, scores_svg(labels, scores))):
+    fpr, tpr = roc_curve(labels, scores)
+    for out, text in ((roc_out, roc_plot(fpr, tpr, metrics["roc_auc"])),
+                      (scores_out, class_scores_plot(scores[labels == VIRUS],
+                                                     scores[labels == NON_VIRUS]))):
         with atomic_open(out, "w") as handle:
             handle.write(text)
     log.info("validation: accuracy %.4f, precision %.4f, recall %.4f, F1 %.4f, ROC AUC %.4f",

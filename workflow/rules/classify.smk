@@ -33,20 +33,26 @@ if KEEP_FEATURES:
             "../scripts/classify.py"
 
 
+# The per-sample result files; paired samples' rule (aggregate_pairs) adds pairs.tsv.
+AGGREGATE_OUTPUT = dict(
+    predictions=f"{OUTDIR}/{{sample}}/prediction_results.txt",
+    highest=f"{OUTDIR}/{{sample}}/prediction_results_highestscore.csv",
+    summary=sample_entry(f"{OUTDIR}/{{sample}}/summary.tsv", "summary.rst", "per-read calls"),
+    counts=f"{OUTDIR}/{{sample}}/counts.json",
+)
+
+
 rule aggregate:
     input:
         reads=prepared_reads,
         scores=shard_scores,
     output:
-        predictions=f"{OUTDIR}/{{sample}}/prediction_results.txt",
-        highest=f"{OUTDIR}/{{sample}}/prediction_results_highestscore.csv",
-        summary=report(
-            f"{OUTDIR}/{{sample}}/summary.tsv",
-            caption="../report/summary.rst",
-            category="Results",
-            subcategory="{sample}",
-        ),
-        counts=f"{OUTDIR}/{{sample}}/counts.json",
+        **AGGREGATE_OUTPUT,
+    wildcard_constraints:
+        sample=sample_pattern(SINGLE_SAMPLES),
+    params:
+        # Sets the read (and pair) calls; the original's two tables do not depend on it.
+        threshold=config["virus_threshold"],
     log:
         f"{OUTDIR}/logs/aggregate/{{sample}}.log",
     benchmark:
@@ -61,30 +67,49 @@ rule aggregate:
         "../scripts/aggregate.py"
 
 
-rule sample_report:
-    input:
-        f"{OUTDIR}/{{sample}}/counts.json",
+use rule aggregate as aggregate_pairs with:
     output:
-        report(
-            f"{OUTDIR}/{{sample}}/report.html",
-            caption="../report/sample.rst",
-            category="Results",
-            subcategory="{sample}",
+        **AGGREGATE_OUTPUT,
+        pairs=sample_entry(f"{OUTDIR}/{{sample}}/pairs.tsv", "pairs.rst", "per-pair calls"),
+    wildcard_constraints:
+        sample=sample_pattern(PAIRED_SAMPLES),
+
+
+# The input records called virus, with their original headers; not in the Snakemake report
+# (it can be large): it sits beside summary.tsv.
+rule virus_reads:
+    input:
+        reads=sample_reads,
+        summary=f"{OUTDIR}/{{sample}}/summary.tsv",
+    output:
+        f"{OUTDIR}/{{sample}}/virus_reads.fa.gz",
+    log:
+        f"{OUTDIR}/logs/virus_reads/{{sample}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/virus_reads/{{sample}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    conda:
+        ENV
+    script:
+        "../scripts/virus_reads.py"
+
+
+rule samples_summary:
+    input:
+        expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
+    output:
+        overview_entry(
+            f"{OUTDIR}/samples_summary.tsv", "samples_summary.rst", "counts per sample"
         ),
     params:
-        settings=lambda wildcards: {
-            "input": " + ".join(sample_reads(wildcards)),
-            "chunk_size": config["chunk_size"],
-            "shard_size": config["shard_size"],
-            "esm": config["models"]["esm"],
-            "dnabert": config["models"]["dnabert"],
-            "classifier": config["models"]["classifier"],
-            "dtype": config["embed"]["dtype"],
-        },
+        samples=SAMPLES,
     log:
-        f"{OUTDIR}/logs/sample_report/{{sample}}.log",
+        f"{OUTDIR}/logs/samples_summary.log",
     benchmark:
-        f"{OUTDIR}/benchmarks/sample_report/{{sample}}.tsv"
+        f"{OUTDIR}/benchmarks/samples_summary.tsv"
     threads: 1
     resources:
         mem_mb=500,
@@ -92,4 +117,4 @@ rule sample_report:
     conda:
         ENV
     script:
-        "../scripts/sample_report.py"
+        "../scripts/samples_summary.py"

@@ -14,6 +14,9 @@ SAMPLE_READS = result_or_exit(
     load_samples, config["samples"], f"{workflow.basedir}/schemas/samples.schema.yaml"
 )
 SAMPLES = sorted(SAMPLE_READS)
+# Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
+PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
+SINGLE_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 1]
 ENV = "../../envs/virnucpro.yaml"
 
 
@@ -109,7 +112,56 @@ def training_shards(template):
 
 def sample_results(sample):
     """The aggregate step's outputs for a sample."""
-    return expand(rules.aggregate.output, sample=sample)
+    made_by = rules.aggregate_pairs if sample in PAIRED_SAMPLES else rules.aggregate
+    return expand(made_by.output, sample=sample)
+
+
+def run_models(wildcards):
+    """The model files of the run (provenance hashes them), asked for once every sample is
+    prepared, as the embedding jobs ask for them: so a dry run, or a run still to fetch its
+    models, is not stopped by a model that is missing yet."""
+    for sample in SAMPLES:
+        checkpoints.prepare.get(sample=sample)
+    return {
+        "esm": esm_checkpoint(),
+        "dnabert": config["models"]["dnabert"],
+        "classifier": classifier_model(wildcards),
+    }
+
+
+# The settings shown on the report pages (provenance.json): a change rewrites the pages.
+RUN_SETTINGS = {
+    "virus_threshold": config["virus_threshold"],
+    "chunk_size": config["chunk_size"],
+    "shard_size": config["shard_size"],
+    "u_as_t": config["u_as_t"],
+    "keep_features": config["keep_features"],
+    "features_dtype": config["features_dtype"],
+    "embed.device": config["embed"]["device"],
+    "embed.dtype": config["embed"]["dtype"],
+    **{f"models.{role}": path for role, path in config["models"].items()},
+}
+
+
+def sample_entry(path, caption, content):
+    """A per-sample file in the Snakemake report: category Samples, one subcategory per sample."""
+    return report(
+        path,
+        caption=f"../report/{caption}",
+        category="Samples",
+        subcategory="{sample}",
+        labels={"sample": "{sample}", "content": content},
+    )
+
+
+def overview_entry(path, caption, content):
+    """A run-level file in the Snakemake report, category Overview."""
+    return report(
+        path,
+        caption=f"../report/{caption}",
+        category="Overview",
+        labels={"content": content},
+    )
 
 
 def shard_scores(wildcards):

@@ -1,9 +1,11 @@
-# Snakemake adapter: the per-sample HTML page of the Snakemake report.
+# Snakemake adapter: a sample's report page, plots and top reads (logic in virnucpro.report).
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.report import write_sample_report
 from virnucpro.runner import run_step
 
-run_step(snakemake.log[0], write_sample_report, snakemake.wildcards.sample, snakemake.input[0],
-         snakemake.params.settings, snakemake.output[0])
+out = snakemake.output
+run_step(snakemake.log[0], write_sample_report, snakemake.wildcards.sample,
+         snakemake.input.counts, snakemake.input.provenance, snakemake.params.reads, out.page,
+         {"calls": out.calls, "scores": out.scores, "length": out.length}, out.top_reads)

@@ -29,7 +29,6 @@ hold only tensors by design.
 from __future__ import annotations
 
 import _compat_pickle
-import hashlib
 import io
 import json
 import os
@@ -46,6 +45,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from virnucpro.atomic import atomic_open
+from virnucpro.hashing import file_sha256
 from virnucpro.errors import UsageError
 from virnucpro.errors import ModelError, one_line
 
@@ -127,7 +127,7 @@ def classifier_identity(model: MLPClassifier) -> dict[str, Any]:
     """What scores were made with, for provenance and resume fingerprints: the architecture
     and the SHA-256 of the file the weights came from."""
     return {**describe(model), "file": None if model.source is None else Path(model.source).name,
-            "sha256": None if model.source is None else _sha256(Path(model.source))[:16]}
+            "sha256": None if model.source is None else file_sha256(Path(model.source))[:16]}
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -416,11 +416,6 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval()
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def convert_model(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
     """Convert any classifier file to `dst` (.safetensors) plus its JSON sidecar.
 
@@ -432,7 +427,7 @@ def convert_model(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, A
         raise UsageError(f"{dst}: the converted classifier is written as .safetensors; "
                          "name the output file *.safetensors")
     model = load_classifier(src)
-    return save_classifier(model, dst, {"source_sha256": _sha256(src)})
+    return save_classifier(model, dst, {"source_sha256": file_sha256(src)})
 
 
 def save_classifier(model: MLPClassifier, dst: str | os.PathLike, about: dict[str, Any]

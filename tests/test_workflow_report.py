@@ -1,0 +1,142 @@
+"""The new outputs and the report end to end through Snakemake: a single and a paired sample
+(the bundled demo reads) with the demo models."""
+
+import gzip
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from workflow_helpers import DEMO_MODELS, ROOT, job_counts, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+PAIRED = [ROOT / "resources" / "demo_pe_R1.fq", ROOT / "resources" / "demo_pe_R2.fq"]
+SINGLE = ROOT / "resources" / "demo.fa"
+
+
+def fasta_records(path: Path) -> list[tuple[str, str]]:
+    """(header line without '>', sequence with its lines joined), as in the file."""
+    records = []
+    for line in path.read_text().splitlines():
+        if line.startswith(">"):
+            records.append((line[1:], ""))
+        elif line.strip():
+            records[-1] = (records[-1][0], records[-1][1] + line.strip())
+    return records
+
+
+def fastq_records(path: Path) -> list[tuple[str, str]]:
+    lines = path.read_text().splitlines()
+    return [(lines[i][1:], lines[i + 1]) for i in range(0, len(lines), 4)]
+
+
+def table(path: Path) -> list[dict[str, str]]:
+    header, *rows = [line.split("\t") for line in path.read_text().splitlines()]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def call_counts(rows: list[dict[str, str]]) -> dict[str, str]:
+    calls = [row["call"] for row in rows]
+    virus, non = calls.count("virus"), calls.count("non-virus")
+    return {"virus": str(virus), "non_virus": str(non),
+            "no_coding_frame": str(calls.count("no_coding_frame")),
+            "percent_virus": f"{100 * virus / (virus + non):.2f}"}
+
+
+def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
+    config = write_config(tmp_path / "c.yaml", outdir="out", shard_size=1000, models=DEMO_MODELS,
+                          embed={"device": "cpu"},
+                          samples={"single": str(SINGLE), "pe": [str(p) for p in PAIRED]})
+    proc = snakemake(tmp_path, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = tmp_path / "out"
+    inputs = {"single": fasta_records(SINGLE),
+              "pe": [mate for pair in zip(*map(fastq_records, PAIRED)) for mate in pair]}
+    summaries = {sample: table(out / sample / "summary.tsv") for sample in inputs}
+
+    # virus_reads.fa.gz: exactly the records called virus, original headers, input order.
+    for sample, records in inputs.items():
+        calls = [row["call"] for row in summaries[sample]]
+        assert len(calls) == len(records) and "virus" in calls and set(calls) != {"virus"}
+        expected = "".join(f">{h}\n{s}\n" for (h, s), c in zip(records, calls) if c == "virus")
+        assert gzip.decompress((out / sample / "virus_reads.fa.gz").read_bytes()).decode() == expected
+    assert ">demo_pe_002 2:N:0:ACGTAC simulated mate\n" in expected  # an R2 header as given
+
+    # samples_summary.tsv agrees with every sample's summary.tsv (and pairs.tsv).
+    overview = {row["sample"]: row for row in table(out / "samples_summary.tsv")}
+    assert list(overview) == ["pe", "single"]
+    for sample, rows in summaries.items():
+        assert overview[sample]["reads"] == str(len(rows))
+        assert overview[sample]["frames"] == str(sum(int(r["frames"]) for r in rows))
+        assert {k: overview[sample][k] for k in call_counts(rows)} == call_counts(rows)
+    for mate in (1, 2):
+        mates = summaries["pe"][mate - 1::2]
+        assert all(r["read_id"].endswith(f"/{mate}") for r in mates)
+        assert {k: overview["pe"][f"mate{mate}_{k}"] for k in call_counts(mates)} == call_counts(mates)
+    pairs = table(out / "pe" / "pairs.tsv")
+    assert [p["pair_id"] for p in pairs] == [h.split()[0] for h, _ in fastq_records(PAIRED[0])]
+    assert [(p["mate1_call"], p["mate2_call"]) for p in pairs] == \
+        [(a["call"], b["call"]) for a, b in zip(summaries["pe"][::2], summaries["pe"][1::2])]
+    assert {k: overview["pe"][f"pairs_{k}"] for k in call_counts(pairs)} == call_counts(pairs)
+    assert not (out / "single" / "pairs.tsv").exists() and overview["single"]["pairs"] == "NA"
+
+    # The pages: banner, provenance with every model file's SHA-256, the plots. (Hidden
+    # files of the model directory are not the model's: Snakemake's .snakemake_timestamp.)
+    dnabert = [p for p in (tmp_path / DEMO_MODELS["dnabert"]).iterdir()
+               if not p.name.startswith(".")]
+    assert len(dnabert) == 5
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in [tmp_path / DEMO_MODELS["esm"], tmp_path / DEMO_MODELS["classifier"],
+                        *dnabert]]
+    pages = [out / "overview.html", out / "single" / "report.html", out / "pe" / "report.html"]
+    for page in pages:
+        text = page.read_text()
+        assert "Demo models: these results mean nothing." in text
+        assert all(digest in text for digest in hashes), page
+        assert "VirNucPro version" in text and "best P(virus) of the read" in text
+    for sample in inputs:
+        page = (out / sample / "report.html").read_text()
+        assert page.count("<svg") == 3
+        for name in ("calls", "scores", "length_vs_score"):
+            assert (out / sample / "plots" / f"{name}.svg").read_text() in page
+        assert "read length (bp)" in page and "threshold 0.5 (original rule)" in page
+    assert "mate 2 (R2)" in (out / "pe" / "report.html").read_text()
+    assert (out / "overview.html").read_text().count("<svg") == 2
+
+    # snakemake --report: every new table and plot is an entry.
+    report = snakemake(tmp_path, "--configfile", config, "--report", "report.zip")
+    assert report.returncode == 0, report.stdout[-3000:]
+    names = {Path(name).name for name in zipfile.ZipFile(tmp_path / "report.zip").namelist()}
+    assert {"overview.html", "samples_summary.tsv", "samples_calls.svg", "samples_scores.svg",
+            "report.html", "summary.tsv", "pairs.tsv", "top_reads.tsv", "calls.svg",
+            "scores.svg", "length_vs_score.svg"} <= names
+    listed = [n for n in zipfile.ZipFile(tmp_path / "report.zip").namelist() if "/raw/" in n]
+    assert sum(n.endswith("/report.html") for n in listed) == 2  # one page per sample
+
+    # Only virus_threshold changes: calls change, the original's tables do not, nothing is
+    # embedded again.
+    bests = sorted(float(r["best_virus_score"]) for r in summaries["single"]
+                   if r["best_virus_score"] != "NA")
+    threshold = round(bests[len(bests) // 2], 6)
+    before = {s: {n: (out / s / n).read_bytes() for n in ("prediction_results.txt",
+                                                          "prediction_results_highestscore.csv")}
+              for s in inputs}
+    again = snakemake(tmp_path, "--configfile", config, "--config", f"virus_threshold={threshold}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    jobs = job_counts(again.stdout)
+    assert "embed_classify" not in jobs and "prepare" not in jobs
+    assert jobs["aggregate"] == 1 and jobs["aggregate_pairs"] == 1 and jobs["provenance"] == 1
+    for sample in inputs:
+        for name, content in before[sample].items():
+            assert (out / sample / name).read_bytes() == content, name
+    rows = table(out / "single" / "summary.tsv")
+    assert [r["call"] for r in rows] != [r["call"] for r in summaries["single"]]
+    assert all(r["call"] == ("virus" if float(r["best_virus_score"]) >= threshold else "non-virus")
+               for r in rows if r["chunks"] == "1" and r["frames"] != "0")
+    assert [r["best_virus_score"] for r in rows] == \
+        [r["best_virus_score"] for r in summaries["single"]]
+    called = sum(r["call"] == "virus" for r in rows)
+    assert gzip.decompress((out / "single" / "virus_reads.fa.gz").read_bytes()).count(b">") == called
+    assert table(out / "samples_summary.tsv")[1]["virus"] == str(called)
+    assert f"threshold {threshold:g} (virus_threshold)" in (out / "single" / "report.html").read_text()

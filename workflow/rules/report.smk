@@ -1,0 +1,92 @@
+# Report: the run's provenance (models hashed once), a page per sample and an overview page,
+# each plot and table also a file of its own for `snakemake --report`.
+
+
+rule provenance:
+    input:
+        unpack(run_models),
+    output:
+        f"{OUTDIR}/provenance.json",
+    params:
+        settings=RUN_SETTINGS,
+        # Its demo manifest marks demo models wherever they were copied to.
+        demo_models=DEMO_MODELS,
+    # Quick, and every page needs it: before the long embedding jobs, not after them.
+    priority: 1
+    log:
+        f"{OUTDIR}/logs/provenance.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/provenance.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../scripts/provenance.py"
+
+
+rule sample_report:
+    input:
+        counts=f"{OUTDIR}/{{sample}}/counts.json",
+        provenance=f"{OUTDIR}/provenance.json",
+    output:
+        page=sample_entry(f"{OUTDIR}/{{sample}}/report.html", "sample.rst", "report page"),
+        calls=sample_entry(f"{OUTDIR}/{{sample}}/plots/calls.svg", "calls.rst", "calls (plot)"),
+        scores=sample_entry(
+            f"{OUTDIR}/{{sample}}/plots/scores.svg", "scores.rst", "score distribution (plot)"
+        ),
+        length=sample_entry(
+            f"{OUTDIR}/{{sample}}/plots/length_vs_score.svg",
+            "length_vs_score.rst",
+            "score against read length (plot)",
+        ),
+        top_reads=sample_entry(
+            f"{OUTDIR}/{{sample}}/top_reads.tsv", "top_reads.rst", "top-scoring reads"
+        ),
+    params:
+        reads=sample_reads,
+    log:
+        f"{OUTDIR}/logs/sample_report/{{sample}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/sample_report/{{sample}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/sample_report.py"
+
+
+rule overview_report:
+    input:
+        counts=expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
+        provenance=f"{OUTDIR}/provenance.json",
+    output:
+        page=overview_entry(f"{OUTDIR}/overview.html", "overview.rst", "overview page"),
+        calls=overview_entry(
+            f"{OUTDIR}/plots/samples_calls.svg", "samples_calls.rst", "calls per sample (plot)"
+        ),
+        scores=overview_entry(
+            f"{OUTDIR}/plots/samples_scores.svg",
+            "samples_scores.rst",
+            "score distributions (plot)",
+        ),
+    params:
+        samples=SAMPLES,
+        reads={sample: SAMPLE_READS[sample] for sample in SAMPLES},
+    log:
+        f"{OUTDIR}/logs/overview_report.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/overview_report.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/overview_report.py"

@@ -1,0 +1,9 @@
+# Snakemake adapter: a sample's input records called virus (logic in virnucpro.results).
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from virnucpro.results import write_virus_reads
+from virnucpro.runner import run_step
+
+run_step(snakemake.log[0], write_virus_reads, list(snakemake.input.reads),
+         snakemake.input.summary, snakemake.output[0])
