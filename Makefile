@@ -34,6 +34,8 @@ demo: venv
 	@echo; echo "Prepare summary (results/prepare_summary.tsv):"; column -t results/prepare_summary.tsv
 	@echo; echo "Per-read summary (first rows of results/demo/summary.tsv):"; head -6 results/demo/summary.tsv | column -t
 	@echo; echo "Calls:"; cat results/demo/counts.json | head -6
+	@echo; echo "Per-sample counts (results/samples_summary.tsv):"; cut -f1-8 results/samples_summary.tsv | column -t
+	@echo; echo "Overview: results/overview.html (also in results/report.html, category Overview)"
 	@echo; $(BIN)/virnucpro status results
 	@echo; echo "Report: results/report.html"
 
