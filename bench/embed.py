@@ -42,9 +42,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from virnucpro.embed import EmbeddingEngine, read_frames  # noqa: E402
-from virnucpro.models.dnabert2 import load_dnabert2, write_demo_dnabert2  # noqa: E402
-from virnucpro.models.esm2 import (MAX_RESIDUES, load_esm2, random_esm2,  # noqa: E402
-                                   read_checkpoint, write_demo_esm2)
+from virnucpro.demo_models import (random_esm2, write_demo_dnabert2,  # noqa: E402
+                                   write_demo_esm2)
+from virnucpro.models.dnabert2 import load_dnabert2  # noqa: E402
+from virnucpro.models.esm2 import MAX_RESIDUES, load_esm2, read_checkpoint  # noqa: E402
 from virnucpro.prepare import write_flat  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12

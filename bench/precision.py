@@ -44,8 +44,7 @@ from embed import DNABERT_CPU_SHAPE, ESM_8M_SHAPE  # noqa: E402
 from virnucpro.classify import aggregate  # noqa: E402
 from virnucpro.embed import EmbeddingEngine, ShardFrames, read_frames  # noqa: E402
 from virnucpro.models.classifier import load_classifier, save_classifier  # noqa: E402
-from virnucpro.models.dnabert2 import write_demo_dnabert2  # noqa: E402
-from virnucpro.models.esm2 import write_demo_esm2  # noqa: E402
+from virnucpro.demo_models import write_demo_dnabert2, write_demo_esm2  # noqa: E402
 from virnucpro.prepare import write_shards  # noqa: E402
 from virnucpro.resume import (RESCORE_MARGINS, CheckpointSettings, ScoreRows,  # noqa: E402
                               embed_shard_resumable)

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from virnucpro.errors import ModelError
-from virnucpro.models.dnabert2 import (
-    DnaBert2Encoder,
-    alibi_slopes,
-    load_dnabert2,
-    write_demo_dnabert2,
-)
+from virnucpro.demo_models import write_demo_dnabert2
+from virnucpro.models.dnabert2 import DnaBert2Encoder, alibi_slopes, load_dnabert2
+
+def mean(encoder: DnaBert2Encoder, seqs: list[str]) -> torch.Tensor:
+    """Mean embeddings of `seqs` in one padded batch, on the CPU."""
+    return encoder.forward_mean(*encoder.tokenize(seqs)).cpu()
+
 
 SEQS = [
     "ACGTTGCAAGCTTAGCGGATCCATGCATGC" * 8,
@@ -160,7 +161,7 @@ def test_matches_plain_reference_forward(tmp_path: Path, heads: int, hidden: int
     encoder = load_dnabert2(model_dir)
     state = load_file(str(model_dir / "model.safetensors"))
     config = json.loads((model_dir / "config.json").read_text())
-    batched = encoder.embed(SEQS)
+    batched = mean(encoder, SEQS)
     for row, seq in enumerate(SEQS):
         ids = encoder.tokenizer.encode(seq).ids
         # The original: torch.mean(hidden_states, dim=1) on the unpadded [1, T, H].
@@ -169,18 +170,21 @@ def test_matches_plain_reference_forward(tmp_path: Path, heads: int, hidden: int
 
 
 def test_batched_equals_one_at_a_time(encoder: DnaBert2Encoder) -> None:
-    batched = encoder.embed(SEQS)
+    batched = mean(encoder, SEQS)
     assert batched.shape == (len(SEQS), 32) and batched.dtype == torch.float32
-    single = torch.cat([encoder.embed([seq]) for seq in SEQS])
+    single = torch.cat([mean(encoder, [seq]) for seq in SEQS])
     assert (batched - single).abs().max().item() <= 1e-5
     assert not torch.isnan(batched).any()
 
 
-def test_tokenize_then_forward_mean_equals_embed(encoder: DnaBert2Encoder) -> None:
+def test_tokenize_pads_cls_tokens_sep_with_a_mask(encoder: DnaBert2Encoder) -> None:
     ids, mask = encoder.tokenize(SEQS)
     assert ids.dtype == mask.dtype == torch.long
-    assert torch.equal(encoder.forward_mean(ids, mask).cpu(), encoder.embed(SEQS))
-    assert encoder.embed([]).shape == (0, 32)
+    lengths = mask.sum(1)
+    for row, length in zip(ids, lengths.tolist()):
+        assert row[0] == encoder.cls_id and row[length - 1] == encoder.sep_id
+        assert (row[length:] == encoder.pad_id).all()
+    assert lengths.tolist() == [encoder.tokenize([seq])[1].shape[1] for seq in SEQS]
 
 
 def test_padded_positions_are_zero(encoder: DnaBert2Encoder) -> None:
@@ -208,7 +212,7 @@ def test_pytorch_bin_with_bert_prefix_loads_same_weights(demo_dir: Path, encoder
     reference = encoder.model.state_dict()
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, reference[key]), key
-    assert torch.equal(loaded.embed(SEQS), encoder.embed(SEQS))
+    assert torch.equal(mean(loaded, SEQS), mean(encoder, SEQS))
     assert loaded.identity()["weights_file"] == "pytorch_model.bin"
 
 
@@ -254,8 +258,8 @@ def test_identity_is_stable(encoder: DnaBert2Encoder, demo_dir: Path) -> None:
 
 def test_bf16_runs_and_is_close(demo_dir: Path, encoder: DnaBert2Encoder) -> None:
     bf16 = load_dnabert2(demo_dir, dtype=torch.bfloat16)
-    out = bf16.embed(SEQS)
+    out = mean(bf16, SEQS)
     assert out.dtype == torch.float32
-    reference = encoder.embed(SEQS)
+    reference = mean(encoder, SEQS)
     assert F.cosine_similarity(out, reference, dim=1).min().item() > 0.99
     assert (out - reference).abs().max().item() < 0.1

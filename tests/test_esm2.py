@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from virnucpro.errors import EXIT_NOINPUT, VirNucProError
-from virnucpro.models.esm2 import (MAX_RESIDUES, ModelError, load_esm2, random_esm2, tokenize,
-                                   write_demo_esm2)
+from virnucpro.demo_models import random_esm2, write_demo_esm2
+from virnucpro.embed import plan_batches
+from virnucpro.models.esm2 import MAX_RESIDUES, ModelError, load_esm2, tokenize
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -91,7 +92,7 @@ def test_batched_engine_matches_fair_esm(checkpoints, fair_esm, name, layer):
     if name == "demo":  # all 21 frames in one batch padded to 1024 tokens
         ours = encoder.forward_mean(*tokenize(FRAMES))
     else:  # length-sorted batches: cheaper, still padded
-        ours = encoder.embed(FRAMES, max_tokens=4096)
+        ours = length_batched(encoder, FRAMES, budget=4096)
     theirs = fair_esm[name][layer]
     assert ours.dtype == torch.float32 and ours.shape == theirs.shape
     diff = (ours - theirs).abs().max().item()
@@ -99,17 +100,28 @@ def test_batched_engine_matches_fair_esm(checkpoints, fair_esm, name, layer):
     assert diff <= 1e-4
 
 
+def length_batched(encoder, frames: list[str], budget: int) -> torch.Tensor:
+    """Mean embeddings of frames in the engine's length-sorted batches, in input order."""
+    tokens, lengths = tokenize(frames)
+    out = torch.empty(len(frames), encoder.embed_dim)
+    for rows in plan_batches((lengths + 2).numpy(), budget):
+        rows = torch.from_numpy(rows)
+        width = int(lengths[rows].max()) + 2
+        out[rows] = encoder.forward_mean(tokens[rows, :width], lengths[rows])
+    return out
+
+
 def test_embed_batches_by_length_and_keeps_order(checkpoints):
     encoder = load_esm2(checkpoints["demo"])
     whole = encoder.forward_mean(*tokenize(FRAMES))
-    assert torch.allclose(encoder.embed(FRAMES, max_tokens=600), whole, atol=1e-5)
+    assert torch.allclose(length_batched(encoder, FRAMES, budget=600), whole, atol=1e-5)
 
 
 def test_bf16_stays_close_to_fp32(checkpoints):
-    fp32 = load_esm2(checkpoints["t6_8M"]).embed(FRAMES)
+    fp32 = length_batched(load_esm2(checkpoints["t6_8M"]), FRAMES, budget=4096)
     bf16 = load_esm2(checkpoints["t6_8M"], dtype=torch.bfloat16)
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
-    low = bf16.embed(FRAMES)
+    low = length_batched(bf16, FRAMES, budget=4096)
     assert low.dtype == torch.float32
     assert (low - fp32).abs().max() < 0.1
 
@@ -133,7 +145,7 @@ def test_demo_checkpoint_is_deterministic(tmp_path):
 
 def test_random_encoder_for_benchmarks():
     encoder = random_esm2(layers=2, embed_dim=64, heads=4, dtype=torch.bfloat16)
-    out = encoder.embed(FRAMES[:6])
+    out = encoder.forward_mean(*tokenize(FRAMES[:6]))
     assert out.shape == (6, 64) and torch.isfinite(out).all()
     assert encoder.identity()["checkpoint_sha256"] is None
 

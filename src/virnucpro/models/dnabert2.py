@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -40,15 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer
-from tokenizers.models import BPE
-from tokenizers.pre_tokenizers import Whitespace
-from tokenizers.processors import TemplateProcessing
-from tokenizers.trainers import BpeTrainer
 from torch import nn
 
-from virnucpro.atomic import atomic_open
 from virnucpro.errors import ModelError, one_line
 from virnucpro.models.attention import attention
 from virnucpro.models.torchfile import load_weights_only, place
@@ -438,12 +431,6 @@ class DnaBert2Encoder:
         counts = attention_mask.sum(dim=1, keepdim=True).to(torch.float32)
         return hidden.sum(dim=1) / counts
 
-    def embed(self, seqs: list[str]) -> torch.Tensor:
-        """Mean embeddings of ``seqs`` as a float32 CPU tensor [N, hidden]."""
-        if not seqs:
-            return torch.empty((0, self.hidden_size), dtype=torch.float32)
-        return self.forward_mean(*self.tokenize(seqs)).cpu()
-
     @cached_property
     def _file_hashes(self) -> tuple[str, str]:
         return (_sha256_prefix(self.weights_path),
@@ -480,107 +467,3 @@ def load_dnabert2(model_dir: str | Path, device: str | torch.device = "cpu",
     state = _encoder_state_dict(_read_state_dict(weights_path))
     model = _build_model(config, state, model_dir, device, dtype).eval().requires_grad_(False)
     return DnaBert2Encoder(model, tokenizer, special_ids, model_dir, weights_path, device, dtype)
-
-
-# --- demo model -------------------------------------------------------------
-
-def _random_dna(rng: random.Random, count: int = 300, min_len: int = 40,
-                max_len: int = 400) -> list[str]:
-    return ["".join(rng.choices("ACGT", k=rng.randint(min_len, max_len))) for _ in range(count)]
-
-
-def train_demo_tokenizer(sequences: list[str], vocab_size: int) -> Tokenizer:
-    """A BPE tokenizer shaped like DNABERT-2's (same special tokens, ids and template)."""
-    tokenizer = Tokenizer(BPE(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = Whitespace()
-    trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                         initial_alphabet=list("ACGT"), show_progress=False)
-    tokenizer.train_from_iterator(sequences, trainer=trainer)
-    tokenizer.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[(name, tokenizer.token_to_id(name)) for name in ("[CLS]", "[SEP]")],
-    )
-    return tokenizer
-
-
-def _random_state_dict(config: DnaBert2Config, seed: int) -> dict[str, torch.Tensor]:
-    """Random weights large enough that attention and the GLU are far from trivial."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, param in DnaBert2Model(config).state_dict().items():
-        noise = torch.randn(param.shape, generator=generator)
-        if "LayerNorm" in name or "layernorm" in name:
-            value = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
-        elif "embeddings" in name:
-            value = noise
-        elif name.endswith("bias"):
-            value = 0.1 * noise
-        else:
-            value = noise / math.sqrt(param.shape[1])
-        state[name] = value.contiguous()
-    return state
-
-
-def _demo_config_json(config: DnaBert2Config) -> dict[str, Any]:
-    """config.json as DNABERT-S ships it (its remote-code entries included)."""
-    return {
-        "_name_or_path": "virnucpro-demo-dnabert2",
-        "alibi_starting_size": config.alibi_starting_size,
-        "architectures": ["BertModel"],
-        "attention_probs_dropout_prob": 0.0,
-        "auto_map": {
-            "AutoConfig": "configuration_bert.BertConfig",
-            "AutoModel": "bert_layers.BertModel",
-            "AutoModelForMaskedLM": "bert_layers.BertForMaskedLM",
-            "AutoModelForSequenceClassification": "bert_layers.BertForSequenceClassification",
-        },
-        "classifier_dropout": None,
-        "gradient_checkpointing": False,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": config.hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": config.intermediate_size,
-        "layer_norm_eps": config.layer_norm_eps,
-        "max_position_embeddings": 512,
-        "model_type": "bert",
-        "num_attention_heads": config.num_attention_heads,
-        "num_hidden_layers": config.num_hidden_layers,
-        "position_embedding_type": "absolute",
-        "torch_dtype": "float32",
-        "type_vocab_size": config.type_vocab_size,
-        "use_cache": True,
-        "vocab_size": config.vocab_size,
-    }
-
-
-def write_demo_dnabert2(model_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 4,
-                        intermediate: int = 64, vocab_size: int = 256, seed: int = 0,
-                        training_sequences: list[str] | None = None) -> Path:
-    """Write a small random-init model directory in DNABERT-S's on-disk format.
-
-    The tokenizer is a BPE vocabulary trained here on ``training_sequences``
-    (default: random DNA drawn from ``seed``). Same arguments, same files.
-    """
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    config = DnaBert2Config(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=intermediate)
-    config.validate(str(model_dir))
-    sequences = training_sequences
-    if sequences is None:
-        sequences = _random_dna(random.Random(seed))
-    tokenizer = train_demo_tokenizer(sequences, vocab_size)
-    tokenizer.save(str(model_dir / TOKENIZER_NAME))
-    special = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"),
-                       SPECIAL_TOKENS))
-    (model_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    (model_dir / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **special},
-        indent=2) + "\n")
-    (model_dir / CONFIG_NAME).write_text(json.dumps(_demo_config_json(config), indent=2) + "\n")
-    # Through atomic_open: safetensors' own writer makes the file mode 0600, whatever the umask.
-    with atomic_open(model_dir / SAFETENSORS_NAME) as handle:
-        handle.write(safetensors_bytes(_random_state_dict(config, seed), metadata={"format": "pt"}))
-    return model_dir

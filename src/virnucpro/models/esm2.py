@@ -21,7 +21,7 @@ import argparse
 import hashlib
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +31,6 @@ import torch
 from esm.model.esm2 import ESM2
 from torch import nn
 
-from virnucpro.atomic import atomic_open
 from virnucpro.errors import ModelError, one_line
 from virnucpro.models.attention import attention
 from virnucpro.models.torchfile import load_weights_only, place
@@ -145,8 +144,8 @@ class _Layer(nn.Module):
 class Esm2Encoder(nn.Module):
     """ESM-2 inference on fair-esm weights: batched, SDPA attention, fp32 or bf16.
 
-    Build it with `load_esm2` (a checkpoint), `Esm2Encoder.from_esm_state_dict` (fair-esm
-    `ESM2` parameter names) or `random_esm2` (benchmarks).
+    Build it with `load_esm2` (a checkpoint) or `Esm2Encoder.from_esm_state_dict` (fair-esm
+    `ESM2` parameter names); demo_models.random_esm2 builds random ones for benchmarks.
     """
 
     def __init__(self, num_layers: int, embed_dim: int, attention_heads: int, *,
@@ -246,16 +245,6 @@ class Esm2Encoder(nn.Module):
         sums = (hidden.float() * keep.unsqueeze(-1)).sum(1)
         return sums / lengths[:, None].float()
 
-    def embed(self, seqs: Sequence[str], max_tokens: int = 16384) -> torch.Tensor:
-        """Mean embeddings [N, D], float32 on the CPU, in input order.
-
-        Sequences are sorted by length and batched up to `max_tokens` padded tokens.
-        """
-        out = torch.empty(len(seqs), self.embed_dim)
-        for batch in _length_batches(seqs, max_tokens):
-            out[batch] = self.forward_mean(*tokenize([seqs[i] for i in batch])).cpu()
-        return out
-
     def identity(self) -> dict[str, object]:
         """What produced an embedding, for provenance records."""
         return {"model": self.name, "layers": self.num_layers, "embed_dim": self.embed_dim,
@@ -304,19 +293,6 @@ def _encoder_state(state: Mapping[str, torch.Tensor], num_layers: int,
             for name in ("self_attn_layer_norm", "final_layer_norm", "fc1", "fc2"):
                 out[f"{layer}{name}.{part}"] = place_one(state[f"{layer}{name}.{part}"])
     return out
-
-
-def _length_batches(seqs: Sequence[str], max_tokens: int) -> Iterator[list[int]]:
-    """Indices of sequences in batches of similar length, each <= `max_tokens` padded tokens."""
-    batch: list[int] = []
-    for index in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
-        width = min(len(seqs[index]), MAX_RESIDUES) + 2  # the longest so far, as sorted
-        if batch and (len(batch) + 1) * width > max_tokens:
-            yield batch
-            batch = []
-        batch.append(index)
-    if batch:
-        yield batch
 
 
 @lru_cache(maxsize=8)
@@ -398,71 +374,3 @@ def load_esm2(location: str | Path, device: str | torch.device = "cpu",
     return Esm2Encoder.from_esm_state_dict(
         state, config.attention_heads, device, dtype, token_dropout=config.token_dropout,
         repr_layer=repr_layer, name=path.stem, checkpoint=path)
-
-
-# --------------------------------------------------------------------------- test models
-
-
-def _param_label(count: int) -> str:
-    """'8M'-style size label as in fair-esm model names."""
-    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= scale:
-            return f"{round(count / scale)}{unit}"
-    return str(count)
-
-
-def write_demo_esm2(path: Path, layers: int = 2, embed_dim: int = 32, heads: int = 4,
-                    seed: int = 0, contact_regression: bool = False) -> Path:
-    """Write a random-init ESM-2 checkpoint in fair-esm's file format; return its path.
-
-    `path` is the .pt file or a directory (the file is then named `esm2_t{layers}_{size}_UR50D.pt`).
-    The file holds {'model': fairseq-named fp16 state dict, 'cfg': {'model': Namespace}}, as the
-    published checkpoints. Layer norms and biases are randomised too, so every weight matters.
-    The same seed gives the same file.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ESM2(num_layers=layers, embed_dim=embed_dim, attention_heads=heads)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("bias") or "layer_norm" in name:
-                    param.add_(torch.randn_like(param) * 0.1)
-    path = Path(path)
-    if path.suffix != ".pt":
-        n_params = sum(p.numel() for n, p in model.named_parameters() if "contact" not in n)
-        path = path / f"esm2_t{layers}_{_param_label(n_params)}_UR50D.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {key: value.half() for key, value in model.state_dict().items()}
-    regression = {key: state.pop(key) for key in list(state) if key.startswith("contact_head.")}
-    cfg = argparse.Namespace(arch="esm2", encoder_layers=layers, encoder_embed_dim=embed_dim,
-                             encoder_ffn_embed_dim=4 * embed_dim, encoder_attention_heads=heads,
-                             token_dropout=True)
-    fairseq_state = {("encoder." if key.startswith("lm_head.") else "encoder.sentence_encoder.")
-                     + key: value for key, value in state.items()}
-    with atomic_open(path) as handle:
-        torch.save({"model": fairseq_state, "cfg": {"model": cfg}}, handle)
-    if contact_regression:
-        with atomic_open(path.with_name(f"{path.stem}-contact-regression.pt")) as handle:
-            torch.save({"model": regression}, handle)
-    return path
-
-
-def random_esm2(layers: int = 36, embed_dim: int = 2560, heads: int = 40,
-                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                seed: int = 0, repr_layer: int | None = None) -> Esm2Encoder:
-    """A random-init encoder built directly on `device` (default: the 3B architecture).
-
-    For speed benchmarks only: no checkpoint, no fair-esm model, no host copy of the weights.
-    """
-    with torch.device("meta"):
-        encoder = Esm2Encoder(layers, embed_dim, heads, repr_layer=repr_layer,
-                              name=f"esm2_t{layers}_random")
-    encoder = encoder.to(dtype=dtype).to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, param in encoder.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=generator)
-    return encoder
