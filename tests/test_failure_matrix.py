@@ -436,17 +436,18 @@ def break_model(work: Path, kind: str, fault: str) -> str:
 
 
 MODEL_ROWS = {
-    # (model, fault): (exit status of the failing job, or None for a planning error; message)
+    # (model, fault): (exit status of the failing job, or None when pre-flight stops
+    # Snakemake before any job; message)
     ("esm", "missing"): (66, "cannot download ESM-2 checkpoint 'esm2_demo_t2_d32'"),
-    ("esm", "truncated"): (66, "esm2_demo_t2_d32.pt: cannot read the file"),
+    ("esm", "truncated"): (None, "esm2_demo_t2_d32.pt: cannot read the file"),
     ("esm", "wrong architecture"): (66, "esm2_demo_t2_d32.pt: refused: the file holds a pickled "
                                         "object (__main__.MLPClassifier) that is not allowed"),
     ("dnabert", "missing"): (66, "cannot download zhihan1996/DNABERT-S"),
-    ("dnabert", "truncated"): (66, "model.safetensors: cannot read the weights"),
+    ("dnabert", "truncated"): (None, "model.safetensors: cannot read the weights"),
     ("dnabert", "wrong architecture"): (66, "DNABERT-S: weights do not fit config.json"),
     ("classifier", "missing"): (None, "500_model.pth: classifier not found; download the "
                                       "published 500_model.pth"),
-    ("classifier", "truncated"): (66, "500_model.pth: not a PyTorch zip archive"),
+    ("classifier", "truncated"): (None, "500_model.pth: not a PyTorch zip archive"),
     ("classifier", "wrong architecture"): (66, "classifier expects 3328 features, embeddings "
                                                "have 64"),
 }
@@ -466,11 +467,17 @@ def test_broken_model(finished_copy, clean_run, kind, fault):
     status, message = MODEL_ROWS[(kind, fault)]
     broken = break_model(work, kind, fault)
     config = run_config(work, {"clean": "clean.fa"}, models={**DEMO_MODELS, kind: broken})
+    logs = sorted((p, p.stat().st_mtime_ns) for p in (work / "out" / "logs").rglob("*"))
     proc = snakemake(work, "--configfile", config, env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 1, proc.stdout[-3000:]
     lines = [line for line in error_lines(proc.stdout) if message in line]
     assert len(lines) == 1 and broken in lines[0], proc.stdout[-3000:]
-    if status is not None:
+    if status is None:  # pre-flight: no job started, so no log was touched
+        assert proc.returncode == 66, proc.stdout[-3000:]
+        assert error_lines(proc.stdout) == lines
+        assert sorted((p, p.stat().st_mtime_ns) for p in (work / "out" / "logs").rglob("*")) \
+            == logs
+    else:
+        assert proc.returncode == 1, proc.stdout[-3000:]
         assert [job.status for job in failed_jobs(proc.stdout)] == [status]
     assert leftovers(work / "out") == []
     # Fixed (the configured model restored) and rerun: the results of a clean run.

@@ -109,7 +109,7 @@ if not KEEP_FEATURES:
             index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
             esm=esm_checkpoint(),
             dnabert=config["models"]["dnabert"],
-            classifier=classifier_model,
+            classifier=config["models"]["classifier"],
         output:
             scores=f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
         params:
