@@ -62,6 +62,7 @@ rule aggregate:
 
 
 rule sample_report:
+    localrule: True  # an HTML page from counts.json: not worth a cluster job
     input:
         f"{OUTDIR}/{{sample}}/counts.json",
     output:
