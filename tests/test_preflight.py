@@ -70,6 +70,25 @@ def test_every_problem_is_listed_at_once(tmp_path, demo):
         "by torch.save (torch >= 1.6) or .safetensors files are read"]
 
 
+def test_a_reads_file_that_cannot_be_opened(tmp_path, demo, monkeypatch):
+    """(Permissions cannot refuse root, who runs the tests: the refusal is simulated.)"""
+    import builtins
+
+    reads = tmp_path / "r.fa"
+    reads.write_text(">r\nACGT\n")
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(reads):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    assert problems({"s": [str(reads)]}, {}, models_of(demo), 500, {}) == [
+        f"{reads}: reads file of sample 's' cannot be read (Permission denied); make it "
+        "readable to the user who runs the workflow"]
+
+
 def test_models_a_rule_makes_may_be_absent_and_are_noted(tmp_path, demo):
     (tmp_path / "r.fa").write_text(">r\nACGT\n")
     absent = {kind: tmp_path / name for kind, name in
