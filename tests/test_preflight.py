@@ -70,6 +70,11 @@ def test_every_problem_is_listed_at_once(tmp_path, demo):
         "by torch.save (torch >= 1.6) or .safetensors files are read"]
 
 
+def test_the_reads_of_a_prepared_sample_may_be_gone(tmp_path, demo):
+    assert check({"s": [str(tmp_path / "deleted.fa")]}, {}, models_of(demo), 500, {},
+                 prepared=["s"]) == []
+
+
 def test_a_reads_file_that_cannot_be_opened(tmp_path, demo, monkeypatch):
     """(Permissions cannot refuse root, who runs the tests: the refusal is simulated.)"""
     import builtins

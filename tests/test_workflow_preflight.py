@@ -233,3 +233,7 @@ def test_a_real_run_says_nothing_of_unprepared_samples(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert lines(proc.stdout, "sample") == []
     assert (tmp_path / "out" / "a" / "summary.tsv").exists()
+    # Reads deleted once the sample is prepared are no longer needed: nothing to do.
+    (tmp_path / "a.fa").unlink()
+    dry = snakemake(tmp_path, "-n", "--configfile", config)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from virnucpro.errors import MissingInputError, ModelError, Problems, VirNucProError, one_line
@@ -41,14 +42,17 @@ HEAD_BYTES = 1 << 20  # what a dry run reads of each reads file for its estimate
 
 
 def check(samples: dict[str, list[str]], training: dict[str, list[str]],
-          models: dict[str, str], chunk_size: int, made: dict[str, str]) -> list[str]:
-    """Raise Problems unless the run can start: the samples' and training files' reads, and
-    the models they need (the classifier only when there are samples to classify). `made`
-    maps each file a rule makes to that rule. Returns notes for the user: the models absent
-    but made by a rule."""
+          models: dict[str, str], chunk_size: int, made: dict[str, str],
+          prepared: Collection[str] = ()) -> list[str]:
+    """Raise Problems unless the run can start: the reads of the samples and training files
+    not `prepared` yet (a prepared sample's reads may be gone: its shards are what its next
+    jobs read), and the models they need (the classifier only when there are samples to
+    classify). `made` maps each file a rule makes to that rule. Returns notes for the user:
+    the models absent but made by a rule."""
     problems: list[VirNucProError] = []
     for sample, files in {**samples, **training}.items():
-        problems += [problem for path in files if (problem := reads_problem(sample, path))]
+        if sample not in prepared:
+            problems += [problem for path in files if (problem := reads_problem(sample, path))]
     needed = ["esm", "dnabert", "classifier"] if samples else ["esm", "dnabert"] \
         if training else []
     made = {os.path.normpath(path): rule for path, rule in made.items()}

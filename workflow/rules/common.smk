@@ -121,11 +121,16 @@ def shard_scores(wildcards):
     ]
 
 
+def is_prepared(sample):
+    """Whether the sample's prepare checkpoint has run (its output appears only complete)."""
+    return os.path.exists(f"{OUTDIR}/{sample}/prepare")
+
+
 @functools.cache
 def announce_unprepared(sample):
     """A dry run cannot list the embedding jobs of a sample whose prepare checkpoint has not
     run: say so, once per sample, with an estimate of how many there will be."""
-    if workflow.dryrun and not os.path.exists(f"{OUTDIR}/{sample}/prepare"):
+    if workflow.dryrun and not is_prepared(sample):
         from virnucpro.preflight import unprepared
 
         report_note(
@@ -161,6 +166,7 @@ def preflight():
         {**config["models"], "esm": esm_checkpoint()},
         config["chunk_size"],
         made,
+        [sample for sample in [*SAMPLES, *TRAINING] if is_prepared(sample)],
     )
     for note in notes:
         report_note(note)
