@@ -4,8 +4,8 @@ Snakemake finds a missing input only when it plans the job that reads it, and a 
 embedding and scoring jobs appear only after its prepare checkpoint has run: a missing or
 damaged classifier passed `snakemake -n` and failed the real run after every sample was
 prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
-every reads file must exist and be readable, and every model must be there and be the kind
-of file it should be (checked by its structure, `virnucpro.models.formats`; its weights are
+the reads files of every sample not yet prepared must exist and be readable, and every model
+must be there and be the kind of file it should be (checked by its structure, `virnucpro.models.formats`; its weights are
 read only by the job that loads it), with a classifier for the configured chunk size. All
 problems are reported together, one line each, and nothing starts (exit status 66).
 
@@ -33,7 +33,7 @@ from virnucpro.models.formats import (CONFIG_NAME, dnabert_problems, esm_name_pr
                                       unreadable_sidecar, unreadable_torch_file)
 from virnucpro.prepare import estimate
 
-# The models of a run (config `models`): what each is called, and how it is checked.
+# The models of a run (config `models`), by what each is called.
 MODEL_NAMES = {"esm": "ESM-2 checkpoint", "dnabert": "DNABERT-S directory",
                "classifier": "classifier"}
 # The published classifiers' names say their chunk size (also once converted to safetensors).
@@ -53,17 +53,17 @@ def check(samples: dict[str, list[str]], training: dict[str, list[str]],
     for sample, files in {**samples, **training}.items():
         if sample not in prepared:
             problems += [problem for path in files if (problem := reads_problem(sample, path))]
-    needed = ["esm", "dnabert", "classifier"] if samples else ["esm", "dnabert"] \
-        if training else []
+    needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
     made = {os.path.normpath(path): rule for path, rule in made.items()}
     notes = []
     for kind in needed:
         path = Path(models[kind])
+        rule = made.get(os.path.normpath(path))
         if path.exists():
             problems += MODEL_CHECKS[kind](path, chunk_size)
-        elif os.path.normpath(path) in made:
-            notes.append(f"{path}: not here yet; rule {made[os.path.normpath(path)]} makes it "
-                         "before the first job that needs it")
+        elif rule:
+            notes.append(f"{path}: not here yet; rule {rule} makes it before the first job "
+                         "that needs it")
         else:
             problems.append(not_found(kind, path, chunk_size))
     if problems:

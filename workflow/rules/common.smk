@@ -55,6 +55,7 @@ def reads_of(sample):
 
 
 def sample_reads(wildcards):
+    """The input of the sample's prepare job."""
     return reads_of(wildcards.sample)
 
 
@@ -146,9 +147,10 @@ def announce_unprepared(sample):
 
 
 def preflight():
-    """Stop before any job unless every reads file, and every model the run needs that no
-    rule makes, is there and sound; say which absent models a rule will make
-    (virnucpro.preflight). Once, where the run is planned, not again in each cluster job."""
+    """Stop before any job unless the reads of every sample not yet prepared, and every
+    model the run needs that no rule makes, are there and sound; say which absent models a
+    rule will make (virnucpro.preflight). Once, where the run is planned, not again in each
+    cluster job."""
     if not workflow.is_main_process:
         return
     from virnucpro.preflight import check
