@@ -514,9 +514,7 @@ def _last_record_end(text: bytes, fastq: bool) -> int:
     """Where the last whole record of the start of a file ends (0: none is whole)."""
     if not fastq:
         return text.rfind(b"\n>") + 1
-    breaks = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n"))
-    whole = len(breaks) // 4 * 4
-    return int(breaks[whole - 1]) + 1 if whole else 0
+    return _line_end_before(text, len(text), text.count(b"\n") % 4) + 1
 
 
 def _line_end_before(text: bytes, end: int, lines: int) -> int:
