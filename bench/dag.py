@@ -27,6 +27,8 @@ SNAKEFILE = HERE.parent / "workflow" / "Snakefile"
 
 def layout(work: Path, frames: int, shard_size: int) -> int:
     """A finished prepare of one sample with `frames` frames in shards of `shard_size`."""
+    from virnucpro.demo_models import write_demo_models
+
     fasta = work / "reads.fa"
     fasta.write_text(">placeholder\nACGT\n")
     old = time.time() - 3600
@@ -41,13 +43,11 @@ def layout(work: Path, frames: int, shard_size: int) -> int:
         (shards / f"shard_{i:06d}.done").write_text(f"{n}\n")
     (work / "out" / "s" / "prepare" / "reads.tsv").touch()
     (work / "out" / "s" / "prepare" / "stats.json").write_text("{}")
+    # Real model files (pre-flight checks them before planning), the small demo ones.
+    models = write_demo_models(work / "models")
     (work / "c.yaml").write_text(yaml.safe_dump({
         "samples": {"s": str(fasta)}, "outdir": "out", "shard_size": shard_size,
-        "models": {"esm": str(work / "esm2_x.pt"), "dnabert": str(work / "dnabert"),
-                   "classifier": str(work / "classifier.pth")}}))
-    for model in ("esm2_x.pt", "classifier.pth"):
-        (work / model).touch()
-    (work / "dnabert").mkdir()
+        "models": {kind: str(models[kind]) for kind in ("esm", "dnabert", "classifier")}}))
     return count
 
 

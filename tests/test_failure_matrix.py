@@ -429,17 +429,18 @@ def break_model(work: Path, kind: str, fault: str) -> str:
 
 
 MODEL_ROWS = {
-    # (model, fault): (exit status of the failing job, or None for a planning error; message)
+    # (model, fault): (exit status of the failing job, or None when pre-flight stops
+    # Snakemake before any job; message)
     ("esm", "missing"): (66, "cannot download ESM-2 checkpoint 'esm2_demo_t2_d32'"),
-    ("esm", "truncated"): (66, "esm2_demo_t2_d32.pt: cannot read the file"),
+    ("esm", "truncated"): (None, "esm2_demo_t2_d32.pt: cannot read the file"),
     ("esm", "wrong architecture"): (66, "esm2_demo_t2_d32.pt: refused: the file holds a pickled "
                                         "object (__main__.MLPClassifier) that is not allowed"),
     ("dnabert", "missing"): (66, "cannot download zhihan1996/DNABERT-S"),
-    ("dnabert", "truncated"): (66, "model.safetensors: cannot read the weights"),
+    ("dnabert", "truncated"): (None, "model.safetensors: cannot read the weights"),
     ("dnabert", "wrong architecture"): (66, "DNABERT-S: weights do not fit config.json"),
     ("classifier", "missing"): (None, "500_model.pth: classifier not found; download the "
                                       "published 500_model.pth"),
-    ("classifier", "truncated"): (66, "500_model.pth: not a PyTorch zip archive"),
+    ("classifier", "truncated"): (None, "500_model.pth: not a PyTorch zip archive"),
     ("classifier", "wrong architecture"): (66, "classifier expects 3328 features, embeddings "
                                                "have 64"),
 }
@@ -461,13 +462,15 @@ def test_broken_model(finished_copy, clean_run, kind, fault):
     config = run_config(work, {"clean": "clean.fa"}, models={**DEMO_MODELS, kind: broken})
     since = time.time()
     proc = snakemake(work, "--configfile", config, env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 1, proc.stdout[-3000:]
     lines = [line for line in error_lines(proc.stdout) if message in line]
     assert len(lines) == 1 and broken in lines[0], proc.stdout[-3000:]
-    failed = failed_steps(work / "out", since)
-    if status is None:  # refused while planning: no step ran
+    if status is None:  # pre-flight: no job started, so no log was touched
+        assert proc.returncode == 66, proc.stdout[-3000:]
+        assert error_lines(proc.stdout) == lines
         assert step_statuses(work / "out", since) == {}
     else:
+        assert proc.returncode == 1, proc.stdout[-3000:]
+        failed = failed_steps(work / "out", since)
         assert list(failed.values()) == [status], failed
         (log,) = failed
         assert lines[0] in (work / "out" / "logs" / log).read_text().splitlines()

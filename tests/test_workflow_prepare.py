@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fastq_text, read_fasta, run_cli
-from workflow_helpers import ROOT, job_counts, snakemake, write_config
+from workflow_helpers import DEMO_MODELS, ROOT, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 SAMPLES = ["test_with_orfs", "test_fixed_500bp", "test_sequences_small"]
@@ -18,7 +18,7 @@ SAMPLES = ["test_with_orfs", "test_fixed_500bp", "test_sequences_small"]
 def config(tmp_path, reference):
     return write_config(tmp_path / "config.yaml",
                         samples={s: str(reference / "prepare" / f"{s}.fa") for s in SAMPLES},
-                        outdir="out", chunk_size=500, shard_size=3)
+                        outdir="out", chunk_size=500, shard_size=3, models=DEMO_MODELS)
 
 
 def test_dry_run_lists_one_prepare_job_per_sample(tmp_path, config):
@@ -56,20 +56,26 @@ def test_run_writes_shards_equal_to_the_cli_output(tmp_path, config, reference):
 
 
 @pytest.mark.parametrize("override, message", [
-    (["--config", "chunk_size=400"], "400 is not one of [300, 500]"),
-    (["--config", "shard_size=many"], "'many' is not of type 'integer'"),
-    (["--config", "colour=blue"], "Additional properties are not allowed ('colour' was unexpected)"),
+    (["--config", "chunk_size=400"], "chunk_size: 400 is not one of 300, 500"),
+    (["--config", "shard_size=many"], "shard_size: 'many' is not of type 'integer'"),
+    (["--config", "colour=blue"], "unknown key 'colour'; the keys are samples, outdir, "
+                                  "chunk_size, shard_size, u_as_t, keep_features, features_dtype, "
+                                  "models, embed, checkpoint, train (see config/README.md)"),
 ])
 def test_invalid_config_is_refused_before_anything_runs(tmp_path, config, override, message):
     proc = snakemake(tmp_path, "-n", "--configfile", config, *override)
-    assert proc.returncode != 0
-    assert message in proc.stdout
+    assert proc.returncode == 64
+    assert [line for line in proc.stdout.splitlines() if "error" in line] == \
+        [f"virnucpro: error: config: {message}"]
     assert not (tmp_path / "out").exists()
 
 
 def test_user_configfile_replaces_the_demo_config_and_later_files_override(tmp_path, reference):
+    models = reference / "end-to-end" / "models"  # not the demo's: no "demo" in the output
     first = write_config(tmp_path / "a.yaml", samples={"mine": str(reference / "prepare" / "test_with_orfs.fa")},
-                         outdir="out-a")
+                         outdir="out-a", models={"esm": str(models / "esm2_t36_tiny_UR50D.pt"),
+                                                 "dnabert": str(models / "dnabert"),
+                                                 "classifier": str(models / "classifier.pth")})
     second = write_config(tmp_path / "b.yaml", outdir="out-b", chunk_size=300)
     proc = snakemake(tmp_path, "-n", "--configfile", first, second)
     assert proc.returncode == 0, proc.stdout
@@ -89,7 +95,8 @@ def test_shipped_config_runs_the_bundled_demo_dry(tmp_path):
 def test_bad_input_fails_the_job_with_one_line_and_no_output(tmp_path):
     fastq = tmp_path / "reads.fq"
     fastq.write_text("@r1\nACGT\n+\nIII\n")
-    cfg = write_config(tmp_path / "c.yaml", samples={"bad": str(fastq)}, outdir="out")
+    cfg = write_config(tmp_path / "c.yaml", samples={"bad": str(fastq)}, outdir="out",
+                       models=DEMO_MODELS)
     proc = snakemake(tmp_path, "--configfile", cfg)
     assert proc.returncode != 0
     log = (tmp_path / "out" / "logs" / "prepare" / "bad.log").read_text()
@@ -126,7 +133,8 @@ def sample_runs(tmp_path, reference, sheet: str) -> dict[str, Path]:
             (work / "config").mkdir()
             (work / "config" / "samples.tsv").write_text(sheet.format(single=single))
             samples = "config/samples.tsv"
-        config = write_config(work / "c.yaml", samples=samples, outdir="out", shard_size=5)
+        config = write_config(work / "c.yaml", samples=samples, outdir="out", shard_size=5,
+                              models=DEMO_MODELS)
         proc = snakemake(work, "out/prepare_summary.tsv", "--configfile", config)
         assert proc.returncode == 0, proc.stdout[-3000:]
         outdirs[form] = work / "out"

@@ -34,6 +34,10 @@ class VirNucProError(Exception):
     def one_line(self) -> str:
         return " ".join(str(self).split())
 
+    def lines(self) -> list[str]:
+        """What the user is told: one line per problem."""
+        return [self.one_line()]
+
 
 class InputError(VirNucProError):
     """The input data cannot be processed as given."""
@@ -60,6 +64,20 @@ class MissingInputError(InputError):
 
 class UsageError(VirNucProError):
     exit_code = EXIT_USAGE
+
+
+class Problems(VirNucProError):
+    """Several problems found in one pass (pre-flight, the config), reported together, one
+    line each, so that one run tells the user everything to fix. The exit status is the
+    first problem's."""
+
+    def __init__(self, problems: list[VirNucProError]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
+        self.exit_code = problems[0].exit_code
+
+    def lines(self) -> list[str]:
+        return [line for problem in self.problems for line in problem.lines()]
 
 
 class ModelError(VirNucProError):

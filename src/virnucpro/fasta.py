@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -51,6 +51,7 @@ CODE_PADDING = 3  # codes extend past the data so every codon start has three by
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_BLOCK_BYTES = 1 << 21
+_HEAD_STEP = 1 << 14  # compressed bytes inflated at a time when reading a file's head
 
 
 @dataclass
@@ -178,6 +179,10 @@ class ReadsReader:
         raw.seek(0)
         return raw, raw
 
+    def _corrupt_gzip(self, exc: Exception) -> InputError:
+        return self._error(f"cannot be decompressed ({exc})",
+                           "the gzip file is corrupt or truncated; re-create it")
+
     def _pieces(self) -> Iterator[bytes]:
         raw, stream = self._open()
         with raw:
@@ -185,12 +190,15 @@ class ReadsReader:
                 try:
                     data = stream.read(self._piece_bytes)
                 except (OSError, EOFError, zlib.error) as exc:
-                    raise self._error(f"cannot be decompressed ({exc})",
-                                      "the gzip file is corrupt or truncated; re-create it") from None
+                    raise self._corrupt_gzip(exc) from None
                 self.bytes_read = raw.tell()
                 if not data:
                     return
                 yield data
+
+    def _only_blank_lines(self) -> InputError:
+        return self._error("contains no records (only blank lines)",
+                           "give a FASTA or FASTQ file with at least one record")
 
     def __iter__(self) -> Iterator[FastaBlock]:
         self._piece_bytes = self.block_bytes
@@ -200,8 +208,7 @@ class ReadsReader:
             if first:
                 break
         else:
-            raise self._error("contains no records (only blank lines)",
-                              "give a FASTA or FASTQ file with at least one record")
+            raise self._only_blank_lines()
         if self._is_fastq(first):
             # A quality byte per base: reading twice as much gives blocks of as many reads
             # as FASTA's, so the per-block costs downstream stay the same.
@@ -209,6 +216,51 @@ class ReadsReader:
             yield from self._fastq_blocks(itertools.chain([first], pieces))
         else:
             yield from self._fasta_blocks(itertools.chain([first], pieces))
+
+    def head(self, limit: int) -> Head:
+        """The whole records within the first `limit` bytes of the file's text, and the share
+        of the file on disk they come from: a sample to estimate the whole file's counts
+        from without reading it. A gzip file is inflated only that far, and the share is the
+        compressed bytes that text took, so an estimate follows the file's own compression.
+        No record when the first one is longer than `limit`."""
+        text, used, whole = self._text_head(limit)
+        records = text.lstrip(b"\r\n")
+        if not records:
+            raise self._only_blank_lines()
+        fastq = self._is_fastq(records)
+        if not whole:
+            end = _last_record_end(records, fastq)
+            used = round(used * (len(text) - len(records) + end) / len(text))
+            records = records[:end]
+        if not records:
+            return Head([], 0.0, False)
+        blocks = (self._fastq_blocks if fastq else self._fasta_blocks)(iter([records]))
+        return Head(list(blocks), 1.0 if whole else used / self.total_bytes, whole)
+
+    def _text_head(self, limit: int) -> tuple[bytes, int, bool]:
+        """About `limit` bytes of the file's text (at least that much, unless the file has
+        less), the bytes of the file they took, and whether that is the whole file."""
+        with open(self.path, "rb") as raw:
+            if raw.read(2) != GZIP_MAGIC:
+                raw.seek(0)
+                text = raw.read(limit)
+                return text, len(text), not raw.read(1)
+            raw.seek(0)
+            inflate = zlib.decompressobj(wbits=31)
+            pieces, size, used = [], 0, 0
+            try:
+                while size < limit and (data := raw.read(_HEAD_STEP)):
+                    used += len(data)
+                    while data:
+                        pieces.append(inflate.decompress(data))
+                        size += len(pieces[-1])
+                        if not inflate.eof:
+                            break
+                        # The next member of a multi-member file (bgzip, concatenated gzip).
+                        data, inflate = inflate.unused_data, zlib.decompressobj(wbits=31)
+            except zlib.error as exc:
+                raise self._corrupt_gzip(exc) from None
+            return b"".join(pieces), used, not raw.read(1)
 
     def _is_fastq(self, data: bytes) -> bool:
         """FASTQ or FASTA, from the first non-blank byte; anything else is refused."""
@@ -448,6 +500,21 @@ class ReadsReader:
             f"has {char!r} at position {column}, which is not a nucleotide code",
             "give nucleotide sequences (IUPAC: ACGTURYSWKMBDHVN); is this a protein FASTA?",
             record, number)
+
+
+class Head(NamedTuple):
+    """The first records of a file (ReadsReader.head)."""
+
+    blocks: list[FastaBlock]
+    share: float  # of the file's bytes on disk they come from
+    whole: bool  # they are the whole file
+
+
+def _last_record_end(text: bytes, fastq: bool) -> int:
+    """Where the last whole record of the start of a file ends (0: none is whole)."""
+    if not fastq:
+        return text.rfind(b"\n>") + 1
+    return _line_end_before(text, len(text), text.count(b"\n") % 4) + 1
 
 
 def _line_end_before(text: bytes, end: int, lines: int) -> int:

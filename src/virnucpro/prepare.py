@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -34,7 +35,7 @@ import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.errors import InputError, UsageError
-from virnucpro.fasta import FastaBlock
+from virnucpro.fasta import FastaBlock, ReadsReader
 from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
 from virnucpro.reads import DuplicateIdCheck, Reads, ReadSource
@@ -177,20 +178,7 @@ def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
                         source.total_bytes)
     for block in source.blocks():
         duplicates.add(block)
-        u_positions = block.u_positions()
-        if len(u_positions):
-            stats.u_bases += len(u_positions)
-            if stats.u_as_t:
-                block = block.with_u_as_t(u_positions)
-        chunks = chunk_layout(block.lengths, block.starts, chunk_size)
-        frames = select_frames(block.data, block.codes, chunks)
-        if stats.drop_ambiguous:
-            dropped = ambiguous_chunks(block.codes[:len(block.data)], chunks)
-            stats.ambiguous_chunks += int(dropped.sum())
-            frames = frames.without_chunks(dropped)
-        prepared = PreparedBlock(block, chunks, frames, stats.reads)
-        stats.count(prepared)
-        yield prepared
+        yield prepare_block(block, chunk_size, stats)
         progress.update(source.bytes_read, reads=stats.reads, frames=stats.frames)
     duplicates.check(source)
     if stats.u_bases and not stats.u_as_t:
@@ -199,6 +187,58 @@ def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
                     source, stats.u_bases)
     stats.seconds = round(time.monotonic() - progress.start, 3)
     progress.close(reads=stats.reads, frames=stats.frames)
+
+
+def prepare_block(block: FastaBlock, chunk_size: int, stats: PrepareStats) -> PreparedBlock:
+    """One block of reads with its chunks and kept frames, counted into `stats`, whose
+    settings it follows (U as T, chunks with ambiguous bases dropped)."""
+    u_positions = block.u_positions()
+    if len(u_positions):
+        stats.u_bases += len(u_positions)
+        if stats.u_as_t:
+            block = block.with_u_as_t(u_positions)
+    chunks = chunk_layout(block.lengths, block.starts, chunk_size)
+    frames = select_frames(block.data, block.codes, chunks)
+    if stats.drop_ambiguous:
+        dropped = ambiguous_chunks(block.codes[:len(block.data)], chunks)
+        stats.ambiguous_chunks += int(dropped.sum())
+        frames = frames.without_chunks(dropped)
+    prepared = PreparedBlock(block, chunks, frames, stats.reads)
+    stats.count(prepared)
+    return prepared
+
+
+@dataclass
+class Estimate:
+    """What prepare will make of a sample, from the start of its reads files (`exact`:
+    counted, because that start is the whole of them)."""
+
+    reads: float
+    frames: float
+    shards: int
+    exact: bool
+
+
+def estimate(reads: Reads, chunk_size: int, shard_size: int, head_bytes: int,
+             **settings: bool) -> Estimate | None:
+    """A sample's reads, frames and shards, without reading it all: prepare's own code on
+    the whole records in the first `head_bytes` of each file's text (so frames per read are
+    prepare's), scaled by the share of the file those records are on disk (for gzip, that
+    start's compression ratio). None when a file's first record is longer than that."""
+    paths = [reads] if isinstance(reads, (str, os.PathLike)) else list(reads)
+    total_reads = total_frames = 0.0
+    exact = True
+    for path in paths:
+        head = ReadsReader(path).head(head_bytes)
+        if not head.blocks:
+            return None
+        stats = PrepareStats(os.fspath(path), chunk_size, **settings)
+        for block in head.blocks:
+            prepare_block(block, chunk_size, stats)
+        total_reads += stats.reads / head.share
+        total_frames += stats.frames / head.share
+        exact = exact and head.whole
+    return Estimate(total_reads, total_frames, math.ceil(total_frames / shard_size), exact)
 
 
 def write_flat(reads: Reads, chunk_size: int, outdir: str | os.PathLike,

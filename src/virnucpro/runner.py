@@ -78,7 +78,7 @@ def call_reporting_errors(func: Callable[..., Any], *args: Any) -> int:
         if not isinstance(exc, VirNucProError):
             log.exception("unexpected error (a bug: please report it with this log)")
             return 1
-        _report(f"virnucpro: error: {exc.one_line()}")
+        _report_error(exc)
         return exc.exit_code
     finally:
         for sig, handler in previous.items():
@@ -92,8 +92,19 @@ def result_or_exit(func: Callable[..., Any], *args: Any) -> Any:
     try:
         return func(*args)
     except VirNucProError as exc:
-        _report(f"virnucpro: error: {exc.one_line()}")
+        _report_error(exc)
         raise SystemExit(exc.exit_code) from None
+
+
+def _report_error(exc: VirNucProError) -> None:
+    for line in exc.lines():
+        _report(f"virnucpro: error: {line}")
+
+
+def report_note(line: str) -> None:
+    """A line the user should read that is not an error (a model a rule will fetch, what a
+    dry run cannot list yet), as `virnucpro: LINE` on stderr."""
+    _report(f"virnucpro: {line}")
 
 
 def _report(line: str) -> None:

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Start a throwaway SLURM (controller + one node with 4 fake GPUs) for the tests.
+# The GPUs are of GRES type "fake" and the node has the feature "fakegpu", so that a job
+# asking for a GPU model and a node feature (profiles/slurm: gpu_model, constraint) runs;
+# finished jobs stay in slurmctld's records for an hour (MinJobAge), for the test to read.
 # Usage: start_slurm.sh DIR   -- writes DIR/slurm.conf; export SLURM_CONF=DIR/slurm.conf to use it.
 # Needs root and the Debian packages slurmctld slurmd slurm-client munge (installed if missing).
 # Nothing is left in /etc: configuration, keys, state and logs all live in DIR.
@@ -41,11 +44,12 @@ SlurmdLogFile=$dir/log/slurmd.log
 SlurmUser=root
 ReturnToService=2
 SchedulerParameters=sched_interval=1
-NodeName=localhost CPUs=$cpus RealMemory=$mem Gres=gpu:4 State=UNKNOWN
+MinJobAge=3600
+NodeName=localhost CPUs=$cpus RealMemory=$mem Gres=gpu:fake:4 Feature=fakegpu State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 cat > "$dir/gres.conf" <<CONF
-$(for i in 0 1 2 3; do echo "Name=gpu File=$dir/nvidia$i"; done)
+$(for i in 0 1 2 3; do echo "Name=gpu Type=fake File=$dir/nvidia$i"; done)
 CONF
 export SLURM_CONF="$dir/slurm.conf"
 slurmctld -D -f "$SLURM_CONF" > "$dir/log/slurmctld.out" 2>&1 &

@@ -11,7 +11,7 @@ if KEEP_FEATURES:
             features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
             done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
             index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
-            model=classifier_model,
+            model=config["models"]["classifier"],
         output:
             f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
         params:
@@ -98,6 +98,7 @@ rule virus_reads:
 
 
 rule samples_summary:
+    localrule: True  # a table of the samples' counts
     input:
         expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
     output:

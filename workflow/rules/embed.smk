@@ -3,7 +3,13 @@
 # output, so a rerun after a kill resumes instead of starting the shard over.
 
 
+# Local rules (`localrule: True`) run where Snakemake runs, never as cluster jobs: the
+# downloads, because compute nodes often have no internet, and jobs so small that a
+# submission would cost more than they do.
+
+
 rule demo_models:
+    localrule: True
     output:
         esm=f"{DEMO_MODELS}/esm2_demo_t2_d32.pt",
         dnabert=directory(f"{DEMO_MODELS}/dnabert2_demo"),
@@ -26,6 +32,7 @@ rule demo_models:
 if not esm_checkpoint().startswith(DEMO_MODELS):
 
     rule download_esm:
+        localrule: True
         output:
             esm_checkpoint(),
         log:
@@ -45,6 +52,7 @@ if not esm_checkpoint().startswith(DEMO_MODELS):
 if not config["models"]["dnabert"].startswith(DEMO_MODELS):
 
     rule download_dnabert:
+        localrule: True
         output:
             directory(config["models"]["dnabert"]),
         log:
@@ -109,7 +117,7 @@ if not KEEP_FEATURES:
             index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
             esm=esm_checkpoint(),
             dnabert=config["models"]["dnabert"],
-            classifier=classifier_model,
+            classifier=config["models"]["classifier"],
         output:
             scores=f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
         params:

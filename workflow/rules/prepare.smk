@@ -29,6 +29,7 @@ checkpoint prepare:
 
 
 rule prepare_summary:
+    localrule: True  # a table of the samples' counts: not worth a cluster job
     input:
         expand(f"{OUTDIR}/{{sample}}/prepare", sample=SAMPLES),
     output:

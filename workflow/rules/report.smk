@@ -28,6 +28,7 @@ rule provenance:
 
 
 rule sample_report:
+    localrule: True  # an HTML page and plots from counts.json: not worth a cluster job
     input:
         counts=f"{OUTDIR}/{{sample}}/counts.json",
         provenance=f"{OUTDIR}/provenance.json",
@@ -62,6 +63,7 @@ rule sample_report:
 
 
 rule overview_report:
+    localrule: True  # one page across the samples' counts
     input:
         counts=expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
         provenance=f"{OUTDIR}/provenance.json",

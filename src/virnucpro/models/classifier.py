@@ -48,6 +48,8 @@ from virnucpro.atomic import atomic_open
 from virnucpro.hashing import file_sha256
 from virnucpro.errors import UsageError
 from virnucpro.errors import ModelError, one_line
+from virnucpro.models.formats import (not_a_torch_archive, sidecar_path, unreadable_classifier,
+                                      unreadable_sidecar)
 
 ARCHITECTURE = "VirNucPro MLPClassifier"
 NUM_CLASSES = 2  # column 0: others, column 1: virus
@@ -128,11 +130,6 @@ def classifier_identity(model: MLPClassifier) -> dict[str, Any]:
     and the SHA-256 of the file the weights came from."""
     return {**describe(model), "file": None if model.source is None else Path(model.source).name,
             "sha256": None if model.source is None else file_sha256(Path(model.source))[:16]}
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON sidecar of a classifier file: `model.safetensors` -> `model.safetensors.json`."""
-    return Path(f"{path}.json")
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -329,9 +326,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{path}: not a PyTorch zip archive ({one_line(exc)}); only files "
-                         "written by torch.save (torch >= 1.6) or .safetensors files are read"
-                         ) from None
+        raise not_a_torch_archive(path, one_line(exc)) from None
     with archive:
         try:
             return _read_archive(archive, path)
@@ -351,8 +346,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the classifier ({one_line(exc)}); "
-                         "the file is damaged or not a .safetensors file") from None
+        raise unreadable_classifier(path, one_line(exc)) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -390,8 +384,7 @@ def _check_sidecar(path: Path, model: MLPClassifier) -> None:
         wrong = {key: (recorded.get(key), value) for key, value in describe(model).items()
                  if recorded.get(key) != value}
     except (OSError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{sidecar}: unreadable classifier description ({one_line(exc)}); "
-                         "delete it or convert the model again") from None
+        raise unreadable_sidecar(sidecar, one_line(exc)) from None
     if wrong:
         listed = ", ".join(f"{key} {said!r} but the weights say {value!r}"
                            for key, (said, value) in wrong.items())

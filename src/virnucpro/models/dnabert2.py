@@ -44,14 +44,13 @@ from torch import nn
 
 from virnucpro.errors import ModelError, one_line
 from virnucpro.models.attention import attention
+from virnucpro.models.formats import (CONFIG_NAME, SAFETENSORS_NAME, TOKENIZER_NAME,
+                                      dnabert_weights, missing_dnabert_file,
+                                      unreadable_dnabert_config, unreadable_weights)
 from virnucpro.models.torchfile import load_weights_only, place
 
 log = logging.getLogger(__name__)
 
-SAFETENSORS_NAME = "model.safetensors"
-PYTORCH_BIN_NAME = "pytorch_model.bin"
-TOKENIZER_NAME = "tokenizer.json"
-CONFIG_NAME = "config.json"
 
 # DNABERT-2's special tokens, in the order (and so with the ids) of its vocabulary.
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
@@ -266,25 +265,21 @@ def _sha256_prefix(path: Path, length: int = 16) -> str:
 def _read_config(model_dir: Path) -> DnaBert2Config:
     path = model_dir / CONFIG_NAME
     if not path.is_file():
-        raise ModelError(f"{model_dir}: no {CONFIG_NAME}; point to a DNABERT-2/DNABERT-S "
-                         "model directory")
+        raise missing_dnabert_file(model_dir, CONFIG_NAME)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable config ({one_line(exc)}); download the model "
-                         "directory again") from None
+        raise unreadable_dnabert_config(path, one_line(exc)) from None
     config = DnaBert2Config.from_dict(data)
     config.validate(str(path))
     return config
 
 
 def _weights_path(model_dir: Path) -> Path:
-    for name in (SAFETENSORS_NAME, PYTORCH_BIN_NAME):
-        if (model_dir / name).is_file():
-            return model_dir / name
-    raise ModelError(f"{model_dir}: no model weights ({SAFETENSORS_NAME} or "
-                     f"{PYTORCH_BIN_NAME}); point to a complete DNABERT-2/DNABERT-S model "
-                     "directory")
+    weights = dnabert_weights(model_dir)
+    if weights is None:
+        raise missing_dnabert_file(model_dir, None)
+    return weights
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -297,8 +292,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(path), framework="pt") as weights:
                 state = {key: weights.get_tensor(key) for key in weights.keys()}
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path}: cannot read the weights ({one_line(exc)}); the file is "
-                             "truncated or not a safetensors file: download it again") from None
+            raise unreadable_weights(path, one_line(exc)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: not a state_dict of tensors; save the model's state_dict")
     return state
@@ -363,8 +357,7 @@ def _read_tokenizer(model_dir: Path) -> tuple[Tokenizer, dict[str, int]]:
     """The directory's tokenizer.json, without truncation (as the original calls it)."""
     path = model_dir / TOKENIZER_NAME
     if not path.is_file():
-        raise ModelError(f"{model_dir}: no {TOKENIZER_NAME}; point to a complete "
-                         "DNABERT-2/DNABERT-S model directory")
+        raise missing_dnabert_file(model_dir, TOKENIZER_NAME)
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # the tokenizers library raises plain Exception

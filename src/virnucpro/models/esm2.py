@@ -33,6 +33,7 @@ from torch import nn
 
 from virnucpro.errors import ModelError, one_line
 from virnucpro.models.attention import attention
+from virnucpro.models.formats import esm_name_problem
 from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
@@ -323,9 +324,9 @@ def checkpoint_path(location: str | Path) -> Path:
     text = str(location)
     is_path = isinstance(location, Path) or text.endswith(".pt") or "/" in text
     path = Path(text).expanduser() if is_path else hub_checkpoint_dir() / f"{text}.pt"
-    if not path.stem.startswith("esm2"):
-        raise ModelError(f"{path}: not an ESM-2 checkpoint: the file name must start with 'esm2' "
-                         "(e.g. esm2_t36_3B_UR50D.pt), as fair-esm tells the architecture by name")
+    wrong_name = esm_name_problem(path)
+    if wrong_name:
+        raise wrong_name
     if not path.is_file():
         where = ("put it there, or put it in $TORCH_HOME/hub/checkpoints/ and pass the model name"
                  if is_path else "put it there ($TORCH_HOME/hub/checkpoints/), or pass its path")

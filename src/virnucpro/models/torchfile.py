@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from virnucpro.errors import ModelError, one_line
+from virnucpro.models.formats import unreadable_torch_file
 
 
 def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "download it again",
@@ -43,8 +44,7 @@ def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "down
         raise ModelError(f"{path}: cannot read the file: it is damaged or not a PyTorch "
                          f"file: {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the file ({one_line(exc)}); it is truncated or "
-                         f"not a PyTorch file: {fix}") from None
+        raise unreadable_torch_file(path, one_line(exc), fix) from None
 
 
 def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

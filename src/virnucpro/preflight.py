@@ -1,0 +1,186 @@
+"""Pre-flight: what a run needs and no job makes, checked before any job starts.
+
+Snakemake finds a missing input only when it plans the job that reads it, and a sample's
+embedding and scoring jobs appear only after its prepare checkpoint has run: a missing or
+damaged classifier passed `snakemake -n` and failed the real run after every sample was
+prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
+the reads files of every sample not yet prepared must exist and be readable, and every model
+must be there and be the kind of file it should be (checked by its structure, `virnucpro.models.formats`; its weights are
+read only by the job that loads it), with a classifier for the configured chunk size. All
+problems are reported together, one line each, and nothing starts (exit status 66).
+
+A model that a rule of the workflow makes (ESM-2 and DNABERT-S by the download rules, the
+demo models by rule demo_models, a classifier that rule train writes) is no problem when it
+is absent: the user is told, in one line, which rule makes it.
+
+`unprepared` words what a dry run cannot list yet: the jobs of a sample whose prepare has
+not run, with an estimate of how many there will be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Collection
+from pathlib import Path
+
+from virnucpro.errors import MissingInputError, ModelError, Problems, VirNucProError, one_line
+from virnucpro.models.formats import (CONFIG_NAME, dnabert_problems, esm_name_problem,
+                                      missing_dnabert_file, not_a_torch_archive,
+                                      safetensors_problem, sidecar_path, torch_file_problem,
+                                      torch_zip_problem, unreadable_classifier,
+                                      unreadable_sidecar, unreadable_torch_file)
+from virnucpro.prepare import estimate
+
+# The models of a run (config `models`), by what each is called.
+MODEL_NAMES = {"esm": "ESM-2 checkpoint", "dnabert": "DNABERT-S directory",
+               "classifier": "classifier"}
+# The published classifiers' names say their chunk size (also once converted to safetensors).
+PUBLISHED_NAME = re.compile(r"(300|500)_model\.(pth|safetensors)")
+HEAD_BYTES = 1 << 20  # what a dry run reads of each reads file for its estimate
+
+
+def check(samples: dict[str, list[str]], training: dict[str, list[str]],
+          models: dict[str, str], chunk_size: int, made: dict[str, str],
+          prepared: Collection[str] = ()) -> list[str]:
+    """Raise Problems unless the run can start: the reads of the samples and training files
+    not `prepared` yet (a prepared sample's reads may be gone: its shards are what its next
+    jobs read), and the models they need (the classifier only when there are samples to
+    classify). `made` maps each file a rule makes to that rule. Returns notes for the user:
+    the models absent but made by a rule."""
+    problems: list[VirNucProError] = []
+    for sample, files in {**samples, **training}.items():
+        if sample not in prepared:
+            problems += [problem for path in files if (problem := reads_problem(sample, path))]
+    needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
+    made = {os.path.normpath(path): rule for path, rule in made.items()}
+    notes = []
+    for kind in needed:
+        path = Path(models[kind])
+        rule = made.get(os.path.normpath(path))
+        if path.exists():
+            problems += MODEL_CHECKS[kind](path, chunk_size)
+        elif rule:
+            notes.append(f"{path}: not here yet; rule {rule} makes it before the first job "
+                         "that needs it")
+        else:
+            problems.append(not_found(kind, path, chunk_size))
+    if problems:
+        raise Problems(problems)
+    return notes
+
+
+def reads_problem(sample: str, path: str) -> MissingInputError | None:
+    """Why a sample's reads file cannot be read, or None. Its content is prepare's to check."""
+    what = f"reads file of sample '{sample}'"
+    if not os.path.exists(path):
+        return MissingInputError(path, f"{what} does not exist", "check its path in your config "
+                                 "or sample sheet (a relative path is relative to the working "
+                                 "directory)")
+    if os.path.isdir(path):
+        return MissingInputError(path, f"{what} is a directory",
+                                 "give the path of a FASTA or FASTQ file")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return MissingInputError(path, f"{what} cannot be read ({exc.strerror})",
+                                 "make it readable to the user who runs the workflow")
+    return None
+
+
+def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
+    """A model that is not there and that no rule makes."""
+    fetch = (f"download the published {chunk_size}_model.pth from the VirNucPro repository "
+             "there" if kind == "classifier" else f"put the {MODEL_NAMES[kind]} there")
+    return ModelError(f"{path}: {MODEL_NAMES[kind]} not found; {fetch}, or set models.{kind} in "
+                      "your config")
+
+
+def esm_problems(path: Path, chunk_size: int) -> list[ModelError]:
+    """An ESM-2 checkpoint must be named as fair-esm names them and be a torch file."""
+    wrong_name = esm_name_problem(path)
+    if wrong_name:
+        return [wrong_name]
+    reason = torch_file_problem(path)
+    return [unreadable_torch_file(path, reason, "download it again")] if reason else []
+
+
+def dnabert_dir_problems(path: Path, chunk_size: int) -> list[ModelError]:
+    """A DNABERT-S model is a directory with its config, weights and tokenizer."""
+    return dnabert_problems(path) if path.is_dir() else [missing_dnabert_file(path, CONFIG_NAME)]
+
+
+def classifier_problems(path: Path, chunk_size: int) -> list[ModelError]:
+    """A classifier is a torch zip archive or a safetensors file, for `chunk_size` where its
+    sidecar or name says which chunk size it is for."""
+    if path.suffix == ".safetensors":
+        reason = safetensors_problem(path)
+        if reason:
+            return [unreadable_classifier(path, reason)]
+    else:
+        reason = torch_zip_problem(path)
+        if reason:
+            return [not_a_torch_archive(path, reason)]
+    try:
+        declared = declared_chunk_size(path)
+    except ModelError as problem:
+        return [problem]
+    if declared and declared[0] != chunk_size:
+        size, source = declared
+        return [ModelError(f"{path}: the classifier is for {size}-bp chunks ({source}), the "
+                           f"config's chunk_size is {chunk_size}; set chunk_size: {size}, or "
+                           f"use a classifier for {chunk_size}-bp chunks (the published "
+                           f"{chunk_size}_model.pth)")]
+    return []
+
+
+MODEL_CHECKS = {"esm": esm_problems, "dnabert": dnabert_dir_problems,
+                "classifier": classifier_problems}
+
+
+def declared_chunk_size(path: Path) -> tuple[int, str] | None:
+    """The chunk size a classifier was trained for and what says so: its JSON sidecar's
+    `chunk_size` (training writes it there), else a published file name; None if unknown."""
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            recorded = json.loads(sidecar.read_text()).get("chunk_size")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise unreadable_sidecar(sidecar, one_line(exc)) from None
+        if recorded is not None:
+            return recorded, f"{sidecar.name} says chunk_size {recorded}"
+    published = PUBLISHED_NAME.fullmatch(path.name)
+    if published:
+        return int(published[1]), "as its name says"
+    return None
+
+
+def unprepared(sample: str, reads: list[str], chunk_size: int, shard_size: int,
+               **settings: bool) -> str:
+    """What a dry run says of a sample whose prepare has not run: its embedding jobs are
+    not planned yet (they come from a Snakemake checkpoint), and about how many there will
+    be, from the first MB of its reads (`prepare.estimate`; `settings` are prepare's)."""
+    line = f"sample {sample}: prepare has not run yet; its embedding jobs appear after it"
+    try:
+        counts = estimate(reads, chunk_size, shard_size, HEAD_BYTES, **settings)
+    except VirNucProError as problem:  # its prepare job will say so
+        return f"{line} (no estimate: {problem.one_line()})"
+    if counts is None:
+        return f"{line} (no estimate: a first record is longer than {HEAD_BYTES >> 20} MB)"
+    about = "" if counts.exact else "~"
+    shards = f"{counts.shards:,} shard{'' if counts.shards == 1 else 's'}"
+    source = "counted in full" if counts.exact else \
+        f"estimated from the first {HEAD_BYTES >> 20} MB"
+    return (f"{line}: {about}{_rounded(counts.reads, counts.exact):,} reads, "
+            f"{about}{_rounded(counts.frames, counts.exact):,} frames, {about}{shards} "
+            f"({source})")
+
+
+def _rounded(value: float, exact: bool) -> int:
+    """A count as precise as it is known: an estimate to two significant digits."""
+    count = round(value)
+    if exact or count < 100:
+        return count
+    return round(count, 2 - len(str(count)))
