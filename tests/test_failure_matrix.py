@@ -549,12 +549,11 @@ def mounts(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.parametrize("stage", ["prepare", "embed"])
+@pytest.mark.parametrize("stage", ["prepare", "embed_classify", "embed"])
 def test_disk_full(reads_reference, kept_reference, mounts, stage):
     """The output file system fills up during prepare (a 64 KB disk, then enlarged) or during
-    embedding (another file takes the space left after prepare, then is deleted). The
-    embedding row keeps its feature files: their first saved batch is larger than the room
-    left, which the logs' few lines are not, so the job fails on its result, not on a log."""
+    embedding (another file takes the space left after prepare, then is deleted), in the
+    default run (embed_classify) and in one that keeps its feature files (embed)."""
     keep = stage == "embed"
     fasta, clean = kept_reference if keep else reads_reference
     disk = mounts / "disk"

@@ -147,3 +147,31 @@ def test_sigterm_flushes_the_writer_and_the_run_resumes(tmp_path, models):
     assert not list(partial.glob(".*.tmp"))
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert read_features(out).ids == [f"f{i}" for i in range(3000)]
+
+
+class FailingRows(FeatureRows):
+    """A result whose rows fail at the second window, as a full disk fails a writer."""
+
+    def __init__(self, out):
+        super().__init__(out, out.with_suffix(".done"))
+        self.windows = 0
+
+    def rows(self, window, features, engine):
+        self.windows += 1
+        if self.windows == 2:
+            raise OSError(28, "No space left on device")
+        return super().rows(window, features, engine)
+
+
+def test_a_failing_job_stops_the_loader_thread(tmp_path, engine):
+    """The job's error ends the engine's loader thread too: one left running inside torch
+    when the interpreter exits aborts the process, and its exit status is lost."""
+    import threading
+
+    shard = write_shard(tmp_path, 40)
+    with pytest.raises(OSError, match="No space left") as error:
+        embed_shard_resumable(ShardFrames(*shard), FailingRows(tmp_path / "a.pt"), engine,
+                              CheckpointSettings(frames=10, seconds=3600, window_frames=5))
+    # While the error (and so the job's frame) is still held, as a step's reporting holds it.
+    assert error.value and [t for t in threading.enumerate()
+                            if t.name == "virnucpro-loader"] == []

@@ -218,11 +218,13 @@ def embed_shard_resumable(frames: ShardFrames, result: ShardResult, engine: Embe
         log.info("%s: resuming after %d of %d frames saved in %d batches", result.out.name,
                  start, total, len(saved))
     accumulator = Accumulator(start, settings.frames, settings.seconds)
-    # A signal reaches us as an exception (virnucpro.runner): `finally` flushes the writer.
+    # A signal reaches us as an exception (virnucpro.runner): `finally` flushes the writer,
+    # and closing the windows stops and joins the engine's loader thread (left running, a
+    # thread inside torch at interpreter exit aborts the process, losing its exit status).
     writer = BatchWriter(partial.directory)
+    windows = engine.embed_windows(frames.windows(settings.window_frames, skip=start,
+                                                  index=result.index), total=total - start)
     try:
-        windows = engine.embed_windows(frames.windows(settings.window_frames, skip=start,
-                                                      index=result.index), total=total - start)
         for window, features in windows:
             log.debug("embedded frames up to %d of %d", window.start + len(window), total)
             for batch in accumulator.add(window.ids, result.rows(window, features, engine)):
@@ -230,6 +232,7 @@ def embed_shard_resumable(frames: ShardFrames, result: ShardResult, engine: Embe
         for batch in accumulator.finish():
             writer.submit(batch)
     finally:
+        windows.close()
         writer.close()
     result.publish(total, partial.batches(), engine, settings.window_frames)
     partial.clear()

@@ -128,7 +128,7 @@ def run_models(wildcards):
     return {
         "esm": esm_checkpoint(),
         "dnabert": config["models"]["dnabert"],
-        "classifier": classifier_model(wildcards),
+        "classifier": config["models"]["classifier"],
     }
 
 
