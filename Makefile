@@ -39,8 +39,11 @@ demo: venv
 	@echo; $(BIN)/virnucpro status results
 	@echo; echo "Report: results/report.html"
 
+# The workflow's linter, its formatter (configured in pyproject.toml) and the Python linter.
 lint: venv
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow/
+	$(BIN)/ruff check src workflow/scripts tests bench
 
 dryrun: venv
 	$(BIN)/snakemake -n

@@ -45,7 +45,7 @@ from virnucpro.embed import EmbeddingEngine, read_frames  # noqa: E402
 from virnucpro.demo_models import (random_esm2, write_demo_dnabert2,  # noqa: E402
                                    write_demo_esm2)
 from virnucpro.models.dnabert2 import load_dnabert2  # noqa: E402
-from virnucpro.models.esm2 import MAX_RESIDUES, load_esm2, read_checkpoint  # noqa: E402
+from virnucpro.models.esm2 import MAX_RESIDUES, load_esm2, read_model_file  # noqa: E402
 from virnucpro.prepare import write_flat  # noqa: E402
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -134,7 +134,7 @@ def fair_esm_original(checkpoint: Path, proteins: list[str]) -> Callable[[], tor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, alphabet = esm.pretrained.load_model_and_alphabet_core(
-            checkpoint.stem, read_checkpoint(checkpoint), None)
+            checkpoint.stem, read_model_file(checkpoint), None)
     model.eval()
     dataset = FastaBatchedDataset([f"frame{i}" for i in range(len(proteins))], proteins)
     batches = dataset.get_batch_indices(2048, extra_toks_per_seq=1)

@@ -25,9 +25,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
-from virnucpro.checkpoint import frames_checkpointed, read_features  # noqa: E402
+from virnucpro.checkpoint import frames_checkpointed  # noqa: E402
+from virnucpro.features import read_features  # noqa: E402
 from virnucpro.demo_models import write_demo_models  # noqa: E402
-from virnucpro.resume import partial_dir  # noqa: E402
+from virnucpro.layout import partial_dir, sentinel  # noqa: E402
 
 EMBEDDED = re.compile(r"embedded frames up to (\d+) of")
 
@@ -86,7 +87,7 @@ def main() -> None:
         kills, chains, out = [], 0, None
         modes = ["random", "random", "checkpoint-write", "final-assembly"]
         while len(kills) < args.kills:
-            if out is None or out.with_suffix(".done").exists():
+            if out is None or sentinel(out).exists():
                 chains += 1
                 out = tmp / f"run{chains}.pt"
             mode = modes[len(kills) % len(modes)]
@@ -113,7 +114,8 @@ def main() -> None:
             table = read_features(out)
             lost += len(set(expected.ids) - set(table.ids))
             duplicated += len(table.ids) - len(set(table.ids))
-            mismatched += int(table.ids != expected.ids or not torch.equal(table.data, expected.data))
+            mismatched += int(table.ids != expected.ids
+                              or not torch.equal(table.data, expected.data))
 
     redone = [k["redone"] for k in kills]
     result = {

@@ -92,7 +92,8 @@ def agreement(workdir: Path) -> dict:
             out = workdir / f"reference-{chunk}"
             facts, _ = score_sample(REFERENCE / "reads.fa", chunk, engine, classifier, out)
             frames, chunks = _tables(out / precision)
-            assert frames.keys() == original_frames.keys() and chunks.keys() == original_chunks.keys()
+            assert (frames.keys() == original_frames.keys()
+                    and chunks.keys() == original_chunks.keys())
             results[f"chunk{chunk}_{precision}"] = {
                 "frame_calls_identical": sum(frames[f][0] == original_frames[f][0]
                                              for f in frames),

@@ -229,7 +229,7 @@ start = time.perf_counter()
 if sys.argv[3] == "lean":
     encoder = load_esm2(sys.argv[1], "cpu", dtype)
 else:  # the code before: the whole file in memory, the module converted afterwards
-    from virnucpro.models.esm2 import Esm2Encoder, read_checkpoint, _FAIRSEQ_PREFIX
+    from virnucpro.models.esm2 import Esm2Encoder, read_model_file, _FAIRSEQ_PREFIX
     import argparse
     with torch.serialization.safe_globals([argparse.Namespace]):
         data = torch.load(sys.argv[1], map_location="cpu", weights_only=True, mmap=False)
@@ -242,7 +242,7 @@ print(json.dumps({"seconds": seconds, "model_bytes": size}))
 
 
 def write_3b_checkpoint(path: Path, shape: dict = ESM_3B) -> int:
-    """An ESM-2 checkpoint of `shape` (default: the 3B architecture) in fair-esm's published
+    """An ESM-2 model file of `shape` (default: the 3B architecture) in fair-esm's published
     format: fp16 weights under fairseq names, random values, written without an fp32 copy in
     memory. Returns the file size."""
     import argparse as ap
@@ -307,7 +307,7 @@ def labelled_dir(directory: Path, frames: int, seed: int, shard_frames: int = 50
     import torch
 
     from virnucpro.atomic import write_sentinel
-    from virnucpro.checkpoint import save_features
+    from virnucpro.features import save_features
 
     shards, features = directory / "prepare" / "shards", directory / "features"
     shards.mkdir(parents=True)

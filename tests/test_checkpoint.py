@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from virnucpro.errors import EXIT_CORRUPTED, EXIT_INCOMPATIBLE
-from virnucpro.checkpoint import (Accumulator, Batch, BatchWriter,
-                                  CheckpointError, PartialShard, checkpoint_policy, quarantine,
-                                  first_duplicate, frames_checkpointed, read_features, read_trusted,
-                                  save_features)
+from virnucpro.checkpoint import (Accumulator, Batch, BatchWriter, CheckpointError, PartialShard,
+                                  checkpoint_policy, frames_checkpointed)
+from virnucpro.features import (FeatureFileError, first_duplicate, quarantine, read_features,
+                                read_trusted, save_features)
 
 
 def good(path, n=4, d=6, **meta):
-    save_features(path, [f"f{i}" for i in range(n)], torch.arange(n * d, dtype=torch.float32).view(n, d),
-                  **meta)
+    save_features(path, [f"f{i}" for i in range(n)],
+                  torch.arange(n * d, dtype=torch.float32).view(n, d), **meta)
     return path
 
 
@@ -31,7 +31,8 @@ def corrupt_cases(tmp_path):
     for name, obj in {
         "wrong-shape": {"version": "1.0", "ids": ["a", "b"], "data": torch.zeros(3, 6)},
         "one-dimensional": {"version": "1.0", "ids": ["a"], "data": torch.zeros(6)},
-        "non-finite": {"version": "1.0", "ids": ["a", "b"], "data": torch.tensor([[1.0, float("nan")]] * 2)},
+        "non-finite": {"version": "1.0", "ids": ["a", "b"],
+                       "data": torch.tensor([[1.0, float("nan")]] * 2)},
         "duplicate-id": {"version": "1.0", "ids": ["a", "a"], "data": torch.zeros(2, 6)},
         "missing-keys": {"version": "1.0", "ids": ["a"]},
         "not-a-dict": [1, 2, 3],
@@ -50,7 +51,7 @@ EXPECTED = {"zero-byte": "missing or empty", "truncated": "not a torch zip conta
 
 def test_each_corruption_is_reported_as_corrupted_with_its_reason(tmp_path):
     for name, path in corrupt_cases(tmp_path).items():
-        with pytest.raises(CheckpointError) as info:
+        with pytest.raises(FeatureFileError) as info:
             read_features(path)
         assert info.value.kind == "corrupted" and info.value.exit_code == EXIT_CORRUPTED, name
         assert EXPECTED[name] in str(info.value), name
@@ -63,20 +64,20 @@ def test_pickled_code_is_refused_at_load(tmp_path):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
     path = tmp_path / "evil.pt"
     torch.save({"version": "1.0", "ids": ["a"], "data": torch.zeros(1, 2), "x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+    with pytest.raises(FeatureFileError, match="cannot be loaded safely"):
         read_features(path)
     assert not (tmp_path / "pwned").exists()
 
 
 def test_expected_width_is_checked(tmp_path):
-    with pytest.raises(CheckpointError, match="6 columns, expected 3328"):
+    with pytest.raises(FeatureFileError, match="6 columns, expected 3328"):
         read_features(good(tmp_path / "a.pt"), expected_dim=3328)
 
 
 def test_future_major_version_is_incompatible_and_names_both_versions(tmp_path):
     path = tmp_path / "future.pt"
     torch.save({"version": "2.0", "ids": ["a"], "data": torch.zeros(1, 2)}, path)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(FeatureFileError) as info:
         read_features(path)
     assert info.value.kind == "incompatible" and info.value.exit_code == EXIT_INCOMPATIBLE
     assert "version 2.0" in str(info.value) and "format 1.0" in str(info.value)
@@ -88,13 +89,15 @@ def test_future_major_version_is_incompatible_and_names_both_versions(tmp_path):
     assert read_features(tmp_path / "minor.pt").version == "1.7"
 
 
-@pytest.mark.parametrize("name, width", [("output_1_merged.pt", 3328), ("output_1_DNABERT_S.pt", 768),
+@pytest.mark.parametrize("name, width", [("output_1_merged.pt", 3328),
+                                         ("output_1_DNABERT_S.pt", 768),
                                          ("output_1_ESM.pt", 2560)])
 def test_original_unversioned_files_are_read(reference, name, width):
     table = read_features(reference / "original-format" / name, expected_dim=width)
     assert table.version == "0"
     frames = [line.split("\t")[0] for line in
-              (reference / "original-format" / "prediction_results.txt").read_text().splitlines()[1:]]
+              (reference / "original-format" / "prediction_results.txt").read_text()
+              .splitlines()[1:]]
     assert sorted(table.ids) == sorted(frames)  # the ESM file is in batch order
     assert table.data.shape == (len(table.ids), width)
 
@@ -114,29 +117,31 @@ def test_quarantine_moves_aside_and_records(tmp_path):
     aside = quarantine(path, "not a torch zip container", registry)
     assert not path.exists() and aside.read_bytes() == b"junk"
     recorded, reason, stamp = registry.read_text().strip().split("|")
-    assert recorded == str(path) and reason == "not a torch zip container" and stamp.startswith("20")
+    assert (recorded == str(path) and reason == "not a torch zip container"
+            and stamp.startswith("20"))
 
 
 def test_a_consumer_moves_a_corrupt_result_aside_and_removes_its_sentinel(tmp_path):
     registry = tmp_path / "failed_checkpoints.txt"
     result, sentinel = good(tmp_path / "s.pt"), tmp_path / "s.done"
     sentinel.write_text("4\n")
-    assert read_trusted(result, sentinel, registry).ids == ["f0", "f1", "f2", "f3"]
+    assert read_trusted(result, registry).ids == ["f0", "f1", "f2", "f3"]
     result.write_bytes(result.read_bytes()[:100])  # .done without a valid file
-    with pytest.raises(CheckpointError, match="not a torch zip container"):
-        read_trusted(result, sentinel, registry)
+    with pytest.raises(FeatureFileError, match="not a torch zip container"):
+        read_trusted(result, registry)
     assert not sentinel.exists() and not result.exists()
     assert "not a torch zip container" in registry.read_text()
 
 
 def test_skip_validation_trusts_the_data_but_still_checks_the_container(tmp_path):
     path = tmp_path / "nan.pt"
-    torch.save({"version": "1.0", "ids": ["a", "a"], "data": torch.full((2, 3), float("nan"))}, path)
+    torch.save({"version": "1.0", "ids": ["a", "a"], "data": torch.full((2, 3), float("nan"))},
+               path)
     assert read_features(path, validate=False).ids == ["a", "a"]
-    with pytest.raises(CheckpointError, match="duplicate ID"):
+    with pytest.raises(FeatureFileError, match="duplicate ID"):
         read_features(path)
     path.write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="not a torch zip"):
+    with pytest.raises(FeatureFileError, match="not a torch zip"):
         read_features(path, validate=False)
 
 
@@ -231,6 +236,6 @@ def test_a_duplicate_id_is_found_in_one_pass(tmp_path):
     assert first_duplicate(ids) == ids[-1]
     path = tmp_path / "dup.pt"
     save_features(path, ids, torch.zeros(len(ids), 2))
-    with pytest.raises(CheckpointError, match=f"duplicate ID '{ids[-1]}'"):
+    with pytest.raises(FeatureFileError, match=f"duplicate ID '{ids[-1]}'"):
         read_features(path)
     assert time.monotonic() - start < 30

@@ -29,7 +29,8 @@ def test_reference_scores_give_the_reference_files_byte_for_byte(reference, tmp_
     reads = write_reads(tmp_path / "reads.tsv", [(0, "synthetic_seq_1", 180, 1, 2),
                                                   (1, "synthetic_seq_2", 171, 1, 2)])
     aggregate(reads, [scores], tmp_path)
-    assert (tmp_path / "prediction_results.txt").read_bytes() == (ref / "prediction_results.txt").read_bytes()
+    assert (tmp_path / "prediction_results.txt").read_bytes() == \
+        (ref / "prediction_results.txt").read_bytes()
     assert (tmp_path / "prediction_results_highestscore.csv").read_bytes() == \
         (ref / "prediction_results_highestscore.csv").read_bytes()
 
@@ -44,7 +45,7 @@ def test_every_read_once_in_order_with_calls_and_chunks_split_over_shards(tmp_pa
         ("b_read_chunk_2R1", 0, 2, "0.2", "0.8"), ("a_read_chunk_1F1", 2, 1, "0.5", "0.5"),
         ("weird_chunk_9_chunk_1R3", 3, 1, "0.25", "0.75")])
     counts = aggregate(reads, [shard0, shard1], tmp_path)
-    summary = [l.split("\t") for l in (tmp_path / "summary.tsv").read_text().splitlines()]
+    summary = [line.split("\t") for line in (tmp_path / "summary.tsv").read_text().splitlines()]
     assert summary[0] == ["read_id", "length", "chunks", "frames", "best_virus_score", "read_score",
                           "virus_chunks", "call"]
     assert [r[0] for r in summary[1:]] == ["b_read", "no_orf", "a_read", "weird_chunk_9"]

@@ -23,7 +23,7 @@ def test_the_readme_chain_runs_as_written(tmp_path):
     (tmp_path / "resources" / "demo.fa").symlink_to(ROOT / "resources" / "demo.fa")
     commands = readme_chain()
     assert [c.split()[1] for c in commands] == ["make-demo-models", "prepare", "embed",
-                                                "classify", "validate-checkpoints",
+                                                "classify", "validate-features",
                                                 "convert-model"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for command in commands:
@@ -41,8 +41,11 @@ def test_the_readme_chain_runs_as_written(tmp_path):
 def test_classify_names_the_shards_it_was_not_given(tmp_path):
     """One shard's features of three: named before anything is written."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    run = lambda *args: subprocess.run([str(ROOT / ".venv" / "bin" / "virnucpro"), *args],
-                                       cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    def run(*args):
+        return subprocess.run([str(ROOT / ".venv" / "bin" / "virnucpro"), *args],
+                              cwd=tmp_path, capture_output=True, text=True, env=env)
+
     assert run("make-demo-models", "models").returncode == 0
     assert run("prepare", str(ROOT / "resources" / "demo.fa"), "--chunk-size", "500",
                "--outdir", "out", "--shard-size", "10").returncode == 0

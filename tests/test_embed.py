@@ -21,7 +21,7 @@ from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import (EmbeddingEngine, EmbeddingError, ShardFrames, in_windows,
                              plan_batches, read_frames, resolve_device, resolve_precision)
 from virnucpro.errors import InputError, UsageError
-from virnucpro.checkpoint import read_features
+from virnucpro.features import read_features
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 TOLERANCE = 1e-5

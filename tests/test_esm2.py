@@ -212,7 +212,7 @@ def test_wrong_architecture(checkpoints, tmp_path, damage):
         data["model"][key] = torch.zeros(3, 3)
     path = tmp_path / checkpoints["demo"].name
     torch.save(data, path)
-    with pytest.raises(ModelError, match="not a usable ESM-2 checkpoint"):
+    with pytest.raises(ModelError, match="not a usable ESM-2 model file"):
         load_esm2(path)
 
 
@@ -222,7 +222,7 @@ def test_load_by_name_from_torch_hub_cache(checkpoints, tmp_path, monkeypatch):
     hub.mkdir(parents=True)
     shutil.copy(checkpoints["t6_8M"], hub / "esm2_t6_8M_UR50D.pt")
     assert load_esm2("esm2_t6_8M_UR50D").identity()["model"] == "esm2_t6_8M_UR50D"
-    expected = re.escape(f"{hub / 'esm2_t36_3B_UR50D.pt'}: ESM-2 checkpoint not found")
+    expected = re.escape(f"{hub / 'esm2_t36_3B_UR50D.pt'}: ESM-2 model file not found")
     with pytest.raises(ModelError, match=expected):
         load_esm2("esm2_t36_3B_UR50D")
 

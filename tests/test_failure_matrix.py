@@ -431,7 +431,7 @@ def break_model(work: Path, kind: str, fault: str) -> str:
 MODEL_ROWS = {
     # (model, fault): (exit status of the failing job, or None when pre-flight stops
     # Snakemake before any job; message)
-    ("esm", "missing"): (66, "cannot download ESM-2 checkpoint 'esm2_demo_t2_d32'"),
+    ("esm", "missing"): (66, "cannot download ESM-2 model file 'esm2_demo_t2_d32'"),
     ("esm", "truncated"): (None, "esm2_demo_t2_d32.pt: cannot read the file"),
     ("esm", "wrong architecture"): (66, "esm2_demo_t2_d32.pt: refused: the file holds a pickled "
                                         "object (__main__.MLPClassifier) that is not allowed"),
@@ -653,7 +653,8 @@ def test_finished_features_truncated(kept_reference, tmp_path):
     assert failed_steps(work / "out", since) == {"classify/s/shard_000002.log": 75}
     (line,) = error_lines(proc.stdout)
     assert line in (work / "out" / "logs" / "classify" / "s" / "shard_000002.log").read_text()
-    assert re.fullmatch(r"virnucpro: error: out/s/features/shard_000002.pt: corrupted checkpoint: "
+    assert re.fullmatch(r"virnucpro: error: out/s/features/shard_000002.pt: "
+                        r"corrupted feature file: "
                         r"not a torch zip container \(truncated or overwritten\?\); moved aside "
                         r"as shard_000002.pt.corrupted-\S+ and listed in failed_checkpoints.txt: "
                         r"rerun to compute it again", line), line
@@ -665,7 +666,7 @@ def test_finished_features_truncated(kept_reference, tmp_path):
     assert_same_results(work / "out" / "s", kept_reference[1])
 
 
-# --------------------------------------------------------------------------- concurrent runs and signals
+# ---------------------------------------------------------------------- concurrent runs and signals
 
 def catches_sigterm(job: psutil.Process) -> bool:
     """Whether the job has a SIGTERM handler, i.e. virnucpro's runner is in charge

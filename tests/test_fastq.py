@@ -63,7 +63,8 @@ def test_fastq_gives_the_fasta_results_byte_for_byte(tmp_path, variant):
     fasta.write_text(fasta_text(RECORDS))
     fastq.write_bytes(FASTQ_VARIANTS[variant]())
     assert flat_outputs(fastq, tmp_path, "fq") == flat_outputs(fasta, tmp_path, "fa")
-    assert shard_outputs(fastq, tmp_path, "fq-shards") == shard_outputs(fasta, tmp_path, "fa-shards")
+    assert shard_outputs(fastq, tmp_path, "fq-shards") == \
+        shard_outputs(fasta, tmp_path, "fa-shards")
     assert len(read_fasta(tmp_path / "fa" / "protein.faa")) > 100  # frames were compared
 
 
@@ -258,7 +259,8 @@ def test_original_reads_keep_headers_and_sequences_in_prepare_order(tmp_path):
     assert [(r.read_index, r.read_id, r.header, r.sequence) for r in reads] == [
         (0, b"r1", b"r1 first read", b"ACGTAC"), (1, b"r2", b"r2\tdesc", b"GGGG"),
         (2, b"r3", b"  r3  x", b"TTA")]
-    rows = [line.split("\t") for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
+    rows = [line.split("\t")
+            for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
     assert [(int(r[0]), r[1].encode()) for r in rows] == [(r.read_index, r.read_id) for r in reads]
 
 
@@ -270,6 +272,7 @@ def test_original_reads_of_paired_fastq_are_the_interleaved_mates(tmp_path):
     expected_headers = [f"{h} {m}:N:0:ACGT" for (h, _) in one for m in (1, 2)]
     assert [r.header.decode() for r in reads] == expected_headers
     assert [r.sequence.decode() for r in reads] == [s for pair in zip(one, two) for _, s in pair]
-    rows = [line.split("\t") for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
+    rows = [line.split("\t")
+            for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
     assert [(int(r[0]), r[1]) for r in rows] == [(r.read_index, r.read_id.decode()) for r in reads]
     assert [r.read_id for r in reads[:2]] == [b"pair0/1", b"pair0/2"]

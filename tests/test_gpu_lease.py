@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -39,8 +38,9 @@ def test_twelve_jobs_on_four_gpus_never_share_one(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE.replace("{python}", sys.executable))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3",
            "VIRNUCPRO_GPU_LOCK_DIR": str(tmp_path / "locks")}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "12", "--resources", "gpu=4",
-                           "--directory", str(tmp_path), "--snakefile", str(tmp_path / "Snakefile")],
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "12",
+                           "--resources", "gpu=4", "--directory", str(tmp_path),
+                           "--snakefile", str(tmp_path / "Snakefile")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     runs = [line.split() for p in tmp_path.glob("job*.txt") for line in p.read_text().splitlines()]
@@ -55,7 +55,8 @@ def test_a_killed_jobs_lease_is_released(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import time\nfrom virnucpro.gpu import gpu_lease\n"
         "with gpu_lease(['7']):\n    print('held', flush=True)\n    time.sleep(60)\n")],
-        env={**os.environ, "VIRNUCPRO_GPU_LOCK_DIR": str(tmp_path)}, stdout=subprocess.PIPE, text=True)
+        env={**os.environ, "VIRNUCPRO_GPU_LOCK_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     start = time.monotonic()
     os.kill(holder.pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import fastq_text
 from virnucpro.config import check_config
@@ -199,11 +200,11 @@ def test_dnabert_weights_cut_short_and_a_legacy_torch_file(tmp_path, demo):
                  {}) == []
 
 
-def test_an_esm_checkpoint_must_be_named_as_fair_esm_names_them(tmp_path, demo):
+def test_an_esm_model_file_must_be_named_as_fair_esm_names_them(tmp_path, demo):
     (tmp_path / "r.fa").write_text(">r\nACGT\n")
     esm = Path(shutil.copy(demo["esm"], tmp_path / "protein_model.pt"))
     assert problems({"s": [str(tmp_path / "r.fa")]}, {}, models_of(demo, esm=esm), 500, {}) == [
-        f"{esm}: not an ESM-2 checkpoint: the file name must start with 'esm2' (e.g. "
+        f"{esm}: not an ESM-2 model file: the file name must start with 'esm2' (e.g. "
         "esm2_t36_3B_UR50D.pt), as fair-esm tells the architecture by name"]
 
 
@@ -326,3 +327,14 @@ def test_the_dry_run_line(tmp_path):
         f"{tmp_path}/binary.fa: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ text; "
         "give nucleotide reads in FASTA or FASTQ format (plain or gzip))")
 
+
+
+def test_the_schema_defaults_are_the_packages_defaults():
+    """The workflow's defaults (the schema, which fills the config) and the CLI's (the
+    package's constants) are the same numbers: one default per setting."""
+    from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
+
+    checkpoint = yaml.safe_load(SCHEMA.read_text())["properties"]["checkpoint"]["properties"]
+    assert (checkpoint["frames"]["default"], checkpoint["seconds"]["default"],
+            checkpoint["window_frames"]["default"]) == (CHECKPOINT_FRAMES, CHECKPOINT_SECONDS,
+                                                        WINDOW_FRAMES)

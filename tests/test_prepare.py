@@ -236,12 +236,14 @@ BAD_INPUTS = {
     "no-id": (b">a\nACGT\n>\nACGT\n", "header line has no record ID", 65),
     "duplicate": (b">a\nACGT\n>b\nAAAA\n>a\nCCCC\n",
                   "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
-    "protein": (b">p1\nMKVLEEIQ\n", "record 'p1' (#1): has 'L' at position 4, which is not a nucleotide", 65),
+    "protein": (b">p1\nMKVLEEIQ\n",
+                "record 'p1' (#1): has 'L' at position 4, which is not a nucleotide", 65),
     # FASTQ (told from the content: these files are named .fa too)
     "fastq-quality-length": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n+\nIII\n",
                              "record 'r2' (#2): has 4 bases but 3 quality scores", 65),
     "fastq-truncated": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n", "record 'r2' (#2): the file "
-                        "ends inside this record (it has 2 of its 4 lines); the file is truncated", 65),
+                        "ends inside this record (it has 2 of its 4 lines); "
+                        "the file is truncated", 65),
     "fastq-truncated-header": (b"@r1\nACGT\n+\nIIII\n@r2", "record 'r2' (#2): the file ends "
                                "inside this record (it has 1 of its 4 lines)", 65),
     "fastq-no-plus-line": (b"@r1\nACGT\nIIII\n@r2\nACGT\n+\nIIII\n", "record 'r1' (#1): its "
@@ -271,7 +273,7 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, case):
         out = tmp_path / f"out{len(extra)}"
         proc = run_cli("prepare", path, "--chunk-size", "300", "--outdir", out, *extra)
         assert proc.returncode == code, proc.stderr
-        error_lines = [l for l in proc.stderr.splitlines() if "error" in l]
+        error_lines = [line for line in proc.stderr.splitlines() if "error" in line]
         assert len(error_lines) == 1 and "Traceback" not in proc.stderr
         assert error_lines[0].startswith(f"virnucpro: error: {path}")
         assert message in error_lines[0]

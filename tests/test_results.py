@@ -64,7 +64,8 @@ def test_threshold_sets_the_read_calls_and_never_the_original_tables(tmp_path, t
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "default" / name).read_bytes()
     assert counts["virus_threshold"] == threshold
-    assert counts["virus"] == calls.count("virus") and counts["non-virus"] == calls.count("non-virus")
+    assert (counts["virus"] == calls.count("virus")
+            and counts["non-virus"] == calls.count("non-virus"))
 
 
 # --------------------------------------------------------------------------- pairs
@@ -136,7 +137,8 @@ def test_distributions_stay_bounded_and_list_the_top_reads_by_score_then_input_o
     data = dist.as_dict()
     assert data["length_and_score"]["scored_reads"] == 5000
     assert len(data["length_and_score"]["sample"]) == LENGTH_SAMPLE
-    assert sum(map(sum, (data["best_virus_score_histogram"][c] for c in ("virus", "non-virus")))) == 5000
+    assert sum(map(sum, (data["best_virus_score_histogram"][c]
+                         for c in ("virus", "non-virus")))) == 5000
     # 0.999 is reached by reads 999, 1999, ..., 4999: the earlier first; then 0.998 ...
     assert [r["read_id"] for r in data["top_reads"]] == \
         [f"r{k * 1000 + 999}" for k in range(5)] + [f"r{k * 1000 + 998}" for k in range(5)] + \
@@ -219,7 +221,8 @@ def test_samples_summary_agrees_with_each_samples_summary_and_pairs(tmp_path):
     assert got["paired"]["pairs"] == want.pop("pairs")
     assert {k: got["paired"][f"pairs_{k}"] for k in want} == want
     assert got["single"]["layout"] == "single" and got["paired"]["layout"] == "paired"
-    assert all(got["single"][c] == "NA" for c in SAMPLES_SUMMARY_COLUMNS if c.startswith(("mate", "pairs")))
+    assert all(got["single"][c] == "NA"
+               for c in SAMPLES_SUMMARY_COLUMNS if c.startswith(("mate", "pairs")))
 
 
 # --------------------------------------------------------------------------- demo detection

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from kill_resume import write_shard
-from virnucpro.checkpoint import CheckpointError, read_features
+from virnucpro.checkpoint import CheckpointError
+from virnucpro.features import read_features
 from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import EmbeddingEngine, ShardFrames
-from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable, partial_dir
+from virnucpro.layout import partial_dir
+from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ SETTINGS = CheckpointSettings(frames=10, seconds=3600, window_frames=5)
 
 
 def run(engine, shard, out, settings=SETTINGS):
-    return embed_shard_resumable(ShardFrames(*shard), FeatureRows(out, out.with_suffix(".done")),
+    return embed_shard_resumable(ShardFrames(*shard), FeatureRows(out),
                                  engine, settings)
 
 
@@ -103,7 +105,8 @@ def test_sigkill_of_the_cli_loses_at_most_one_interval(tmp_path, models):
     shard = write_shard(tmp_path, 3000, seed=1)
     out = tmp_path / "k.pt"
     cmd = [sys.executable, "-m", "virnucpro.cli", "-q", "embed", "--nucleotide", shard[0],
-           "--protein", shard[1], "--esm-model", models["esm"], "--dnabert-model", models["dnabert"],
+           "--protein", shard[1], "--esm-model", models["esm"],
+           "--dnabert-model", models["dnabert"],
            "--device", "cpu", "--checkpoint-frames", "200", "--out", out]
     proc = subprocess.Popen(list(map(str, cmd)))
     partial = partial_dir(out)
@@ -153,7 +156,7 @@ class FailingRows(FeatureRows):
     """A result whose rows fail at the second window, as a full disk fails a writer."""
 
     def __init__(self, out):
-        super().__init__(out, out.with_suffix(".done"))
+        super().__init__(out)
         self.windows = 0
 
     def rows(self, window, features, engine):

@@ -79,8 +79,8 @@ def slurm_jobs(env: dict[str, str]) -> list[dict[str, str]]:
 
 def test_demo_through_the_slurm_profile(tmp_path, reference, slurm):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
-    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=3,
-                          models=DEMO_MODELS, embed={"mem_mb": 2000})
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                          shard_size=3, models=DEMO_MODELS, embed={"mem_mb": 2000})
     profile = edited_profile(tmp_path / "profile")
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--snakefile", SNAKEFILE,

@@ -1,9 +1,10 @@
-"""`virnucpro status` and `virnucpro validate-checkpoints` on real run directories."""
+"""`virnucpro status` and `virnucpro validate-features` on real run directories."""
 
 import torch
 
 from conftest import run_cli
-from virnucpro.checkpoint import Batch, BatchWriter, save_features
+from virnucpro.checkpoint import Batch, BatchWriter
+from virnucpro.features import save_features
 from virnucpro.prepare import write_shards
 
 
@@ -56,18 +57,18 @@ def test_status_names_a_missing_or_empty_outdir(tmp_path):
     assert empty.returncode == 64 and "no samples found" in empty.stderr
 
 
-def test_validate_checkpoints_reports_each_file_and_fails_on_bad_ones(tmp_path, reference):
+def test_validate_features_reports_each_file_and_fails_on_bad_ones(tmp_path, reference):
     outdir = make_run(tmp_path, reference)
-    good = run_cli("validate-checkpoints", outdir)
+    good = run_cli("validate-features", outdir)
     assert good.returncode == 0 and good.stdout.count("valid\t") == 2, good.stdout
     bad = outdir / "s" / "features" / "shard_000002.pt"
     bad.write_bytes(b"\x00" * 10)
     future = outdir / "s" / "features" / "shard_000003.pt"
     torch.save({"version": "3.0", "ids": [], "data": torch.zeros(0, 4)}, future)
-    proc = run_cli("validate-checkpoints", outdir)
+    proc = run_cli("validate-features", outdir)
     assert proc.returncode == 78  # incompatible wins over corrupted
     assert f"corrupted\t{bad}\tnot a torch zip container" in proc.stdout
     assert f"incompatible\t{future}\twritten in format version 3.0" in proc.stdout
     assert "2 of 4 files are not valid" in proc.stderr
     future.unlink()
-    assert run_cli("validate-checkpoints", outdir).returncode == 75
+    assert run_cli("validate-checkpoints", outdir).returncode == 75  # the old name still works

@@ -17,15 +17,17 @@ def test_results_for_every_read_and_a_report(tmp_path, reference):
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout
     ref = (reference / "original-format" / "prediction_results.txt").read_text().splitlines()
-    ref_highest = (reference / "original-format" / "prediction_results_highestscore.csv").read_text()
+    ref_highest = (reference / "original-format"
+                   / "prediction_results_highestscore.csv").read_text()
     for sample in SAMPLES:
         out = tmp_path / "out" / sample
         reads = [r for r, _ in read_fasta(reference / "prepare" / f"{sample}.fa")]
-        summary = [l.split("\t") for l in (out / "summary.tsv").read_text().splitlines()]
+        summary = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()]
         assert [row[0] for row in summary[1:]] == reads  # every read once, in input order
         predictions = (out / "prediction_results.txt").read_text().splitlines()
         assert predictions[0] == ref[0]
-        frames = [r for r, _ in read_fasta(reference / "prepare" / f"{sample}_identified_protein.faa")]
+        frames = [r for r, _ in
+                  read_fasta(reference / "prepare" / f"{sample}_identified_protein.faa")]
         assert [line.split("\t")[0] for line in predictions[1:]] == frames
         for line in predictions[1:]:
             _, call, s1, s2 = line.split("\t")
@@ -33,11 +35,12 @@ def test_results_for_every_read_and_a_report(tmp_path, reference):
             assert (call == "virus") == (float(s2) > float(s1))
         highest = (out / "prediction_results_highestscore.csv").read_text().splitlines()
         assert highest[0] == ref_highest.splitlines()[0]
-        assert highest[1:] == sorted(highest[1:]) and all(l.split("\t")[1] in ("True", "False")
-                                                          for l in highest[1:])
+        assert highest[1:] == sorted(highest[1:]) and all(
+            line.split("\t")[1] in ("True", "False") for line in highest[1:])
         assert (out / "report.html").exists()
     no_frames = (tmp_path / "out" / "test_sequences_small" / "summary.tsv").read_text().splitlines()
-    assert len(no_frames) == 12 and all(l.endswith("\tno_coding_frame") for l in no_frames[1:])
+    assert len(no_frames) == 12 and all(line.endswith("\tno_coding_frame")
+                                        for line in no_frames[1:])
 
     report = snakemake(tmp_path, "--configfile", config, "--report", "report.zip")
     assert report.returncode == 0, report.stdout

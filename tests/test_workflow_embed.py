@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from virnucpro.checkpoint import read_features
+from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from workflow_helpers import DEMO_MODELS, job_counts, snakemake, write_config
 
@@ -30,14 +30,16 @@ def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
         shard, frames = sentinel.stem, sentinel.read_text().strip()
         table = read_features(sentinel.with_suffix(".pt"), expected_dim=64)
         prepared = out / "prepare" / "shards" / shard
-        index = [l.split("\t")[0] for l in prepared.with_suffix(".index.tsv").read_text().splitlines()[1:]]
+        index = [line.split("\t")[0]
+                 for line in prepared.with_suffix(".index.tsv").read_text().splitlines()[1:]]
         assert table.ids == index and len(index) == int(frames)
         assert (out / "features" / f"{shard}.done").read_text() == f"{frames}\n"
         assert not (out / "features" / f"{shard}.pt.partial").exists()
         cli = tmp_path / f"{shard}.pt"
         run_cli("embed", "--nucleotide", prepared.with_suffix(".fna"), "--protein",
                 prepared.with_suffix(".faa"), "--esm-model", models / "esm2_demo_t2_d32.pt",
-                "--dnabert-model", models / "dnabert2_demo", "--device", "cpu", "--out", cli, check=True)
+                "--dnabert-model", models / "dnabert2_demo", "--device", "cpu", "--out", cli,
+                check=True)
         assert torch.equal(read_features(cli).data, table.data)
 
 
@@ -45,8 +47,10 @@ def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
 def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, missing):
     fasta = reference / "prepare" / "test_with_orfs.fa"
     models = dict(DEMO_MODELS)
-    models[missing] = str(tmp_path / {"esm": "esm2_t36_3B_UR50D.pt", "dnabert": "DNABERT-S"}[missing])
-    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", models=models)
+    models[missing] = str(tmp_path / {"esm": "esm2_t36_3B_UR50D.pt",
+                                      "dnabert": "DNABERT-S"}[missing])
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                          models=models)
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode != 0
     log = (tmp_path / "out" / "logs" / f"download_{missing}.log").read_text()
@@ -61,8 +65,9 @@ def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, mi
 
 def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference):
     fasta = reference / "prepare" / "test_fixed_500bp.fa"
-    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out", shard_size=3,
-                          models=DEMO_MODELS, keep_features=True, embed={"device": "cpu"})
+    config = write_config(tmp_path / "c.yaml", samples={"s": str(fasta)}, outdir="out",
+                          shard_size=3, models=DEMO_MODELS, keep_features=True,
+                          embed={"device": "cpu"})
     clean = tmp_path / "clean"
     clean.mkdir()
     assert snakemake(clean, "--configfile", config).returncode == 0
@@ -75,8 +80,8 @@ def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference)
     first = snakemake(tmp_path, "--configfile", config)  # the consumer finds and reports it
     assert first.returncode != 0
     log = (tmp_path / "out" / "logs" / "classify" / "s" / "shard_000001.log").read_text()
-    assert "virnucpro: error: out/s/features/shard_000001.pt: corrupted checkpoint: not a torch zip " \
-        "container" in log
+    assert "virnucpro: error: out/s/features/shard_000001.pt: corrupted feature file: " \
+        "not a torch zip container" in log
     assert not features.with_suffix(".done").exists()
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert job_counts(dry.stdout)["embed"] == 1, dry.stdout  # exactly that shard is redone
@@ -84,9 +89,11 @@ def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference)
     assert torch.equal(read_features(features).data,
                        read_features(clean / "out" / "s" / "features" / "shard_000001.pt").data)
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv"):
-        assert (tmp_path / "out" / "s" / name).read_text() == (clean / "out" / "s" / name).read_text()
+        assert (tmp_path / "out" / "s" / name).read_text() == \
+            (clean / "out" / "s" / name).read_text()
     registry = (tmp_path / "out" / "failed_checkpoints.txt").read_text().splitlines()
-    assert len(registry) == 1 and registry[0].startswith("out/s/features/shard_000001.pt|not a torch zip")
+    assert (len(registry) == 1
+            and registry[0].startswith("out/s/features/shard_000001.pt|not a torch zip"))
     assert len(list(features.parent.glob("shard_000001.pt.corrupted-*"))) == 1
 
 

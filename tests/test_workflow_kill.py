@@ -33,10 +33,11 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     config = config_for(tmp_path, fasta)
     # Models and prepare first, so that the kill lands in the embedding job.
     assert snakemake(work, "out/prepare_summary.tsv", "--configfile", config).returncode == 0
-    assert snakemake(work, "resources/demo-models/models.json", "--configfile", config).returncode == 0
+    assert snakemake(work, "resources/demo-models/models.json",
+                     "--configfile", config).returncode == 0
 
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(work),
-           "--cores", "2", "--configfile", str(config)]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+           "--directory", str(work), "--cores", "2", "--configfile", str(config)]
     runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = work / "out" / "s" / "scores" / "shard_000000.tsv.partial"
     deadline = time.monotonic() + 300
@@ -50,7 +51,8 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     runner.wait()
     time.sleep(0.2)
     saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
-    frames = int((work / "out" / "s" / "prepare" / "shards" / "shard_000000.done").read_text().split()[0])
+    frames = int((work / "out" / "s" / "prepare" / "shards" / "shard_000000.done")
+                 .read_text().split()[0])
     assert INTERVAL * 3 <= saved < frames
     assert not (work / "out" / "s" / "scores" / "shard_000000.tsv").exists()
 

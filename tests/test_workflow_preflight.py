@@ -237,3 +237,18 @@ def test_a_real_run_says_nothing_of_unprepared_samples(tmp_path):
     (tmp_path / "a.fa").unlink()
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
+
+
+def test_the_test_config_dry_runs_from_the_repository_root():
+    """.test/config.yaml (the catalogue's test configuration) plans a run as written, from
+    where its paths point (the repository's root), and writes nothing."""
+    from workflow_helpers import ROOT
+
+    results = ROOT / ".test" / "results"
+    assert not results.exists()
+    proc = snakemake(ROOT, "-n", "--configfile", ROOT / ".test" / "config.yaml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert lines(proc.stdout, "error") == []
+    assert [line.split(":")[1] for line in lines(proc.stdout, "sample")] == [
+        " sample fixed_500bp", " sample no_frames", " sample with_orfs"]
+    assert not results.exists()

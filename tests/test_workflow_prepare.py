@@ -73,7 +73,8 @@ def test_invalid_config_is_refused_before_anything_runs(tmp_path, config, overri
 
 def test_user_configfile_replaces_the_demo_config_and_later_files_override(tmp_path, reference):
     models = reference / "end-to-end" / "models"  # not the demo's: no "demo" in the output
-    first = write_config(tmp_path / "a.yaml", samples={"mine": str(reference / "prepare" / "test_with_orfs.fa")},
+    first = write_config(tmp_path / "a.yaml",
+                         samples={"mine": str(reference / "prepare" / "test_with_orfs.fa")},
                          outdir="out-a", models={"esm": str(models / "esm2_t36_tiny_UR50D.pt"),
                                                  "dnabert": str(models / "dnabert"),
                                                  "classifier": str(models / "classifier.pth")})

@@ -60,7 +60,8 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
         calls = [row["call"] for row in summaries[sample]]
         assert len(calls) == len(records) and "virus" in calls and set(calls) != {"virus"}
         expected = "".join(f">{h}\n{s}\n" for (h, s), c in zip(records, calls) if c == "virus")
-        assert gzip.decompress((out / sample / "virus_reads.fa.gz").read_bytes()).decode() == expected
+        assert gzip.decompress(
+            (out / sample / "virus_reads.fa.gz").read_bytes()).decode() == expected
     assert ">demo_pe_002 2:N:0:ACGTAC simulated mate\n" in expected  # an R2 header as given
 
     # samples_summary.tsv agrees with every sample's summary.tsv (and pairs.tsv).
@@ -73,7 +74,8 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     for mate in (1, 2):
         mates = summaries["pe"][mate - 1::2]
         assert all(r["read_id"].endswith(f"/{mate}") for r in mates)
-        assert {k: overview["pe"][f"mate{mate}_{k}"] for k in call_counts(mates)} == call_counts(mates)
+        assert {k: overview["pe"][f"mate{mate}_{k}"] for k in call_counts(mates)} == \
+            call_counts(mates)
     pairs = table(out / "pe" / "pairs.tsv")
     assert [p["pair_id"] for p in pairs] == [h.split()[0] for h, _ in fastq_records(PAIRED[0])]
     assert [(p["mate1_call"], p["mate2_call"]) for p in pairs] == \
@@ -137,6 +139,8 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     assert [r["best_virus_score"] for r in rows] == \
         [r["best_virus_score"] for r in summaries["single"]]
     called = sum(r["call"] == "virus" for r in rows)
-    assert gzip.decompress((out / "single" / "virus_reads.fa.gz").read_bytes()).count(b">") == called
+    assert gzip.decompress(
+        (out / "single" / "virus_reads.fa.gz").read_bytes()).count(b">") == called
     assert table(out / "samples_summary.tsv")[1]["virus"] == str(called)
-    assert f"threshold {threshold:g} (virus_threshold)" in (out / "single" / "report.html").read_text()
+    assert f"threshold {threshold:g} (virus_threshold)" in \
+        (out / "single" / "report.html").read_text()

@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from virnucpro import layout
 from virnucpro.atomic import atomic_directory, atomic_open
 from virnucpro.calls import Evidence, SampleTally
-from virnucpro.checkpoint import CheckpointError, read_trusted
-from virnucpro.embed import DEFAULT_WINDOW_FRAMES
+from virnucpro.features import FeatureFileError, read_trusted
+from virnucpro.defaults import WINDOW_FRAMES
 from virnucpro.errors import InputError
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.prepare import index_rows
@@ -119,9 +120,8 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     """
     features = Path(features)
     try:
-        table = read_trusted(features, features.with_suffix(".done"), Path(registry),
-                             validate=validate)
-    except CheckpointError as exc:
+        table = read_trusted(features, Path(registry), validate=validate)
+    except FeatureFileError as exc:
         if exc.kind == "corrupted":
             for path in map(Path, derived):
                 if path.exists():
@@ -131,7 +131,7 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     # A width that differs from the classifier's is the classifier's fault (exit 66), not a
     # damaged feature file: the features are kept.
     classifier.expected_input(table.data.shape[1])
-    window = int(table.meta.get("window_frames") or DEFAULT_WINDOW_FRAMES)
+    window = int(table.meta.get("window_frames") or WINDOW_FRAMES)
     parts = ((table.ids[start:start + window],
               score_rows(classifier, table.data[start:start + window]))
              for start in range(0, len(table.ids), window))
@@ -203,8 +203,8 @@ def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike
                 pending = next(frames, None)
             if len(mine) != int(fields[4]):
                 raise InputError(reads_tsv, f"read #{index + 1} has {fields[4]} frames but "
-                                 f"{len(mine)} scores", "the scores are stale; delete them and rerun",
-                                 fields[1])
+                                 f"{len(mine)} scores",
+                                 "the scores are stale; delete them and rerun", fields[1])
             yield fields, mine
     if pending is not None:
         raise InputError(reads_tsv, f"a score for read index {pending.read_index} has no read",
@@ -288,13 +288,12 @@ def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
     what is missing is named before anything is read or written. The scores directory
     appears only once every shard is scored.
     """
-    from virnucpro.checkpoint import FAILED_REGISTRY
     from virnucpro.models.classifier import load_classifier
 
     outdir, prepared = Path(outdir), Path(prepared)
     features = {Path(path).stem: Path(path) for path in features}
-    shards = sorted(p.name[:-len(".done")] for p in (prepared / "shards").glob("shard_*.done"))
-    if not (prepared / "reads.tsv").is_file() or not shards:
+    shards = layout.prepared_shards(prepared)
+    if not (prepared / layout.READS_TABLE).is_file() or not shards:
         raise InputError(prepared, "is not a prepared sample (no reads.tsv and shards/)",
                          "give --prepared the directory `virnucpro prepare --shard-size N` wrote")
     unknown = sorted(set(features) - set(shards))
@@ -309,11 +308,11 @@ def classify_run(features: list[str | os.PathLike], prepared: str | os.PathLike,
                          "embed every shard and pass all the feature files")
     classifier = load_classifier(model)
     outdir.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(outdir / "scores") as scores:
+    with atomic_directory(outdir / layout.SCORES) as scores:
         for name in shards:
-            score_shard(features[name], prepared / "shards" / f"{name}.index.tsv", classifier,
-                        scores / f"{name}.tsv", outdir / FAILED_REGISTRY)
-    paired = json.loads((prepared / "stats.json").read_text()).get("paired", False)
-    return aggregate(prepared / "reads.tsv",
-                     [outdir / "scores" / f"{name}.tsv" for name in shards], outdir, threshold,
+            score_shard(features[name], layout.shard_file(prepared, name, "index"), classifier,
+                        scores / layout.scores_file(outdir, name).name, layout.registry(outdir))
+    paired = json.loads((prepared / layout.STATS).read_text()).get("paired", False)
+    return aggregate(prepared / layout.READS_TABLE,
+                     [layout.scores_file(outdir, name) for name in shards], outdir, threshold,
                      paired)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virnucpro import __version__
+from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS
 from virnucpro.errors import UsageError
 from virnucpro.prepare import CHUNK_SIZES, write_flat, write_shards
 from virnucpro.runner import call_reporting_errors, configure_logging
@@ -40,7 +41,7 @@ def _embed(args: argparse.Namespace) -> None:
                                   force_resume=args.force_resume)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = FeatureRows(out, out.with_suffix(".done"), getattr(torch, args.features_dtype))
+    result = FeatureRows(out, getattr(torch, args.features_dtype))
     frames_now = embed_shard_resumable(frames, result, engine, settings, scanned=scanned)
     print(f"{frames_now:,} frames embedded x {engine.embed_dim} features -> {args.out}")
 
@@ -57,8 +58,9 @@ def _classify(args: argparse.Namespace) -> None:
 
     counts = classify_run(args.features, args.prepared, args.model, args.outdir,
                           args.virus_threshold)
-    print(f"{counts['reads']:,} reads: {counts['virus']:,} virus, {counts['non-virus']:,} non-virus, "
-          f"{counts['no_coding_frame']:,} without a stop-free frame -> {args.outdir}")
+    print(f"{counts['reads']:,} reads: {counts['virus']:,} virus, "
+          f"{counts['non-virus']:,} non-virus, {counts['no_coding_frame']:,} without a "
+          f"stop-free frame -> {args.outdir}")
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -71,8 +73,8 @@ def _status(args: argparse.Namespace) -> None:
         print(sample.line())
 
 
-def _validate_checkpoints(args: argparse.Namespace) -> None:
-    from virnucpro.checkpoint import CheckpointError, validate_tree
+def _validate_features(args: argparse.Namespace) -> None:
+    from virnucpro.features import FeatureFileError, validate_tree
 
     results = validate_tree(args.directory)
     for path, status, reason in results:
@@ -80,7 +82,7 @@ def _validate_checkpoints(args: argparse.Namespace) -> None:
     kinds = {status for _, status, _ in results} - {"valid"}
     if kinds:
         bad = sum(status != "valid" for _, status, _ in results)
-        raise CheckpointError(args.directory, "incompatible" if "incompatible" in kinds else
+        raise FeatureFileError(args.directory, "incompatible" if "incompatible" in kinds else
                               "corrupted", f"{bad} of {len(results)} files are not valid")
     print(f"all {len(results)} files valid")
 
@@ -169,7 +171,7 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
                                    "grow with the shard.")
     p.add_argument("--nucleotide", required=True, help="the shard's nucleotide FASTA (.fna)")
     p.add_argument("--protein", required=True, help="the shard's protein FASTA (.faa)")
-    p.add_argument("--esm-model", required=True, help="ESM-2 checkpoint: a .pt path, or a "
+    p.add_argument("--esm-model", required=True, help="ESM-2 model file: a .pt path, or a "
                    "model name in $TORCH_HOME/hub/checkpoints (e.g. esm2_t36_3B_UR50D)")
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S model directory")
     p.add_argument("--out", required=True, help="feature file to write (.pt)")
@@ -183,23 +185,24 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
                    help="ESM-2 padded tokens per batch (default: set per device type)")
     p.add_argument("--dnabert-tokens", type=_positive, default=None,
                    help="DNABERT-S padded tokens per batch (default: set per device type)")
-    p.add_argument("--checkpoint-frames", type=_positive, default=10_000,
+    p.add_argument("--checkpoint-frames", type=_positive, default=CHECKPOINT_FRAMES,
                    help="save progress every N frames (in OUT.partial/; a rerun resumes)")
-    p.add_argument("--checkpoint-seconds", type=float, default=300.0,
+    p.add_argument("--checkpoint-seconds", type=float, default=CHECKPOINT_SECONDS,
                    help="... or every S seconds, whichever comes first")
     p.add_argument("--force-resume", action="store_true",
                    help="resume from partial results made with different models or settings")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("make-demo-models", help="write small random-init models for demos",
-                       description="Write a random-init ESM-2 checkpoint and DNABERT-S model "
+                       description="Write a random-init ESM-2 model file and DNABERT-S model "
                                    "directory (same file formats as the real ones) into DIR.")
     p.add_argument("directory", metavar="DIR")
     p.set_defaults(func=_make_demo_models)
 
     p = sub.add_parser("classify", help="score feature files and write the result tables",
                        description="Score shard feature files with the VirNucPro classifier and "
-                                   "write prediction_results.txt, prediction_results_highestscore.csv, "
+                                   "write prediction_results.txt, "
+                                   "prediction_results_highestscore.csv, "
                                    "summary.tsv (one row per read), pairs.tsv (paired reads) "
                                    "and counts.json into OUTDIR.")
     p.add_argument("--features", nargs="+", required=True, help="shard feature files (shard_N.pt)")
@@ -219,12 +222,16 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("outdir", nargs="?", default="results", help="the workflow's outdir")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("validate-checkpoints", help="check every feature file under DIR",
-                       description="Load and validate every .pt file under DIR; print valid, "
-                                   "corrupted or incompatible per file. Exit status: 0 all valid, "
-                                   "75 some corrupted, 78 some incompatible.")
+    # validate-checkpoints: the name this command had first, kept for existing scripts.
+    p = sub.add_parser("validate-features", aliases=["validate-checkpoints"],
+                       help="check every feature file under DIR",
+                       description="Load and validate every .pt file under DIR (feature files, "
+                                   "and the saved checkpoints of unfinished shards, which are in "
+                                   "the same format); print valid, corrupted or incompatible per "
+                                   "file. Exit status: 0 all valid, 75 some corrupted, 78 some "
+                                   "incompatible.")
     p.add_argument("directory", metavar="DIR")
-    p.set_defaults(func=_validate_checkpoints)
+    p.set_defaults(func=_validate_features)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(logging.WARNING if args.quiet
+                      else logging.DEBUG if args.verbose else logging.INFO)
     func: Callable[[argparse.Namespace], None] = args.func
     return call_reporting_errors(func, args)
 

@@ -4,7 +4,7 @@ The real ESM-2 3B and DNABERT-S weights cannot be fetched here; these models go 
 very same loading and embedding code. Their features mean nothing biologically.
 
 Layout of the directory:
-    esm2_demo_t2_d32.pt   fair-esm checkpoint format (the name must start with 'esm2')
+    esm2_demo_t2_d32.pt   fair-esm model file format (the name must start with 'esm2')
     dnabert2_demo/        DNABERT-S directory format (config.json, model.safetensors,
                           tokenizer.json with a BPE vocabulary trained on random DNA)
     classifier.pth        the published classifiers' format: a whole pickled MLPClassifier
@@ -175,7 +175,7 @@ def _param_label(count: int) -> str:
 
 def write_demo_esm2(path: Path, layers: int = 2, embed_dim: int = 32, heads: int = 4,
                     seed: int = 0, contact_regression: bool = False) -> Path:
-    """Write a random-init ESM-2 checkpoint in fair-esm's file format; return its path.
+    """Write a random-init ESM-2 model file in fair-esm's file format; return its path.
 
     `path` is the .pt file or a directory (the file is then named `esm2_t{layers}_{size}_UR50D.pt`).
     The file holds {'model': fairseq-named fp16 state dict, 'cfg': {'model': Namespace}}, as the

@@ -15,11 +15,12 @@ How the work flows (one process, one device):
   resume from the next window (`ShardFrames.windows(..., skip=...)`).
 * A loader thread reads, tokenises, batches and stages the coming batches while the main thread
   computes; masks and token counts are built on the host there, so the compute thread never
-  reads a value back from the device except once per window: on CUDA it copies each batch from pinned memory on a side stream and hands over
-  an event the compute stream waits on; results go back to pinned host buffers without
-  blocking, and the host waits once per window. The queue between the two is bounded, an
-  exception in the loader is re-raised in the caller, and the thread is joined on every exit
-  (end, error, or the caller closing the generator).
+  reads a value back from the device except once per window: on CUDA it copies each batch
+  from pinned memory on a side stream and hands over an event the compute stream waits on;
+  results go back to pinned host buffers without blocking, and the host waits once per window.
+  The queue between the two is bounded, an exception in the loader is re-raised in the
+  caller, and the thread is joined on every exit (end, error, or the caller closing the
+  generator).
 * A batch that runs out of GPU memory is split in halves, recursively; batches at least as
   large as one that failed are split before they are tried. A single frame that does not fit
   is an error. Every frame is embedded exactly once.
@@ -44,6 +45,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from virnucpro.defaults import WINDOW_FRAMES
 from virnucpro.errors import InputError, MissingInputError, UsageError, VirNucProError
 from virnucpro.models.dnabert2 import DnaBert2Encoder, load_dnabert2
 from virnucpro.models.esm2 import MAX_RESIDUES, Esm2Encoder, load_esm2
@@ -52,7 +54,6 @@ from virnucpro.progress import Progress
 
 log = logging.getLogger("virnucpro")
 
-DEFAULT_WINDOW_FRAMES = 4096  # frames embedded (and saved) together
 QUEUE_DEPTH = 4  # staged batches waiting for the device
 LOG_EVERY_S = 10.0
 
@@ -494,7 +495,7 @@ class EmbeddingEngine:
     # ---- embedding
 
     def embed(self, nucleotides: Sequence[str], proteins: Sequence[str],
-              window_frames: int = DEFAULT_WINDOW_FRAMES, exact: bool = False) -> torch.Tensor:
+              window_frames: int = WINDOW_FRAMES, exact: bool = False) -> torch.Tensor:
         """Features [N, Dn + De] of frames held in memory, float32 on the CPU, in input order.
 
         `exact`: in float32 throughout even when the engine's precision is mixed (its weights

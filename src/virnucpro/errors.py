@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 EXIT_USAGE = 64
 EXIT_DATA = 65
@@ -84,6 +85,21 @@ class ModelError(VirNucProError):
     """A model is missing, unreadable, refused or of the wrong architecture."""
 
     exit_code = EXIT_NOINPUT
+
+
+class UntrustedFileError(VirNucProError):
+    """A result file that cannot be trusted: `kind` is "corrupted" (exit 75: it is moved
+    aside and a rerun redoes the work) or "incompatible" (exit 78: it needs a decision).
+    Subclasses name what the file is (`what`): a feature file, a checkpoint."""
+
+    what = "file"
+
+    def __init__(self, path: str | os.PathLike, kind: str, reason: str) -> None:
+        super().__init__(f"{path}: {kind} {self.what}: {reason}")
+        self.path = Path(path)
+        self.kind = kind
+        self.reason = reason
+        self.exit_code = EXIT_CORRUPTED if kind == "corrupted" else EXIT_INCOMPATIBLE
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:

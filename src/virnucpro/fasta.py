@@ -311,7 +311,8 @@ class ReadsReader:
         arr = np.frombuffer(text, dtype=np.uint8)
         codes = translate(text + b"\n" * CODE_PADDING, CLASSES)
         text_codes = codes[:len(arr)]
-        special = np.flatnonzero((text_codes - np.uint8(NEWLINE_CODE)) < 3)  # line breaks, '>', spaces
+        # line breaks, '>', spaces
+        special = np.flatnonzero((text_codes - np.uint8(NEWLINE_CODE)) < 3)
         kind = codes[special]
         newlines = special[kind == NEWLINE_CODE]
         marks = special[kind == GT_CODE]
@@ -330,7 +331,8 @@ class ReadsReader:
             invalid = np.add.reduceat(is_invalid, bounds, dtype=np.int64)[1::2]
             invalid[seq_start >= record_end] = 0
             i = int(np.argmax(invalid > 0))
-            pos = seq_start[i] + int(np.argmax(text_codes[seq_start[i]:record_end[i]] == INVALID_CODE))
+            in_record = text_codes[seq_start[i]:record_end[i]]
+            pos = seq_start[i] + int(np.argmax(in_record == INVALID_CODE))
             self._invalid_letter(arr, pos, seq_start[i], _span(arr, id_start[i], id_length[i]),
                                  number + i)
         record_of_space = np.searchsorted(starts, spaces, side="right") - 1
@@ -339,8 +341,8 @@ class ReadsReader:
             # One sequence line per record: sequences are spans of the text itself.
             data, lengths = arr, record_end - 1 - seq_start
         else:
-            in_sequence = np.repeat(np.tile(np.array([False, True]), len(starts)),
-                                    np.stack([seq_start - starts, record_end - seq_start], 1).ravel())
+            spans = np.stack([seq_start - starts, record_end - seq_start], 1).ravel()
+            in_sequence = np.repeat(np.tile(np.array([False, True]), len(starts)), spans)
             keep = in_sequence & (text_codes < NEWLINE_CODE)
             lengths = np.add.reduceat(keep, np.minimum(seq_start, len(arr) - 1), dtype=np.int64)
             lengths[seq_start >= record_end] = 0
@@ -494,7 +496,8 @@ class ReadsReader:
     def _invalid_letter(self, arr: np.ndarray, pos: int, seq_start: int, record: bytes,
                         number: int) -> None:
         before = arr[seq_start:pos]
-        column = len(before) - int(np.count_nonzero((before == ord("\n")) | (before == ord(" ")))) + 1
+        breaks = int(np.count_nonzero((before == ord("\n")) | (before == ord(" "))))
+        column = len(before) - breaks + 1
         char = chr(arr[pos]) if 32 < arr[pos] < 127 else f"byte 0x{arr[pos]:02x}"
         raise self._error(
             f"has {char!r} at position {column}, which is not a nucleotide code",

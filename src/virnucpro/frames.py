@@ -113,7 +113,8 @@ class KeptFrames:
         if keep.all():
             return self
         parts = []
-        for seq, ends in ((self.nucleotide, self.nucleotide_ends), (self.protein, self.protein_ends)):
+        for seq, ends in ((self.nucleotide, self.nucleotide_ends),
+                          (self.protein, self.protein_ends)):
             lengths = np.diff(ends, prepend=0)
             kept = lengths[keep]
             parts += [gather_spans(seq, (ends - lengths)[keep], kept), np.cumsum(kept)]
@@ -147,8 +148,8 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     """Translate the six frames of every chunk and keep the stop-free ones.
 
     `codes` classifies `data` byte for byte (0-3 = A, C, G, T; 4-8 not a base)
-    and extends at least 3 bytes past it. Works in forward coordinates only: reverse frame f of a chunk
-    [o, o+l) reads, on the forward strand, the codons starting at o+l-3-f,
+    and extends at least 3 bytes past it. Works in forward coordinates only: reverse frame f of a
+    chunk [o, o+l) reads, on the forward strand, the codons starting at o+l-3-f,
     o+l-6-f, ... through the reverse codon table, so nothing is
     reverse-complemented except the nucleotides of the frames that are kept.
     Chunks are read in place when they do not overlap (one chunk per read),
@@ -205,7 +206,8 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     plen = np.add.reduceat(translated, first, dtype=np.int64) if len(candidate) else \
         np.zeros(0, dtype=np.int64)
     kept = plen > 0  # an all-ambiguous frame has an empty protein: not written
-    chunk, frame, reverse, shift, plen = chunk[kept], frame[kept], reverse[kept], shift[kept], plen[kept]
+    chunk, frame, reverse = chunk[kept], frame[kept], reverse[kept]
+    shift, plen = shift[kept], plen[kept]
 
     # Nucleotides: frame[shift : shift + 1 + 3*len(protein)], clipped to the chunk.
     # Reverse frames are forward spans read backwards and complemented: gathered
@@ -218,6 +220,7 @@ def select_frames(data: np.ndarray, codes: np.ndarray, chunks: Chunks) -> KeptFr
     backwards = gather_spans(x, (o + length)[chunk[rev]] - shift[rev] - n_bases[rev], n_bases[rev])
     backwards = translate(backwards[::-1], _COMPLEMENT_UPPER)
     rev = rev[::-1]
-    copy_spans(nucleotide, dst[rev], backwards, np.cumsum(n_bases[rev]) - n_bases[rev], n_bases[rev])
+    rev_bases = n_bases[rev]
+    copy_spans(nucleotide, dst[rev], backwards, np.cumsum(rev_bases) - rev_bases, rev_bases)
     nucleotide = translate(nucleotide, _UPPER)
     return KeptFrames(chunk, frame, nucleotide, np.cumsum(n_bases), protein, np.cumsum(plen))

@@ -5,9 +5,10 @@ embedding and scoring jobs appear only after its prepare checkpoint has run: a m
 damaged classifier passed `snakemake -n` and failed the real run after every sample was
 prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
 the reads files of every sample not yet prepared must exist and be readable, and every model
-must be there and be the kind of file it should be (checked by its structure, `virnucpro.models.formats`; its weights are
-read only by the job that loads it), with a classifier for the configured chunk size. All
-problems are reported together, one line each, and nothing starts (exit status 66).
+must be there and be the kind of file it should be (checked by its structure,
+`virnucpro.models.formats`; its weights are read only by the job that loads it), with a
+classifier for the configured chunk size. All problems are reported together, one line each,
+and nothing starts (exit status 66).
 
 A model that a rule of the workflow makes (ESM-2 and DNABERT-S by the download rules, the
 demo models by rule demo_models, a classifier that rule train writes) is no problem when it
@@ -34,7 +35,7 @@ from virnucpro.models.formats import (CONFIG_NAME, dnabert_problems, esm_name_pr
 from virnucpro.prepare import estimate
 
 # The models of a run (config `models`), by what each is called.
-MODEL_NAMES = {"esm": "ESM-2 checkpoint", "dnabert": "DNABERT-S directory",
+MODEL_NAMES = {"esm": "ESM-2 model file", "dnabert": "DNABERT-S directory",
                "classifier": "classifier"}
 # The published classifiers' names say their chunk size (also once converted to safetensors).
 PUBLISHED_NAME = re.compile(r"(300|500)_model\.(pth|safetensors)")
@@ -99,7 +100,7 @@ def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
 
 
 def esm_problems(path: Path, chunk_size: int) -> list[ModelError]:
-    """An ESM-2 checkpoint must be named as fair-esm names them and be a torch file."""
+    """An ESM-2 model file must be named as fair-esm names them and be a torch file."""
     wrong_name = esm_name_problem(path)
     if wrong_name:
         return [wrong_name]

@@ -36,6 +36,7 @@ import numpy as np
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import FastaBlock, ReadsReader
+from virnucpro import layout
 from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
 from virnucpro.reads import DuplicateIdCheck, Reads, ReadSource
@@ -45,7 +46,7 @@ log = logging.getLogger("virnucpro")
 
 CHUNK_SIZES = (300, 500)
 FLAT_FILES = ("chunked.fa", "nucleotide.fa", "protein.faa")
-SHARD_FILES = (".fna", ".faa", ".index.tsv")
+SHARD_FILES = tuple(layout.SHARD_SUFFIXES.values())  # nucleotides, proteins, index
 INDEX_HEADER = b"frame_id\tread_index\tchunk\tframe\n"
 READS_HEADER = b"read_index\tread_id\tlength\tchunks\tframes\n"
 
@@ -79,7 +80,8 @@ class PreparedBlock:
 
     def _chunk_suffix(self, end: bytes) -> Field:
         """'_chunk_{k}' + end for every chunk, from a table of the distinct texts."""
-        return lookup([b"_chunk_%d%s" % (k, end) for k in self._chunk_numbers], self.chunks.number - 1)
+        return lookup([b"_chunk_%d%s" % (k, end) for k in self._chunk_numbers],
+                      self.chunks.number - 1)
 
     def _frame_text(self, pattern: bytes) -> Field:
         """pattern % (chunk number, frame tag) for every kept frame, from a table."""
@@ -270,10 +272,6 @@ def write_flat(reads: Reads, chunk_size: int, outdir: str | os.PathLike,
     return stats
 
 
-def shard_name(index: int) -> str:
-    return f"shard_{index:06d}"
-
-
 class ShardWriter:
     """Split a stream of frames into shards of `shard_size` frames.
 
@@ -306,7 +304,7 @@ class ShardWriter:
                 self._close_shard()
 
     def _open_shard(self) -> None:
-        name = shard_name(self.shards)
+        name = layout.shard_name(self.shards)
         self._handles = [open(self.directory / f"{name}{suffix}", "wb") for suffix in SHARD_FILES]
         self._handles[2].write(INDEX_HEADER)
 
@@ -316,10 +314,10 @@ class ShardWriter:
             os.fsync(handle.fileno())
             handle.close()
         self._handles = []
-        name = shard_name(self.shards)
+        name = layout.shard_name(self.shards)
         sizes = "".join(f"{name}{suffix}\t{(self.directory / f'{name}{suffix}').stat().st_size}\n"
                         for suffix in SHARD_FILES)
-        write_sentinel(self.directory / f"{name}.done", f"{self._in_shard}\n{sizes}")
+        write_sentinel(self.directory / f"{name}{layout.DONE}", f"{self._in_shard}\n{sizes}")
         self.shards += 1
         self._in_shard = 0
 
@@ -359,7 +357,7 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
     """One line on the first of these finished shards whose files are missing or not the size
     their `.done` records (deleted or truncated after prepare), else None. Stat calls only."""
     for name in names:
-        lines = (shards / f"{name}.done").read_text().splitlines()[1:]
+        lines = (shards / f"{name}{layout.DONE}").read_text().splitlines()[1:]
         recorded = dict(line.split("\t") for line in lines)
         for suffix in SHARD_FILES:
             path = shards / f"{name}{suffix}"
@@ -386,11 +384,11 @@ def write_shards(reads: Reads, chunk_size: int, shard_size: int,
     source = ReadSource(reads)
     stats = PrepareStats.of(source, chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous)
     with atomic_directory(outdir) as tmp:
-        shards = tmp / "shards"
+        shards = tmp / layout.SHARDS
         shards.mkdir()
         writer = ShardWriter(shards, shard_size)
         try:
-            with open(tmp / "reads.tsv", "wb") as reads:
+            with open(tmp / layout.READS_TABLE, "wb") as reads:
                 reads.write(READS_HEADER)
                 for block in prepare_blocks(source, chunk_size, stats):
                     writer.add(block)
@@ -398,18 +396,19 @@ def write_shards(reads: Reads, chunk_size: int, shard_size: int,
             stats.shards = writer.close()
         finally:
             writer.abort()
-        (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n")
+        (tmp / layout.STATS).write_text(json.dumps(asdict(stats), indent=2) + "\n")
     return stats
 
 
-SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "shards", "seconds")
+SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "shards",
+                   "seconds")
 
 
 def write_prepare_summary(prepared: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
     """One row of prepare counts per sample, from each sample's stats.json."""
     rows = ["sample\t" + "\t".join(SUMMARY_COLUMNS)]
     for sample, directory in prepared.items():
-        stats = json.loads((Path(directory) / "stats.json").read_text())
+        stats = json.loads((Path(directory) / layout.STATS).read_text())
         rows.append("\t".join([sample, *(str(stats[c]) for c in SUMMARY_COLUMNS)]))
     with atomic_open(out, "w") as handle:
         handle.write("\n".join(rows) + "\n")

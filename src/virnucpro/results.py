@@ -61,8 +61,9 @@ def write_virus_reads(reads: Reads, summary_tsv: str | os.PathLike,
 _GROUPS = (("", "reads", "reads"), ("mate1_", "mate1_reads", "reads"),
            ("mate2_", "mate2_reads", "reads"), ("pairs_", "pairs", "pairs"))
 _COUNTS = ("frames", *(call.replace("-", "_") for call in CALLS), "percent_virus")
-SAMPLES_SUMMARY_COLUMNS = ("sample", "layout", *(column for prefix, count, _ in _GROUPS
-                                                 for column in (count, *(prefix + c for c in _COUNTS))))
+SAMPLES_SUMMARY_COLUMNS = ("sample", "layout",
+                           *(column for prefix, count, _ in _GROUPS
+                             for column in (count, *(prefix + c for c in _COUNTS))))
 
 
 def _group_cells(counts: dict[str, Any] | None, unit: str) -> list[str]:

@@ -24,11 +24,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from virnucpro import layout
 from virnucpro.atomic import atomic_open, write_sentinel
-from virnucpro.checkpoint import (FAILED_REGISTRY, Accumulator, BatchWriter, PartialShard,
-                                  SavedBatch, assemble_features, checkpoint_policy)
+from virnucpro.checkpoint import (Accumulator, BatchWriter, PartialShard, SavedBatch,
+                                  checkpoint_policy)
 from virnucpro.classify import score_rows, write_scores
-from virnucpro.embed import DEFAULT_WINDOW_FRAMES, EmbeddingEngine, FrameWindow, ShardFrames
+from virnucpro.features import assemble_features
+from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
+from virnucpro.embed import EmbeddingEngine, FrameWindow, ShardFrames
 from virnucpro.models.classifier import MLPClassifier, classifier_identity
 
 log = logging.getLogger("virnucpro")
@@ -36,20 +39,17 @@ log = logging.getLogger("virnucpro")
 
 @dataclass(frozen=True)
 class CheckpointSettings:
-    frames: int = 10_000
-    seconds: float = 300.0
-    window_frames: int = DEFAULT_WINDOW_FRAMES
+    frames: int = CHECKPOINT_FRAMES
+    seconds: float = CHECKPOINT_SECONDS
+    window_frames: int = WINDOW_FRAMES
     force_resume: bool = False
 
     def resolved(self) -> CheckpointSettings:
         """Environment overrides (VIRNUCPRO_CHECKPOINT_FRAMES / _SECONDS) applied, and
         windows no larger than the interval (a batch is saved only after whole windows)."""
         frames, seconds = checkpoint_policy(self.frames, self.seconds)
-        return CheckpointSettings(frames, seconds, min(self.window_frames, frames), self.force_resume)
-
-
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+        return CheckpointSettings(frames, seconds, min(self.window_frames, frames),
+                                  self.force_resume)
 
 
 class ShardResult(Protocol):
@@ -75,7 +75,6 @@ class FeatureRows:
     """The result is the shard's feature file, rows in `dtype` (float16 halves the file)."""
 
     out: Path
-    done: Path
     dtype: torch.dtype = torch.float32
     index = None
 
@@ -93,7 +92,7 @@ class FeatureRows:
         assemble_features(self.out, parts, frames, engine.embed_dim, self.dtype,
                           models=engine.identities(), settings=engine.settings(),
                           window_frames=window_frames)
-        write_sentinel(self.done, f"{frames}\n")
+        write_sentinel(layout.sentinel(self.out), f"{frames}\n")
 
 
 # How far mixed precision may move a frame's margin P(virus) - P(others) from float32's, by
@@ -171,10 +170,10 @@ class ScoreRows:
                  "classifier": classifier_identity(self.classifier),
                  "rescored_in_float32": rescored,
                  "rescore_margin": rescore_margin(engine) if engine.precision.autocast else None}
-        with atomic_open(sidecar_path(self.out), "w") as handle:
+        with atomic_open(layout.scores_sidecar(self.out), "w") as handle:
             json.dump(about, handle, indent=2)
         parts = ((t.ids, t.data[:, :2]) for t in (batch.load(validate=False) for batch in batches))
-        write_scores(self.out, self.index, parts, partial_dir(self.out))
+        write_scores(self.out, self.index, parts, layout.partial_dir(self.out))
         if rescored:
             log.info("%s: %d of %d frames rescored in float32 (near a decision boundary)",
                      self.out.name, rescored, frames)
@@ -183,11 +182,6 @@ class ScoreRows:
 def rescore_margin(engine: EmbeddingEngine) -> float:
     """The margin for this engine's matrix multiplications (see RESCORE_MARGINS)."""
     return RESCORE_MARGINS[engine.precision.matmul_dtype(engine.device)]
-
-
-def sidecar_path(scores: Path) -> Path:
-    """What made a scores table: `shard_000000.tsv` -> `shard_000000.json`."""
-    return scores.with_suffix(".json")
 
 
 def _fingerprint(engine: EmbeddingEngine, result: ShardResult, frames: int, ids_sha256: str,
@@ -209,9 +203,9 @@ def embed_shard_resumable(frames: ShardFrames, result: ShardResult, engine: Embe
     """
     settings = settings.resolved()
     total, ids_sha256 = scanned or frames.scan()
-    partial = PartialShard(partial_dir(result.out),
+    partial = PartialShard(layout.partial_dir(result.out),
                            _fingerprint(engine, result, total, ids_sha256, settings.window_frames),
-                           registry or result.out.parent / FAILED_REGISTRY, settings.force_resume)
+                           registry or layout.registry(result.out.parent), settings.force_resume)
     saved = partial.resume(frame_id for frame_id, _, _ in frames.records())
     start = saved[-1].stop if saved else 0
     if start:

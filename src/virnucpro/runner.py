@@ -19,6 +19,15 @@ log = logging.getLogger("virnucpro")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+def share_package(src: str) -> None:
+    """Put `src` (the repository's src/ directory) first on the PYTHONPATH of every process
+    started from here on: the workflow's scripts then import this package whether or not it is
+    installed in their environment (a conda env from envs/ has only its dependencies), with no
+    path juggling in each script."""
+    paths = [src, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p != src)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+
+
 def configure_logging(level: int = logging.INFO, log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:

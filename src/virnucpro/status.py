@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from virnucpro import layout
 from virnucpro.checkpoint import frames_checkpointed
 from virnucpro.errors import MissingInputError, UsageError
 
@@ -35,23 +36,17 @@ class SampleProgress:
                 f"scored, {self.frames_saved:,} frames saved in unfinished shards; {state}")
 
 
-def _names(directory: Path, suffix: str) -> set[str]:
-    if not directory.is_dir():
-        return set()
-    return {e.name[: -len(suffix)] for e in os.scandir(directory) if e.name.endswith(suffix)}
-
-
 def sample_progress(sample_dir: Path) -> SampleProgress:
-    shards = _names(sample_dir / "prepare" / "shards", ".done")
-    features, scores = sample_dir / "features", sample_dir / "scores"
-    scored = _names(scores, ".tsv") & shards
-    embedded = (_names(features, ".done") & shards) | scored
-    saved = sum(frames_checkpointed(directory / f"{shard}{suffix}.partial")
+    shards = layout.names_with(layout.prepare_dir(sample_dir) / layout.SHARDS, layout.DONE)
+    features, scores = sample_dir / layout.FEATURES, sample_dir / layout.SCORES
+    scored = layout.names_with(scores, ".tsv") & shards
+    embedded = (layout.names_with(features, layout.DONE) & shards) | scored
+    saved = sum(frames_checkpointed(layout.partial_dir(directory / f"{shard}{suffix}"))
                 for directory, suffix, finished in ((features, ".pt", embedded),
                                                     (scores, ".tsv", scored))
-                for shard in _names(directory, f"{suffix}.partial") - finished)
+                for shard in layout.names_with(directory, f"{suffix}.partial") - finished)
     return SampleProgress(sample_dir.name, len(shards), len(embedded), len(scored), saved,
-                          (sample_dir / "summary.tsv").is_file())
+                          (sample_dir / layout.SUMMARY).is_file())
 
 
 def run_progress(outdir: str | os.PathLike) -> list[SampleProgress]:
@@ -62,5 +57,5 @@ def run_progress(outdir: str | os.PathLike) -> list[SampleProgress]:
                                 "config's `outdir`, `results` by default)")
     if not outdir.is_dir():
         raise UsageError(f"{outdir}: is not a directory; give the workflow's outdir")
-    samples = sorted(p for p in outdir.iterdir() if (p / "prepare" / "stats.json").exists())
+    samples = sorted(p for p in outdir.iterdir() if (layout.prepare_dir(p) / layout.STATS).exists())
     return [sample_progress(p) for p in samples]

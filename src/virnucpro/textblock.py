@@ -61,7 +61,8 @@ def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.n
     if common.any():
         order = np.flatnonzero(common)
         key = length[order]
-        order = order[np.argsort(key.astype(np.uint16) if key.max() < 2**16 else key, kind="stable")]
+        key = key.astype(np.uint16) if key.max() < 2**16 else key
+        order = order[np.argsort(key, kind="stable")]
         ordered = length[order]
         bounds = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1, [len(order)]])
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -75,7 +76,8 @@ def copy_spans(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.n
             rows = np.flatnonzero((length >> bit) & 1)
             if len(rows):
                 offset = (length[rows] >> (bit + 1)) << (bit + 1)
-                _copy_rows(out, dst[rows] + offset, source, start[rows] + offset * step, 1 << bit, step)
+                _copy_rows(out, dst[rows] + offset, source, start[rows] + offset * step, 1 << bit,
+                           step)
 
 
 def _copy_rows(out: np.ndarray, dst: np.ndarray, source: np.ndarray, start: np.ndarray,

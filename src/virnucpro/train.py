@@ -26,9 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from virnucpro import layout
 from virnucpro.atomic import atomic_open
-from virnucpro.checkpoint import FAILED_REGISTRY, read_trusted
 from virnucpro.errors import InputError, UsageError
+from virnucpro.features import read_trusted
+from virnucpro.hashing import files_sha256
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.plots import class_scores_plot, roc_plot
 from virnucpro.prepare import index_rows
@@ -69,20 +71,21 @@ def labelled_sample(directory: str | os.PathLike, label: int, weight: float = 1.
     """A labelled file as the workflow left it in `{outdir}/{name}/`: its prepare stats name
     the FASTA, its finished shards have features/ and prepare/shards/ files."""
     directory = Path(directory)
-    stats = directory / "prepare" / "stats.json"
+    prepared = layout.prepare_dir(directory)
+    stats = prepared / layout.STATS
     if not stats.is_file():
-        raise InputError(directory, "no prepare/stats.json", "give a sample directory of the "
-                         "workflow's outdir whose prepare and embed steps finished")
-    shards = sorted(p.name[: -len(".done")]
-                    for p in (directory / "prepare" / "shards").glob("shard_*.done"))
-    missing = [s for s in shards if not (directory / "features" / f"{s}.done").exists()]
+        raise InputError(directory, f"no {stats.relative_to(directory)}", "give a sample "
+                         "directory of the workflow's outdir whose prepare and embed steps "
+                         "finished")
+    shards = layout.prepared_shards(prepared)
+    features = [layout.features_file(directory, s) for s in shards]
+    missing = [s for s, path in zip(shards, features) if not layout.sentinel(path).exists()]
     if missing:
         raise InputError(directory, f"shard {missing[0]} is not embedded yet",
                          "run the workflow's train target (or embed the shard) first")
     return LabelledFile(json.loads(stats.read_text())["input"], label, weight, validation,
-                        [str(directory / "features" / f"{s}.pt") for s in shards],
-                        [str(directory / "prepare" / "shards" / f"{s}.index.tsv")
-                         for s in shards])
+                        list(map(str, features)),
+                        [str(layout.shard_file(prepared, s, "index")) for s in shards])
 
 
 class FrameRows:
@@ -145,8 +148,8 @@ def _load(file: LabelledFile, registry: Path | None
     tables, reads, models = [], [], {}
     for features, index in zip(file.features, file.indexes, strict=True):
         features = Path(features)
-        registry_path = registry or features.parent.parent.parent / FAILED_REGISTRY
-        table = read_trusted(features, features.with_suffix(".done"), registry_path)
+        registry_path = registry or layout.registry(features.parent.parent.parent)
+        table = read_trusted(features, registry_path)
         tables.append(table.data)
         reads.extend(int(row[1]) for row in index_rows(index, table.ids, features))
         models = table.meta.get("models", models)
@@ -293,15 +296,6 @@ def evaluate(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
             "virus_frames": int(np.sum(labels == VIRUS))}
 
 
-def _sha256(paths: Sequence[str]) -> str:
-    """One digest of the files' bytes, in order: the embedded frames a model was trained on."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
-
-
 def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_size: int,
               model_out: str | os.PathLike, metrics_out: str | os.PathLike,
               roc_out: str | os.PathLike, scores_out: str | os.PathLike) -> dict[str, Any]:
@@ -318,7 +312,7 @@ def train_run(files: Sequence[LabelledFile], settings: TrainingSettings, chunk_s
     metrics = evaluate(labels, scores)
     data = [{"file": f.fasta, "label": "virus" if f.label == VIRUS else "non-virus",
              "weight": f.weight, "validation": f.validation,
-             "features_sha256": _sha256(f.features)}
+             "features_sha256": files_sha256(f.features)}
             for f in files]
     fingerprint = hashlib.sha256(json.dumps([data, asdict(settings)], sort_keys=True)
                                  .encode()).hexdigest()

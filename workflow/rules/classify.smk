@@ -8,27 +8,27 @@ if KEEP_FEATURES:
 
     rule classify:
         input:
-            features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
-            done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
-            index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
+            features=FEATURE_FILE,
+            done=FEATURE_DONE,
+            index=SHARD_FILES["index"],
             model=config["models"]["classifier"],
         output:
-            f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
-        params:
-            registry=FAILED_REGISTRY,
-            # Results built from this shard: withdrawn if its features turn out corrupted.
-            derived=lambda wildcards: sample_results(wildcards.sample),
+            SCORES_FILE,
         log:
             f"{OUTDIR}/logs/classify/{{sample}}/{{shard}}.log",
         benchmark:
             f"{OUTDIR}/benchmarks/classify/{{sample}}/{{shard}}.tsv"
+        conda:
+            ENV
         threads: 1
         resources:
             # The feature file is memory-mapped and scored a window at a time.
             mem_mb=2000,
             runtime=60,
-        conda:
-            ENV
+        params:
+            registry=FAILED_REGISTRY,
+            # Results built from this shard: withdrawn if its features turn out corrupted.
+            derived=lambda wildcards: sample_results(wildcards.sample),
         script:
             "../scripts/classify.py"
 
@@ -48,21 +48,21 @@ rule aggregate:
         scores=shard_scores,
     output:
         **AGGREGATE_OUTPUT,
-    wildcard_constraints:
-        sample=sample_pattern(SINGLE_SAMPLES),
-    params:
-        # Sets the read (and pair) calls; the original's two tables do not depend on it.
-        threshold=config["virus_threshold"],
     log:
         f"{OUTDIR}/logs/aggregate/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/aggregate/{{sample}}.tsv"
+    wildcard_constraints:
+        sample=sample_pattern(SINGLE_SAMPLES),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        # Sets the read (and pair) calls; the original's two tables do not depend on it.
+        threshold=config["virus_threshold"],
     script:
         "../scripts/aggregate.py"
 
@@ -87,35 +87,33 @@ rule virus_reads:
         f"{OUTDIR}/logs/virus_reads/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/virus_reads/{{sample}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=120,
-    conda:
-        ENV
     script:
         "../scripts/virus_reads.py"
 
 
 rule samples_summary:
-    localrule: True  # a table of the samples' counts
     input:
         expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
     output:
-        overview_entry(
-            f"{OUTDIR}/samples_summary.tsv", "samples_summary.rst", "counts per sample"
-        ),
-    params:
-        samples=SAMPLES,
+        overview_entry(f"{OUTDIR}/samples_summary.tsv", "samples_summary.rst", "counts per sample"),
     log:
         f"{OUTDIR}/logs/samples_summary.log",
     benchmark:
         f"{OUTDIR}/benchmarks/samples_summary.tsv"
+    localrule: True  # a table of the samples' counts
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
-    conda:
-        ENV
+    params:
+        samples=SAMPLES,
     script:
         "../scripts/samples_summary.py"

@@ -1,5 +1,5 @@
 # Embed: one job per shard (one GPU, one model load), DNABERT-S + ESM-2 features.
-# Intra-shard checkpoints live in {result}.partial/, which is not a declared
+# Intra-shard checkpoints live in RESULT.partial/ (virnucpro.layout), which is not a declared
 # output, so a rerun after a kill resumes instead of starting the shard over.
 
 
@@ -9,7 +9,6 @@
 
 
 rule demo_models:
-    localrule: True
     output:
         esm=f"{DEMO_MODELS}/esm2_demo_t2_d32.pt",
         dnabert=directory(f"{DEMO_MODELS}/dnabert2_demo"),
@@ -19,32 +18,33 @@ rule demo_models:
         f"{OUTDIR}/logs/demo_models.log",
     benchmark:
         f"{OUTDIR}/benchmarks/demo_models.tsv"
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
     script:
         "../scripts/demo_models.py"
 
 
-if not esm_checkpoint().startswith(DEMO_MODELS):
+if not esm_model_file().startswith(DEMO_MODELS):
 
     rule download_esm:
-        localrule: True
         output:
-            esm_checkpoint(),
+            esm_model_file(),
         log:
             f"{OUTDIR}/logs/download_esm.log",
         benchmark:
             f"{OUTDIR}/benchmarks/download_esm.tsv"
+        localrule: True
+        conda:
+            ENV
         threads: 1
         resources:
             mem_mb=1000,
             runtime=120,
-        conda:
-            ENV
         script:
             "../scripts/download_models.py"
 
@@ -52,19 +52,19 @@ if not esm_checkpoint().startswith(DEMO_MODELS):
 if not config["models"]["dnabert"].startswith(DEMO_MODELS):
 
     rule download_dnabert:
-        localrule: True
         output:
             directory(config["models"]["dnabert"]),
         log:
             f"{OUTDIR}/logs/download_dnabert.log",
         benchmark:
             f"{OUTDIR}/benchmarks/download_dnabert.tsv"
+        localrule: True
+        conda:
+            ENV
         threads: 1
         resources:
             mem_mb=1000,
             runtime=60,
-        conda:
-            ENV
         script:
             "../scripts/download_models.py"
 
@@ -76,33 +76,34 @@ if not config["models"]["dnabert"].startswith(DEMO_MODELS):
 
 rule embed:
     input:
-        nucleotide=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.fna",
-        protein=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.faa",
-        prepared=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.done",
-        esm=esm_checkpoint(),
+        nucleotide=SHARD_FILES["nucleotide"],
+        protein=SHARD_FILES["protein"],
+        prepared=SHARD_DONE,
+        esm=esm_model_file(),
         dnabert=config["models"]["dnabert"],
     output:
-        features=f"{OUTDIR}/{{sample}}/features/{{shard}}.pt",
-        done=f"{OUTDIR}/{{sample}}/features/{{shard}}.done",
+        features=FEATURE_FILE,
+        done=FEATURE_DONE,
+    log:
+        f"{OUTDIR}/logs/embed/{{sample}}/{{shard}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/embed/{{sample}}/{{shard}}.tsv"
     wildcard_constraints:
         sample=sample_pattern(FEATURE_SAMPLES),
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=config["embed"]["mem_mb"],
+        runtime=config["embed"]["runtime"],
     params:
         # Only what changes the numbers: a changed param reruns finished shards
         # (rerun-triggers). Batch sizes, memory and checkpoint intervals do not;
         # the script reads them from the config.
         dtype=config["embed"]["dtype"],
         features_dtype=config["features_dtype"],
-    log:
-        f"{OUTDIR}/logs/embed/{{sample}}/{{shard}}.log",
-    benchmark:
-        f"{OUTDIR}/benchmarks/embed/{{sample}}/{{shard}}.tsv"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=config["embed"]["mem_mb"],
-        runtime=config["embed"]["runtime"],
-    conda:
-        ENV
+        registry=FAILED_REGISTRY,
     script:
         "../scripts/embed.py"
 
@@ -111,27 +112,28 @@ if not KEEP_FEATURES:
 
     rule embed_classify:
         input:
-            nucleotide=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.fna",
-            protein=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.faa",
-            prepared=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.done",
-            index=f"{OUTDIR}/{{sample}}/prepare/shards/{{shard}}.index.tsv",
-            esm=esm_checkpoint(),
+            nucleotide=SHARD_FILES["nucleotide"],
+            protein=SHARD_FILES["protein"],
+            prepared=SHARD_DONE,
+            index=SHARD_FILES["index"],
+            esm=esm_model_file(),
             dnabert=config["models"]["dnabert"],
             classifier=config["models"]["classifier"],
         output:
-            scores=f"{OUTDIR}/{{sample}}/scores/{{shard}}.tsv",
-        params:
-            dtype=config["embed"]["dtype"],
+            scores=SCORES_FILE,
         log:
             f"{OUTDIR}/logs/embed_classify/{{sample}}/{{shard}}.log",
         benchmark:
             f"{OUTDIR}/benchmarks/embed_classify/{{sample}}/{{shard}}.tsv"
+        conda:
+            ENV
         threads: 2
         resources:
             gpu=1,
             mem_mb=config["embed"]["mem_mb"],
             runtime=config["embed"]["runtime"],
-        conda:
-            ENV
+        params:
+            dtype=config["embed"]["dtype"],
+            registry=FAILED_REGISTRY,
         script:
             "../scripts/embed.py"

@@ -7,28 +7,27 @@ rule provenance:
         unpack(run_models),
     output:
         f"{OUTDIR}/provenance.json",
-    params:
-        settings=RUN_SETTINGS,
-        # Its demo manifest marks demo models wherever they were copied to.
-        demo_models=DEMO_MODELS,
-    # Quick, and every page needs it: before the long embedding jobs, not after them.
-    priority: 1
     log:
         f"{OUTDIR}/logs/provenance.log",
     benchmark:
         f"{OUTDIR}/benchmarks/provenance.tsv"
+    # Quick, and every page needs it: before the long embedding jobs, not after them.
+    priority: 1
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
         runtime=60,
-    conda:
-        ENV
+    params:
+        settings=RUN_SETTINGS,
+        # Its demo manifest marks demo models wherever they were copied to.
+        demo_models=DEMO_MODELS,
     script:
         "../scripts/provenance.py"
 
 
 rule sample_report:
-    localrule: True  # an HTML page and plots from counts.json: not worth a cluster job
     input:
         counts=f"{OUTDIR}/{{sample}}/counts.json",
         provenance=f"{OUTDIR}/provenance.json",
@@ -46,24 +45,24 @@ rule sample_report:
         top_reads=sample_entry(
             f"{OUTDIR}/{{sample}}/top_reads.tsv", "top_reads.rst", "top-scoring reads"
         ),
-    params:
-        reads=sample_reads,
     log:
         f"{OUTDIR}/logs/sample_report/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/sample_report/{{sample}}.tsv"
+    localrule: True  # an HTML page and plots from counts.json: not worth a cluster job
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        reads=sample_reads,
     script:
         "../scripts/sample_report.py"
 
 
 rule overview_report:
-    localrule: True  # one page across the samples' counts
     input:
         counts=expand(f"{OUTDIR}/{{sample}}/counts.json", sample=SAMPLES),
         provenance=f"{OUTDIR}/provenance.json",
@@ -77,18 +76,19 @@ rule overview_report:
             "samples_scores.rst",
             "score distributions (plot)",
         ),
-    params:
-        samples=SAMPLES,
-        reads={sample: SAMPLE_READS[sample] for sample in SAMPLES},
     log:
         f"{OUTDIR}/logs/overview_report.log",
     benchmark:
         f"{OUTDIR}/benchmarks/overview_report.tsv"
+    localrule: True  # one page across the samples' counts
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        samples=SAMPLES,
+        reads={sample: SAMPLE_READS[sample] for sample in SAMPLES},
     script:
         "../scripts/overview_report.py"

@@ -5,8 +5,8 @@
 
 rule train:
     input:
-        features=lambda wildcards: training_shards("features/{shard}.pt"),
-        indexes=lambda wildcards: training_shards("prepare/shards/{shard}.index.tsv"),
+        features=lambda wildcards: training_shards(FEATURE_FILE),
+        indexes=lambda wildcards: training_shards(SHARD_FILES["index"]),
         fasta=list(TRAINING.values()),
     output:
         model=f"{OUTDIR}/train/model.safetensors",
@@ -20,17 +20,17 @@ rule train:
             caption="../report/train_scores.rst",
             category="Training",
         ),
-    params:
-        files={name: f"{OUTDIR}/{name}" for name in TRAINING},
     log:
         f"{OUTDIR}/logs/train.log",
     benchmark:
         f"{OUTDIR}/benchmarks/train.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        ENV
+    params:
+        files={name: f"{OUTDIR}/{name}" for name in TRAINING},
     script:
         "../scripts/train.py"

@@ -1,9 +1,7 @@
 # Snakemake adapter: per-sample result files from the shard scores (logic in virnucpro.classify).
 # The rule for paired samples (aggregate_pairs) declares pairs.tsv too.
-import sys
 from pathlib import Path
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.classify import aggregate
 from virnucpro.runner import run_step
 

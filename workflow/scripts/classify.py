@@ -1,7 +1,4 @@
 # Snakemake adapter: score one shard with the classifier (logic in virnucpro.classify).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.runner import run_step
 
 

@@ -1,7 +1,4 @@
 # Snakemake adapter: fetch a published model (ESM-2 into the torch hub cache, or DNABERT-S).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.models.download import download_dnabert_s, download_esm2
 from virnucpro.runner import run_step
 

@@ -1,9 +1,7 @@
 # Snakemake adapter: embed one shard with incremental checkpoints (logic in virnucpro.resume):
 # rule embed keeps its feature file, rule embed_classify scores it in the same job.
-import sys
 from pathlib import Path
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.runner import run_step
 
 
@@ -31,15 +29,15 @@ def embed_on_device(sm):
         result = ScoreRows(Path(sm.output.scores), Path(sm.input.index), classifier)
     else:
         dtype = getattr(torch, sm.params.features_dtype)
-        result = FeatureRows(Path(sm.output.features), Path(sm.output.done), dtype)
+        result = FeatureRows(Path(sm.output.features), dtype)
     e, c = sm.config["embed"], sm.config["checkpoint"]
-    engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"], sm.params.dtype,
-                                         e["esm_tokens"] or None, e["dnabert_tokens"] or None)
+    engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"],
+                                         sm.params.dtype, e["esm_tokens"] or None,
+                                         e["dnabert_tokens"] or None)
     if sm.rule == "embed_classify":
         classifier.expected_input(engine.embed_dim)
     settings = CheckpointSettings(c["frames"], c["seconds"], c["window_frames"], c["force_resume"])
-    embed_shard_resumable(frames, result, engine, settings,
-                          f"{sm.config['outdir'].rstrip('/')}/failed_checkpoints.txt", scanned)
+    embed_shard_resumable(frames, result, engine, settings, sm.params.registry, scanned)
 
 
 run_step(snakemake.log[0], embed, snakemake)

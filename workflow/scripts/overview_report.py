@@ -1,7 +1,4 @@
 # Snakemake adapter: the run's overview page across samples (logic in virnucpro.report).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.report import write_overview
 from virnucpro.runner import run_step
 

@@ -1,7 +1,4 @@
 # Snakemake adapter: prepare one sample (logic in virnucpro.prepare).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.prepare import write_shards
 from virnucpro.runner import run_step
 

@@ -1,7 +1,4 @@
 # Snakemake adapter: the run's provenance.json, models hashed once (logic in virnucpro.provenance).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.provenance import MODEL_ROLES, write_provenance
 from virnucpro.runner import run_step
 

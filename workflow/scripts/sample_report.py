@@ -1,7 +1,4 @@
 # Snakemake adapter: a sample's report page, plots and top reads (logic in virnucpro.report).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.report import write_sample_report
 from virnucpro.runner import run_step
 

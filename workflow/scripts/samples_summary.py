@@ -1,7 +1,4 @@
 # Snakemake adapter: one row of counts per sample (logic in virnucpro.results).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.results import write_samples_summary
 from virnucpro.runner import run_step
 

@@ -1,7 +1,4 @@
 # Snakemake adapter: train the classifier (logic in virnucpro.train).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.runner import run_step
 
 

@@ -1,7 +1,4 @@
 # Snakemake adapter: a sample's input records called virus (logic in virnucpro.results).
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from virnucpro.results import write_virus_reads
 from virnucpro.runner import run_step
 

@@ -27,7 +27,6 @@ of the last hidden state over all tokens, [CLS] and [SEP] included;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from virnucpro.errors import ModelError, one_line
+from virnucpro.hashing import short_sha256
 from virnucpro.models.attention import attention
 from virnucpro.models.formats import (CONFIG_NAME, SAFETENSORS_NAME, TOKENIZER_NAME,
                                       dnabert_weights, missing_dnabert_file,
@@ -254,14 +254,6 @@ class DnaBert2Model(nn.Module):
 
 # --- loading ----------------------------------------------------------------
 
-def _sha256_prefix(path: Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 def _read_config(model_dir: Path) -> DnaBert2Config:
     path = model_dir / CONFIG_NAME
     if not path.is_file():
@@ -426,8 +418,8 @@ class DnaBert2Encoder:
 
     @cached_property
     def _file_hashes(self) -> tuple[str, str]:
-        return (_sha256_prefix(self.weights_path),
-                _sha256_prefix(self.model_dir / TOKENIZER_NAME))
+        return (short_sha256(self.weights_path),
+                short_sha256(self.model_dir / TOKENIZER_NAME))
 
     def identity(self) -> dict[str, Any]:
         """Provenance: architecture, dtype and short hashes of the weights and tokenizer files."""

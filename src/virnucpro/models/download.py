@@ -11,7 +11,7 @@ ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 
 
 def download_esm2(dest: str | os.PathLike) -> None:
-    """Download the fair-esm ESM-2 checkpoint named like `dest` (e.g. .../esm2_t36_3B_UR50D.pt);
+    """Download the fair-esm ESM-2 model file named like `dest` (e.g. .../esm2_t36_3B_UR50D.pt);
     the contact regression is not needed for embeddings."""
     import torch.hub
 
@@ -23,7 +23,7 @@ def download_esm2(dest: str | os.PathLike) -> None:
     except Exception as exc:  # no network, proxy, HTTP error: all end the same way
         dest.unlink(missing_ok=True)
         raise ModelError(
-            f"cannot download ESM-2 checkpoint {name!r} ({type(exc).__name__}: "
+            f"cannot download ESM-2 model file {name!r} ({type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:120]}); copy {name}.pt to {dest} on this machine, "
             "or set models.esm in your config to a local .pt file") from None
 

@@ -1,6 +1,6 @@
-"""ESM-2 protein embeddings: safe checkpoint loading and a batched inference engine.
+"""ESM-2 protein embeddings: safe model file loading and a batched inference engine.
 
-Checkpoints are fair-esm's own files (`esm2_t36_3B_UR50D.pt`, optionally with
+Model files are fair-esm's own (`esm2_t36_3B_UR50D.pt`, optionally with
 `esm2_t36_3B_UR50D-contact-regression.pt` beside it). They are read with
 `torch.load(weights_only=True)`, allowing only `argparse.Namespace` beyond tensors, so a
 hostile file cannot run code. fair-esm's own loader then validates the file (config fields,
@@ -18,7 +18,6 @@ excluded), sequences truncated to 1022 residues.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +31,9 @@ from esm.model.esm2 import ESM2
 from torch import nn
 
 from virnucpro.errors import ModelError, one_line
+from virnucpro.hashing import short_sha256
 from virnucpro.models.attention import attention
-from virnucpro.models.formats import esm_name_problem
+from virnucpro.models.formats import esm_is_name, esm_model_location, esm_name_problem
 from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
@@ -145,14 +145,14 @@ class _Layer(nn.Module):
 class Esm2Encoder(nn.Module):
     """ESM-2 inference on fair-esm weights: batched, SDPA attention, fp32 or bf16.
 
-    Build it with `load_esm2` (a checkpoint) or `Esm2Encoder.from_esm_state_dict` (fair-esm
+    Build it with `load_esm2` (a model file) or `Esm2Encoder.from_esm_state_dict` (fair-esm
     `ESM2` parameter names); demo_models.random_esm2 builds random ones for benchmarks.
     """
 
     def __init__(self, num_layers: int, embed_dim: int, attention_heads: int, *,
                  token_dropout: bool = True, repr_layer: int | None = None,
                  inv_freq: torch.Tensor | None = None, name: str = "esm2",
-                 checkpoint: Path | None = None) -> None:
+                 model_file: Path | None = None) -> None:
         super().__init__()
         if embed_dim % attention_heads or (embed_dim // attention_heads) % 2:
             raise ValueError(f"embed_dim {embed_dim} does not split into {attention_heads} "
@@ -163,7 +163,7 @@ class Esm2Encoder(nn.Module):
         self.num_layers, self.embed_dim = num_layers, embed_dim
         self.attention_heads = attention_heads
         self.token_dropout, self.repr_layer = token_dropout, repr_layer
-        self.name, self.checkpoint = name, checkpoint
+        self.name, self.model_file = name, model_file
         alphabet = _alphabet()
         self.padding_idx, self.mask_idx = alphabet.padding_idx, alphabet.mask_idx
         self.embed_tokens = nn.Embedding(len(alphabet), embed_dim, padding_idx=alphabet.padding_idx)
@@ -186,7 +186,7 @@ class Esm2Encoder(nn.Module):
 
         The module is built on the meta device and each weight is put on `device` in `dtype`
         one at a time, so host memory holds at most one converted tensor beyond the result
-        (with a memory-mapped checkpoint, the file's own pages are not process memory).
+        (with a memory-mapped model file, the file's own pages are not process memory).
         """
         num_layers = sum(1 for key in state_dict if key.endswith(".fc1.weight"))
         embed_dim = state_dict["embed_tokens.weight"].shape[1]
@@ -250,8 +250,9 @@ class Esm2Encoder(nn.Module):
         """What produced an embedding, for provenance records."""
         return {"model": self.name, "layers": self.num_layers, "embed_dim": self.embed_dim,
                 "attention_heads": self.attention_heads, "repr_layer": self.repr_layer,
-                "checkpoint_sha256": (None if self.checkpoint is None
-                                      else _short_sha256(self.checkpoint))}
+                # (the key's name is part of saved fingerprints and feature files)
+                "checkpoint_sha256": (None if self.model_file is None
+                                      else short_sha256(self.model_file))}
 
     def _embed(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Token embeddings with fair-esm's eval-time token-dropout rescaling, padding zeroed."""
@@ -296,51 +297,29 @@ def _encoder_state(state: Mapping[str, torch.Tensor], num_layers: int,
     return out
 
 
-@lru_cache(maxsize=8)
-def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _short_sha256(path: Path) -> str:
-    """First 16 hex digits of the file's sha256, computed once per file version."""
-    stat = path.stat()
-    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
-
-
 # --------------------------------------------------------------------------- loading
 
 
-def hub_checkpoint_dir() -> Path:
-    """Where fair-esm looks for downloaded models: $TORCH_HOME/hub/checkpoints."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def checkpoint_path(location: str | Path) -> Path:
-    """Resolve a model name (in the hub cache) or a .pt path to an existing ESM-2 checkpoint."""
-    text = str(location)
-    is_path = isinstance(location, Path) or text.endswith(".pt") or "/" in text
-    path = Path(text).expanduser() if is_path else hub_checkpoint_dir() / f"{text}.pt"
+def model_file(location: str | Path) -> Path:
+    """Resolve a model name (in the hub cache) or a .pt path to an existing ESM-2 model file."""
+    path, is_path = esm_model_location(location), not esm_is_name(location)
     wrong_name = esm_name_problem(path)
     if wrong_name:
         raise wrong_name
     if not path.is_file():
         where = ("put it there, or put it in $TORCH_HOME/hub/checkpoints/ and pass the model name"
                  if is_path else "put it there ($TORCH_HOME/hub/checkpoints/), or pass its path")
-        raise ModelError(f"{path}: ESM-2 checkpoint not found; download {MODEL_URL}{path.name} "
+        raise ModelError(f"{path}: ESM-2 model file not found; download {MODEL_URL}{path.name} "
                          f"and {where}")
     return path
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_model_file(path: Path) -> dict:
     """torch.load with weights_only=True (memory-mapped); argparse.Namespace is the only object
     allowed."""
     data = load_weights_only(path, allowed=[argparse.Namespace])
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ModelError(f"{path}: not a fair-esm checkpoint (no 'model' state dict)")
+        raise ModelError(f"{path}: not a fair-esm model file (no 'model' state dict)")
     return data
 
 
@@ -355,23 +334,23 @@ def _validate_with_fair_esm(path: Path, model_data: dict, regression: dict | Non
             model, _ = esm.pretrained.load_model_and_alphabet_core(path.stem, model_data,
                                                                    regression)
     except (KeyError, AttributeError, TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        raise ModelError(f"{path}: not a usable ESM-2 checkpoint ({one_line(exc)}); "
+        raise ModelError(f"{path}: not a usable ESM-2 model file ({one_line(exc)}); "
                          "expected fair-esm's esm2_* file format") from None
     return model
 
 
 def load_esm2(location: str | Path, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, repr_layer: int | None = None) -> Esm2Encoder:
-    """Load an ESM-2 checkpoint by model name (offline hub cache) or .pt path.
+    """Load an ESM-2 model file by model name (offline hub cache) or .pt path.
 
     `repr_layer` defaults to the last layer (36 for esm2_t36_3B_UR50D, as the original).
     """
-    path = checkpoint_path(location)
-    model_data = read_checkpoint(path)
+    path = model_file(location)
+    model_data = read_model_file(path)
     regression_path = path.with_name(f"{path.stem}-contact-regression.pt")
-    regression = read_checkpoint(regression_path) if regression_path.is_file() else None
+    regression = read_model_file(regression_path) if regression_path.is_file() else None
     config = _validate_with_fair_esm(path, model_data, regression)
     state = {_FAIRSEQ_PREFIX.sub("", key): value for key, value in model_data["model"].items()}
     return Esm2Encoder.from_esm_state_dict(
         state, config.attention_heads, device, dtype, token_dropout=config.token_dropout,
-        repr_layer=repr_layer, name=path.stem, checkpoint=path)
+        repr_layer=repr_layer, name=path.stem, model_file=path)

@@ -35,6 +35,23 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}.json")
 
 
+def esm_is_name(location: str | os.PathLike) -> bool:
+    """Whether models.esm (or --esm-model) names a fair-esm model rather than a file."""
+    text = os.fspath(location)
+    return not (isinstance(location, Path) or text.endswith(".pt") or "/" in text)
+
+
+def esm_model_location(location: str | os.PathLike) -> Path:
+    """Where an ESM-2 model file is: a path as given, or for a fair-esm model name the file
+    fair-esm downloads to, $TORCH_HOME/hub/checkpoints/NAME.pt (torch.hub.get_dir()'s rule,
+    here without importing torch, for the workflow's rules)."""
+    if not esm_is_name(location):
+        return Path(location).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    torch_home = os.path.expanduser(os.environ.get("TORCH_HOME", os.path.join(cache, "torch")))
+    return Path(torch_home) / "hub" / "checkpoints" / f"{os.fspath(location)}.pt"
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -79,10 +96,10 @@ def missing_dnabert_file(model_dir: str | os.PathLike, name: str) -> ModelError:
 
 
 def esm_name_problem(path: Path) -> ModelError | None:
-    """fair-esm tells an ESM-2 checkpoint's architecture by its file name."""
+    """fair-esm tells an ESM-2 model file's architecture by its file name."""
     if path.stem.startswith("esm2"):
         return None
-    return ModelError(f"{path}: not an ESM-2 checkpoint: the file name must start with 'esm2' "
+    return ModelError(f"{path}: not an ESM-2 model file: the file name must start with 'esm2' "
                       "(e.g. esm2_t36_3B_UR50D.pt), as fair-esm tells the architecture by name")
 
 
