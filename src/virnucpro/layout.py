@@ -81,10 +81,6 @@ def shard_file(prepare_dir: str | os.PathLike, name: str, kind: str) -> Path:
     return Path(prepare_dir) / SHARDS / f"{name}{SHARD_SUFFIXES[kind]}"
 
 
-def shard_sentinel(prepare_dir: str | os.PathLike, name: str) -> Path:
-    return Path(prepare_dir) / SHARDS / f"{name}{DONE}"
-
-
 def prepare_dir(sample_dir: str | os.PathLike) -> Path:
     return Path(sample_dir) / PREPARE
 
