@@ -1,11 +1,11 @@
-"""DNABERT-2 / DNABERT-S in plain PyTorch, loading the original checkpoints.
+"""DNABERT-2 / DNABERT-S in plain PyTorch, loading the original model files.
 
 zhihan1996/DNABERT-S (and DNABERT-2-117M) ship their model as Hugging Face
 remote code (``bert_layers.py``, MosaicBERT): BERT without position embeddings,
 ALiBi attention biases, one fused ``Wqkv`` projection, a gated-GLU feed-forward
 block and post-LayerNorm residuals. That remote code does not run under the
 pinned transformers, so this module re-implements the same math with the same
-parameter names (a checkpoint's state_dict loads unchanged) and runs attention
+parameter names (a published state_dict loads unchanged) and runs attention
 through ``scaled_dot_product_attention`` so that padded batches and bf16 work.
 
 Semantics reproduced from the remote code, in eval mode (dropout off):
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # DNABERT-2's special tokens, in the order (and so with the ids) of its vocabulary.
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 
-# Keys a checkpoint may hold that are not parameters of the encoder:
+# Keys a model file may hold that are not parameters of the encoder:
 # BertForMaskedLM's MLM head, and buffers older transformers versions saved.
 _IGNORED_PREFIXES = ("cls.",)
 _IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
@@ -123,7 +123,7 @@ def alibi_bias(n_heads: int, length: int, device: torch.device | str = "cpu") ->
 
 
 # --- modules: class layout and attribute names mirror bert_layers.py so that
-# --- state_dict keys are the checkpoint's keys.
+# --- state_dict keys are the model file's keys.
 
 class Embeddings(nn.Module):
     def __init__(self, config: DnaBert2Config) -> None:
@@ -208,7 +208,7 @@ class Encoder(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT's [CLS] pooler (dense + tanh); kept so checkpoints that have it load."""
+    """BERT's [CLS] pooler (dense + tanh); kept so model files that have it load."""
 
     def __init__(self, config: DnaBert2Config) -> None:
         super().__init__()
@@ -307,7 +307,7 @@ def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor], model_d
                  device: torch.device, dtype: torch.dtype) -> DnaBert2Model:
     """The model, built on the meta device, each weight checked then put on `device` in
     `dtype` one at a time (no random initialisation, no second copy of the weights)."""
-    # The remote BertModel always has a pooler, but checkpoints saved from
+    # The remote BertModel always has a pooler, but model files saved from
     # BertForMaskedLM do not; the pooler plays no part in the embeddings.
     with torch.device("meta"):
         model = DnaBert2Model(config, add_pooling_layer="pooler.dense.weight" in state)
@@ -319,7 +319,7 @@ def _build_model(config: DnaBert2Config, state: dict[str, torch.Tensor], model_d
             shown += f" and {len(missing) - 5} more"
         raise ModelError(f"{model_dir}: weights lack {len(missing)} DNABERT-2 parameters "
                          f"({shown}); the directory does not hold a DNABERT-2/DNABERT-S "
-                         "checkpoint matching its config.json")
+                         "model file matching its config.json")
     unexpected = sorted(state.keys() - wanted.keys())
     if unexpected:
         log.warning("%s: ignoring %d unexpected weights: %s", model_dir, len(unexpected),
