@@ -32,6 +32,7 @@ STATS = "stats.json"
 SUMMARY = "summary.tsv"
 FAILED_REGISTRY = "failed_checkpoints.txt"
 DONE = ".done"
+PARTIAL = ".partial"
 SHARD_PREFIX = "shard_"
 # A prepared shard's files, by what they hold (the `.done` is written after all three).
 SHARD_SUFFIXES = {"nucleotide": ".fna", "protein": ".faa", "index": ".index.tsv"}
@@ -54,7 +55,7 @@ def partial_dir(result: str | os.PathLike) -> Path:
     """Where an unfinished result keeps its intra-shard checkpoints (not a Snakemake output,
     so a rerun after a kill resumes from them)."""
     result = Path(result)
-    return result.with_name(result.name + ".partial")
+    return result.with_name(result.name + PARTIAL)
 
 
 def scores_sidecar(scores: str | os.PathLike) -> Path:

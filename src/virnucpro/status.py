@@ -44,7 +44,7 @@ def sample_progress(sample_dir: Path) -> SampleProgress:
     saved = sum(frames_checkpointed(layout.partial_dir(directory / f"{shard}{suffix}"))
                 for directory, suffix, finished in ((features, ".pt", embedded),
                                                     (scores, ".tsv", scored))
-                for shard in layout.names_with(directory, f"{suffix}.partial") - finished)
+                for shard in layout.names_with(directory, f"{suffix}{layout.PARTIAL}") - finished)
     return SampleProgress(sample_dir.name, len(shards), len(embedded), len(scored), saved,
                           (sample_dir / layout.SUMMARY).is_file())
 
