@@ -7,6 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
+# Test processes: the suite is mostly real Snakemake runs, which wait on their jobs as much
+# as they compute; a test file runs whole in one process (--dist loadfile), so a file's
+# module fixtures are made once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv test test-fast demo lint dryrun bench clean
 
@@ -22,11 +26,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop: everything but the end-to-end Snakemake runs (marker `slow`).
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1

@@ -348,8 +348,9 @@ def bench_train(workdir: Path, small: int, large: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sections", nargs="*", default=["embed", "disk", "load", "train"],
-                        choices=["embed", "disk", "load", "train"])
+    sections = ["embed", "disk", "load", "train"]
+    # (argparse checks an empty nargs="*" against choices as one value: checked below)
+    parser.add_argument("sections", nargs="*", help=f"of {', '.join(sections)} (default: all)")
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--large", type=int, default=400_000)
     parser.add_argument("--train-small", type=int, default=50_000)
@@ -359,12 +360,15 @@ def main() -> None:
                         help="load: also the code before (needs ~17 GB of memory)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
+    unknown = sorted(set(args.sections) - set(sections))
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(sections)}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "python": platform.python_version()}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        for section in args.sections:
+        for section in args.sections or sections:
             here = workdir / section
             here.mkdir()
             if section == "embed":
