@@ -28,6 +28,7 @@ def test_prepared_shards_are_those_with_a_sentinel(tmp_path, reference):
     assert names == [layout.shard_name(i) for i in range(len(names))] and len(names) > 1
     for kind in layout.SHARD_SUFFIXES:
         assert layout.shard_file(prepared, names[0], kind).is_file()
-    (prepared / layout.SHARDS / f"{names[-1]}{layout.DONE}").unlink()  # as a prepare killed before it
+    # as a prepare killed before the last shard's sentinel
+    (prepared / layout.SHARDS / f"{names[-1]}{layout.DONE}").unlink()
     assert layout.prepared_shards(prepared) == names[:-1]
     assert layout.prepared_shards(tmp_path / "nowhere") == []
