@@ -63,14 +63,20 @@ TINY_DNABERT = {"hidden": 32, "layers": 1, "heads": 4, "intermediate": 64, "voca
 # --------------------------------------------------------------------------- inputs
 
 
+def random_reads(path: Path, count: int, seed: int = 0, description: str = "") -> None:
+    """A FASTA of `count` random 150-bp reads, read0, read1, ... (each header followed by
+    `description`, when given); about 0.55 stop-free frames per read."""
+    rng = random.Random(seed)
+    with open(path, "w") as out:
+        for i in range(count):
+            out.write(f">read{i}{description}\n{''.join(rng.choices('ACGT', k=150))}\n")
+
+
 def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str], int]:
     """`count` frames of random 150-bp reads, through the project's prepare; and the number
     of reads they came from (for reads/s)."""
-    rng = random.Random(seed)
     reads = workdir / "reads.fa"
-    with open(reads, "w") as out:
-        for i in range(count * 2 + 1000):  # ~0.55 stop-free frames per random 150-bp read
-            out.write(f">read{i}\n{''.join(rng.choices('ACGT', k=150))}\n")
+    random_reads(reads, count * 2 + 1000, seed)
     write_flat(reads, 300, workdir / "prepared")
     ids, nucleotides, proteins = read_frames(workdir / "prepared" / "nucleotide.fa",
                                              workdir / "prepared" / "protein.faa")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from agreement import calibrated_classifier  # noqa: E402
-from embed import DNABERT_CPU_SHAPE, ESM_8M_SHAPE  # noqa: E402
+from embed import DNABERT_CPU_SHAPE, ESM_8M_SHAPE, random_reads  # noqa: E402
 from virnucpro.classify import aggregate  # noqa: E402
 from virnucpro.embed import EmbeddingEngine, ShardFrames, read_frames  # noqa: E402
 from virnucpro.models.classifier import load_classifier, save_classifier  # noqa: E402
@@ -108,16 +107,9 @@ def agreement(workdir: Path) -> dict:
     return results
 
 
-def short_reads(path: Path, count: int, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    with open(path, "w") as out:
-        for i in range(count):
-            out.write(f">read{i}\n{''.join(rng.choices('ACGT', k=150))}\n")
-
-
 def cost(workdir: Path, frames: int, repeats: int) -> dict:
     reads = workdir / "reads.fa"
-    short_reads(reads, int(frames * 1.8))  # ~0.55 stop-free frames per random 150-bp read
+    random_reads(reads, int(frames * 1.8))  # ~0.55 stop-free frames per read
     esm = write_demo_esm2(workdir / "esm2_t6_8M_UR50D.pt", seed=1, **ESM_8M_SHAPE)
     dnabert = write_demo_dnabert2(workdir / "dnabert", seed=2, **DNABERT_CPU_SHAPE)
     engines = {p: EmbeddingEngine.from_config(esm, dnabert, "cpu", p) for p in PRECISIONS}

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
+from embed import random_reads  # noqa: E402
 from kill_resume import write_shard  # noqa: E402
 
 RESULTS = HERE / "results" / "scale.json"
@@ -144,13 +144,6 @@ def bench_embed(workdir: Path, small: int, large: int) -> dict:
 # --------------------------------------------------------------------------- disk
 
 
-def short_reads(path: Path, n: int, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    with open(path, "w") as out:
-        for i in range(n):
-            out.write(f">read{i} simulated\n{''.join(rng.choices('ACGT', k=150))}\n")
-
-
 def run_workflow(work: Path, reads: Path, keep: bool) -> Path:
     import yaml
 
@@ -182,7 +175,7 @@ def tree_bytes(outdir: Path) -> dict[str, int]:
 
 def bench_disk(workdir: Path, reads: int) -> dict:
     fasta = workdir / "reads.fa"
-    short_reads(fasta, reads)
+    random_reads(fasta, reads, description=" simulated")
     figures = {}
     for keep in (False, True):
         work = workdir / f"run-keep-{keep}"
