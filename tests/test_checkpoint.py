@@ -152,8 +152,8 @@ def batches_of(ids, sizes):
         start += size
 
 
-def write_batches(directory, batches):
-    writer = BatchWriter(directory)
+def write_batches(partial, batches):
+    writer = partial.writer()
     for batch in batches:
         writer.submit(batch)
     writer.close()
@@ -163,7 +163,7 @@ def test_resume_loads_marked_batches_and_stops_at_the_first_bad_one(tmp_path):
     ids = [f"f{i}" for i in range(20)]
     partial = PartialShard(tmp_path / "p", {"model": "m"}, tmp_path / "failed.txt")
     assert partial.resume(ids) == []
-    write_batches(partial.directory, batches_of(ids, [5, 5, 5, 5]))
+    write_batches(partial, batches_of(ids, [5, 5, 5, 5]))
     assert frames_checkpointed(partial.directory) == 20
     # Batch 3 loses its sentinel (killed between file and .done); batch 4 is then orphaned.
     (partial.directory / "batch_000000000010_000000000015.done").unlink()
@@ -178,7 +178,7 @@ def test_resume_quarantines_a_corrupt_marked_batch(tmp_path):
     ids = [f"f{i}" for i in range(10)]
     partial = PartialShard(tmp_path / "p", {}, tmp_path / "failed.txt")
     partial.resume(ids)
-    write_batches(partial.directory, batches_of(ids, [5, 5]))
+    write_batches(partial, batches_of(ids, [5, 5]))
     second = partial.directory / "batch_000000000005_000000000010.pt"
     second.write_bytes(second.read_bytes()[:50])
     loaded = partial.resume(ids)
@@ -190,8 +190,9 @@ def test_resume_quarantines_a_corrupt_marked_batch(tmp_path):
 
 def test_resume_refuses_a_different_fingerprint_unless_forced(tmp_path):
     ids = [f"f{i}" for i in range(5)]
-    PartialShard(tmp_path / "p", {"esm": "a", "dtype": "float32"}, tmp_path / "f").resume(ids)
-    write_batches(tmp_path / "p", batches_of(ids, [5]))
+    first = PartialShard(tmp_path / "p", {"esm": "a", "dtype": "float32"}, tmp_path / "f")
+    first.resume(ids)
+    write_batches(first, batches_of(ids, [5]))
     other = PartialShard(tmp_path / "p", {"esm": "b", "dtype": "float32"}, tmp_path / "f")
     with pytest.raises(CheckpointError, match=r"different settings \(esm\)") as info:
         other.resume(ids)
@@ -201,8 +202,72 @@ def test_resume_refuses_a_different_fingerprint_unless_forced(tmp_path):
     assert len(forced.resume(ids)) == 1
 
 
+def test_batches_describe_the_job_that_wrote_them(tmp_path):
+    """Batches are bound to their job's fingerprint by their `.done`, not by fingerprint.json:
+    without it, this job's batches are still reused and another job's are set aside."""
+    ids = [f"f{i}" for i in range(10)]
+    mine = PartialShard(tmp_path / "p", {"classifier": "a"}, tmp_path / "failed.txt")
+    mine.resume(ids)
+    write_batches(mine, batches_of(ids, [5, 5]))
+    (mine.directory / PartialShard.FINGERPRINT).unlink()
+    same = PartialShard(tmp_path / "p", {"classifier": "a"}, tmp_path / "failed.txt")
+    assert [b.stop for b in same.resume(ids)] == [5, 10]
+    (mine.directory / PartialShard.FINGERPRINT).unlink()
+    other = PartialShard(tmp_path / "p", {"classifier": "b"}, tmp_path / "failed.txt")
+    assert other.resume(ids) == []
+    aside = list(tmp_path.glob("p.stale-*"))
+    assert len(aside) == 1 and len(list(aside[0].glob("batch_*.pt"))) == 2
+    assert sorted(p.name for p in other.directory.iterdir()) == [PartialShard.FINGERPRINT]
+    assert (tmp_path / "failed.txt").read_text().startswith(
+        f"{tmp_path / 'p'}|saved batches that do not carry this job's fingerprint")
+    # batches of an older virnucpro (a `.done` with the frame count alone) are not reused
+    write_batches(other, batches_of(ids, [5]))
+    (other.directory / "batch_000000000000_000000000005.done").write_text("5\n")
+    assert PartialShard(tmp_path / "p", {"classifier": "b"}, tmp_path / "failed.txt"
+                        ).resume(ids) == []
+    assert len(list(tmp_path.glob("p.stale-*"))) == 2
+
+
+def test_partial_results_of_other_frames_are_set_aside(tmp_path):
+    """The shard's frames changed (new reads, another chunk size): its partial results can
+    never be reused, so they are moved aside and the shard starts afresh (no exit 78)."""
+    ids = [f"f{i}" for i in range(10)]
+    first = PartialShard(tmp_path / "p", {"esm": "a", "frames": 10}, tmp_path / "failed.txt")
+    first.resume(ids)
+    write_batches(first, batches_of(ids, [5]))
+    again = PartialShard(tmp_path / "p", {"esm": "a", "frames": 12}, tmp_path / "failed.txt")
+    assert again.resume(ids + ["f10", "f11"]) == []
+    assert len(list(tmp_path.glob("p.stale-*"))) == 1
+    assert "made for other frames of this shard" in (tmp_path / "failed.txt").read_text()
+
+
+def test_an_interrupted_removal_leaves_only_an_orphan(tmp_path, monkeypatch):
+    """The partial directory is renamed away before it is removed: a kill during the removal
+    leaves a hidden temporary directory, which the next run removes, and never batches
+    under the partial name."""
+    from virnucpro.orphans import remove_orphans
+
+    ids = [f"f{i}" for i in range(10)]
+    partial = PartialShard(tmp_path / "scores" / "s.tsv.partial", {}, tmp_path / "failed.txt")
+    partial.resume(ids)
+    write_batches(partial, batches_of(ids, [5, 5]))
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("virnucpro.checkpoint.shutil.rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        partial.clear()
+    monkeypatch.undo()
+    assert not partial.directory.exists()
+    (orphan,) = (tmp_path / "scores").iterdir()
+    assert orphan.name.startswith(".s.tsv.partial.") and orphan.name.endswith(".tmp")
+    (tmp_path / "scores" / "s.tsv").write_text("a result\n")  # not an orphan
+    assert remove_orphans(tmp_path)[0] == 1
+    assert [p.name for p in (tmp_path / "scores").iterdir()] == ["s.tsv"]
+
+
 def test_writer_surfaces_errors(tmp_path):
-    writer = BatchWriter(tmp_path / "missing-dir")
+    writer = BatchWriter(tmp_path / "missing-dir", "0" * 16)
     writer.submit(Batch(0, ["a"], torch.zeros(1, 2)))
     with pytest.raises(FileNotFoundError):
         writer.close()

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import plain_prepare
-from conftest import fastq_text, read_fasta
+from conftest import fastq_text, read_fasta, run_cli
 from virnucpro.runner import exit_status
 from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
                               snakemake, start_snakemake, write_config)
@@ -600,13 +600,17 @@ def test_unwritable_output_directory(reads_reference, mounts):
     assert_same_results(disk / "out" / "s", clean)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+@pytest.mark.parametrize("damage", ["deleted", "sentinel deleted", "truncated"])
 def test_prepared_shard_damaged_before_embedding(reads_reference, tmp_path, damage):
+    """A damaged shard is named, never dropped: a shard that lost its `.done` is still one
+    of the shards prepare wrote."""
     fasta, clean = reads_reference
     config = reads_config(tmp_path, fasta)
     assert snakemake(tmp_path, "--until", "prepare", "--configfile", config).returncode == 0
     shard = tmp_path / "out" / "s" / "prepare" / "shards" / "shard_000001.faa"
-    if damage == "deleted":
+    if damage == "sentinel deleted":
+        shard = shard.with_suffix(".done")
+    if damage.endswith("deleted"):
         shard.unlink()
         problem = "is missing"
     else:
@@ -617,7 +621,7 @@ def test_prepared_shard_damaged_before_embedding(reads_reference, tmp_path, dama
         proc = snakemake(tmp_path, *dry_run, "--configfile", config)
         assert proc.returncode == 1, proc.stdout[-3000:]
         assert error_lines(proc.stdout) == [
-            f"virnucpro: error: out/s/prepare/shards/shard_000001.faa: {problem}, so the "
+            f"virnucpro: error: out/s/prepare/shards/{shard.name}: {problem}, so the "
             "prepared sample is damaged; delete out/s/prepare and rerun to prepare the sample "
             "again"]
     shutil.rmtree(tmp_path / "out" / "s" / "prepare")
@@ -626,21 +630,41 @@ def test_prepared_shard_damaged_before_embedding(reads_reference, tmp_path, dama
     assert_same_results(tmp_path / "out" / "s", clean)
 
 
-@pytest.mark.parametrize("deleted", ["prepared shards", "feature files"])
+INTERMEDIATES = {
+    "prepared shards": "prepare/shards/*.f*",
+    "a shard's sentinel": "prepare/shards/shard_000001.done",
+    "a shard's files": "prepare/shards/shard_000001.*",
+    "the shards directory": "prepare/shards",
+    "feature files": "features/*.pt",
+    "the reads": None,
+}
+
+
+@pytest.mark.parametrize("deleted", list(INTERMEDIATES))
 def test_intermediates_deleted_after_the_run_change_nothing(reads_reference, kept_reference,
                                                              tmp_path, deleted):
-    """Once a sample is scored, its prepared shards and features are only intermediates:
-    removing them (to save space) loses no result, and a rerun has nothing to do."""
+    """Once a sample is scored, its prepared shards, their sentinels, its features and its
+    reads are only intermediates: removing them (to save space) loses no result, a rerun has
+    nothing to do, and the sample still has every shard prepare wrote."""
     keep = deleted == "feature files"
     reference = kept_reference if keep else reads_reference
     work = finished_run_copy(reference, tmp_path, keep)
     sample = work / "out" / "s"
-    for path in (sample.glob("prepare/shards/*.f*") if deleted == "prepared shards"
-                 else sample.glob("features/*.pt")):
-        path.unlink()
-    proc = snakemake(work, "--configfile", work / "config.yaml")
+    results = {path: path.stat().st_mtime_ns for path in sample.glob("*") if path.is_file()}
+    with contextlib.ExitStack() as restore:
+        if INTERMEDIATES[deleted] is None:  # the reference's reads: put back afterwards
+            fasta = reference[0]
+            fasta.rename(fasta.with_name("moved-away.fa"))
+            restore.callback(fasta.with_name("moved-away.fa").rename, fasta)
+        else:
+            for path in sample.glob(INTERMEDIATES[deleted]):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        proc = snakemake(work, "--configfile", work / "config.yaml")
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout, proc.stdout[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in results} == results  # not rewritten
     assert_same_results(sample, reference[1], intermediates=False)
+    status = run_cli("status", work / "out", check=True).stdout
+    assert status.startswith("s: 3 shards: 3 embedded, 3 scored, 0 frames saved"), status
 
 
 def test_finished_features_truncated(kept_reference, tmp_path):
@@ -790,23 +814,30 @@ def test_sigterm_to_snakemake_finishes_running_jobs(reads_reference, tmp_path):
     assert_same_results(tmp_path / "out" / "s", clean)
 
 
-def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
-    """SIGTERM to the job alone, as a scheduler's time limit or `scancel` sends it: the job
-    saves what it embedded, says so in one line and exits 143; the rerun resumes from there."""
-    fasta, clean = reads_reference
-    config = reads_config(tmp_path, fasta)
-    run = start_snakemake(tmp_path, "--configfile", config)
+def sigterm_an_embedding_job(work: Path, config: Path) -> tuple[Path, str]:
+    """Run the workflow and send SIGTERM to its first embedding job once it saved some work;
+    return the job's partial directory and Snakemake's output."""
+    run = start_snakemake(work, "--configfile", config)
     job = job_process(run, "embed")
     assert job is not None
-    partial = next((tmp_path / "out" / "s" / "scores").glob("*.tsv.partial"), None)
+    partial = next((work / "out" / "s" / "scores").glob("*.tsv.partial"), None)
     while partial is None or not list(partial.glob("batch_*.done")):  # some work is saved
         time.sleep(0.005)
-        partial = next((tmp_path / "out" / "s" / "scores").glob("*.tsv.partial"), None)
+        partial = next((work / "out" / "s" / "scores").glob("*.tsv.partial"), None)
     freeze_when_running(job)
     job.send_signal(signal.SIGTERM)
     job.resume()
     out = run.communicate(timeout=300)[0]
     assert run.returncode == 1
+    return partial, out
+
+
+def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
+    """SIGTERM to the job alone, as a scheduler's time limit or `scancel` sends it: the job
+    saves what it embedded, says so in one line and exits 143; the rerun resumes from there."""
+    fasta, clean = reads_reference
+    config = reads_config(tmp_path, fasta)
+    partial, out = sigterm_an_embedding_job(tmp_path, config)
     shard = partial.name[:-len(".tsv.partial")]
     assert failed_steps(tmp_path / "out") == {f"embed_classify/s/{shard}.log":
                                               128 + signal.SIGTERM}
@@ -820,3 +851,32 @@ def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
                                 f"{shard}.log").read_text()
     assert_same_results(tmp_path / "out" / "s", clean)  # ... and used
 
+
+
+def test_batches_left_by_an_interrupted_removal_are_never_reused(reads_reference, tmp_path):
+    """A kill while a partial directory was being removed could leave saved batches without
+    their fingerprint.json (reproduced here from a job stopped with saved batches). Each
+    batch carries its job's fingerprint: a later run with another classifier sets them
+    aside (moved, in the registry) and embeds the shard afresh, with the results of a clean
+    run of that classifier (never the old classifier's scores)."""
+    from virnucpro.demo_models import CLASSIFIER_SHAPE, write_demo_classifier
+
+    fasta, _ = reads_reference
+    work, clean = tmp_path / "work", tmp_path / "clean"
+    work.mkdir()
+    partial, _ = sigterm_an_embedding_job(work, reads_config(work, fasta))
+    (partial / "fingerprint.json").unlink()
+    other = tmp_path / "other-classifier.pth"
+    write_demo_classifier(other, seed=1, **CLASSIFIER_SHAPE)
+    models = {**DEMO_MODELS, "classifier": str(other)}
+    for directory in (work, clean):
+        directory.mkdir(exist_ok=True)
+        config = run_config(directory, {"s": str(fasta)}, shard_size=1000, models=models,
+                            checkpoint={"frames": 100, "window_frames": 100})
+        proc = snakemake(directory, "--configfile", config)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not partial.exists()
+    assert len(list(partial.parent.glob(f"{partial.name}.stale-*"))) == 1
+    assert f"{partial.relative_to(work)}|saved batches that do not carry this job's " \
+        "fingerprint" in (work / "out" / "failed_checkpoints.txt").read_text()
+    assert_same_results(work / "out" / "s", clean / "out" / "s", intermediates=False)

@@ -1,6 +1,7 @@
 """The on-disk layout: the rules' patterns and the stages' paths are the same files, and a
-prepare directory's shards are found from their sentinels alone."""
+prepare directory's shards are those prepare wrote."""
 
+import shutil
 from pathlib import Path
 
 from virnucpro import layout
@@ -21,14 +22,17 @@ def test_the_rules_patterns_name_the_stages_paths():
         "out/s/scores/shard_000007.tsv.partial")
 
 
-def test_prepared_shards_are_those_with_a_sentinel(tmp_path, reference):
+def test_prepared_shards_are_those_prepare_wrote(tmp_path, reference):
     prepared = tmp_path / "prepare"
     write_shards(reference / "prepare" / "test_with_orfs.fa", 500, 1, prepared)
     names = layout.prepared_shards(prepared)
     assert names == [layout.shard_name(i) for i in range(len(names))] and len(names) > 1
     for kind in layout.SHARD_SUFFIXES:
         assert layout.shard_file(prepared, names[0], kind).is_file()
-    # as a prepare killed before the last shard's sentinel
+    # files deleted since (intermediates of a finished sample) do not remove a shard
     (prepared / layout.SHARDS / f"{names[-1]}{layout.DONE}").unlink()
-    assert layout.prepared_shards(prepared) == names[:-1]
+    layout.shard_file(prepared, names[0], "protein").unlink()
+    assert layout.prepared_shards(prepared) == names
+    shutil.rmtree(prepared / layout.SHARDS)
+    assert layout.prepared_shards(prepared) == names
     assert layout.prepared_shards(tmp_path / "nowhere") == []

@@ -238,6 +238,15 @@ BAD_INPUTS = {
                   "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
     "protein": (b">p1\nMKVLEEIQ\n",
                 "record 'p1' (#1): has 'L' at position 4, which is not a nucleotide", 65),
+    # A header glued to the end of a sequence line: refused, never translated or dropped.
+    "gt-in-sequence": (b">a\nACGT\n>b\nGAAACAG>CAGCTTAAT\n",
+                       "record 'b' (#2): has '>' inside a sequence line, at position 8; a "
+                       "header starts with '>' at the beginning of a line", 65),
+    "gt-in-wrapped-sequence": (b">a\nACGT\n>b\nGAAACAGCA\nGCT>TAAT\nACG\n",
+                               "record 'b' (#2): has '>' inside a sequence line, at position 13",
+                               65),
+    "at-in-sequence": (b">a\nACGT@ACGT\n", "record 'a' (#1): has '@' inside a sequence line, "
+                       "at position 5", 65),
     # FASTQ (told from the content: these files are named .fa too)
     "fastq-quality-length": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n+\nIII\n",
                              "record 'r2' (#2): has 4 bases but 3 quality scores", 65),
@@ -258,6 +267,9 @@ BAD_INPUTS = {
                          "sequence", 65),
     "fastq-protein": (b"@p1\nMKVLEEIQ\n+\nIIIIIIII\n", "record 'p1' (#1): has 'L' at position 4, "
                       "which is not a nucleotide", 65),
+    "fastq-gt-in-sequence": (b"@a\nACGT\n+\nIIII\n@b\nAC>GT\n+\nIIIII\n",
+                             "record 'b' (#2): has '>' inside a sequence line, at position 3",
+                             65),
     "fastq-duplicate": (b"@a\nACGT\n+\nIIII\n@b\nAAAA\n+\nIIII\n@a x\nCCCC\n+\nIIII\n",
                         "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
 }

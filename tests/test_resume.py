@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kill_resume import write_shard
-from virnucpro.checkpoint import CheckpointError
+from virnucpro.checkpoint import CheckpointError, frames_checkpointed
 from virnucpro.features import read_features
 from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import EmbeddingEngine, ShardFrames
@@ -117,7 +117,7 @@ def test_sigkill_of_the_cli_loses_at_most_one_interval(tmp_path, models):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not out.exists()
-    saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
+    saved = frames_checkpointed(partial)
     assert saved >= 400
     rerun = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr

@@ -17,7 +17,7 @@ def make_run(tmp_path, reference):
     (features / "shard_000000.done").write_text("1\n")
     partial = features / "shard_000001.pt.partial"
     partial.mkdir()
-    writer = BatchWriter(partial)
+    writer = BatchWriter(partial, "0" * 16)
     writer.submit(Batch(0, ["x", "y"], torch.ones(2, 4)))
     writer.close()
     return tmp_path / "results"
@@ -35,7 +35,7 @@ def test_status_counts_shards_and_checkpointed_frames(tmp_path, reference):
         (sample / "scores" / f"{shard}.tsv").write_text("frame_id\n")
     partial = sample / "scores" / "shard_000003.tsv.partial"
     partial.mkdir()
-    writer = BatchWriter(partial)
+    writer = BatchWriter(partial, "0" * 16)
     writer.submit(Batch(0, ["z"], torch.ones(1, 2)))
     writer.close()
     (sample / "summary.tsv").write_text("read_id\n")

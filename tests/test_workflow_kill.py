@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 
+from virnucpro.checkpoint import frames_checkpointed
 from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
         os.kill(process.pid, signal.SIGKILL)
     runner.wait()
     time.sleep(0.2)
-    saved = sum(int(p.read_text()) for p in partial.glob("batch_*.done"))
+    saved = frames_checkpointed(partial)
     frames = int((work / "out" / "s" / "prepare" / "shards" / "shard_000000.done")
                  .read_text().split()[0])
     assert INTERVAL * 3 <= saved < frames

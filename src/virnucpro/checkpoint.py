@@ -5,10 +5,18 @@ batch files in RESULT.partial/ (layout.partial_dir), each a feature file
 (virnucpro.features) with its own `.done`, written on a background thread
 (`BatchWriter`). A rerun resumes from the valid batches (`PartialShard.resume`), so a
 kill loses at most one interval; virnucpro.resume builds the shard's result from them.
+
+Saved batches describe themselves: each `.done` carries the digest of the fingerprint of
+the job that wrote it (models, settings, the shard's frames), so no file that can go
+missing (fingerprint.json, say, lost to a kill while the directory was being removed)
+can make one run's batches pass for another's. Batches of another fingerprint are set
+aside, never reused; a partial directory is renamed away before it is removed, so an
+interrupted removal leaves nothing under the partial name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -16,6 +24,7 @@ import os
 import queue
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -26,7 +35,7 @@ from typing import Any
 import torch
 
 from virnucpro import layout
-from virnucpro.atomic import atomic_open, write_sentinel
+from virnucpro.atomic import atomic_open, fsync_dir, write_sentinel
 from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS
 from virnucpro.errors import UntrustedFileError
 from virnucpro.features import FeatureTable, quarantine, read_features, save_features
@@ -82,12 +91,26 @@ _BATCH = re.compile(r"batch_(\d{12})_(\d{12})\.pt$")
 _BATCH_DONE = re.compile(r"batch_(\d{12})_(\d{12})\.done$")
 
 
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of a fingerprint's canonical JSON."""
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Fingerprint keys that describe the shard's frames rather than how they are embedded:
+# partial results that differ only in these were made for other reads or prepare settings
+# (frames that can never match again), so they are set aside, not a decision to make.
+FRAME_KEYS = frozenset({"frames", "frame_ids_sha256"})
+
+
 class PartialShard:
     """The saved batches of one shard, in a directory that is not a declared
     output (Snakemake deletes declared outputs before rerunning a job).
 
     Layout: fingerprint.json (what produced the batches: model identities and
-    settings, not paths), batch_START_STOP.pt and batch_START_STOP.done.
+    settings, not paths; read to say what changed), batch_START_STOP.pt and
+    batch_START_STOP.done, whose text is "FRAMES DIGEST": the batch's frame count and the
+    digest of the fingerprint of the job that wrote it (`fingerprint_digest`).
     """
 
     FINGERPRINT = "fingerprint.json"
@@ -96,27 +119,53 @@ class PartialShard:
                  registry: str | os.PathLike, force_resume: bool = False) -> None:
         self.directory = Path(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        self.digest = fingerprint_digest(self.fingerprint)
         self.registry = Path(registry)
         self.force_resume = force_resume
 
-    def _check_fingerprint(self) -> None:
+    def writer(self) -> BatchWriter:
+        """A writer of this job's batches (their `.done` carry its digest)."""
+        return BatchWriter(self.directory, self.digest)
+
+    def _claim(self) -> None:
+        """Make the directory this job's: partial results of other frames, or batches
+        that do not carry this job's digest, are set aside (logged, in the registry); those
+        of other models or settings on the same frames need a decision (exit 78) unless
+        force_resume. Then fingerprint.json says whose the directory is."""
         path = self.directory / self.FINGERPRINT
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved != self.fingerprint:
-                changed = sorted(k for k in set(saved) | set(self.fingerprint)
-                                 if saved.get(k) != self.fingerprint.get(k))
-                if not self.force_resume:
-                    raise CheckpointError(
-                        self.directory, "incompatible",
-                        "partial results were made with different settings "
-                        f"({', '.join(changed)}); set force_resume to keep them, or delete "
-                        f"{self.directory} to start the shard over")
-                log.warning("force_resume: keeping partial results made with different %s",
-                            ", ".join(changed))
+        saved = _read_json(path) if path.is_file() else None
+        changed = sorted(k for k in set(saved or {}) | set(self.fingerprint)
+                         if (saved or {}).get(k) != self.fingerprint.get(k)) if saved else []
+        if changed and set(changed) <= FRAME_KEYS:
+            self._set_aside("made for other frames of this shard (its reads or the prepare "
+                            "settings changed)")
+        elif changed and not self.force_resume:
+            raise CheckpointError(
+                self.directory, "incompatible",
+                "partial results were made with different settings "
+                f"({', '.join(changed)}); set force_resume to keep them, or delete "
+                f"{self.directory} to start the shard over")
+        elif changed:
+            log.warning("force_resume: keeping partial results made with different %s",
+                        ", ".join(changed))
+        elif not self.force_resume and self._foreign_batches():
+            self._set_aside("saved batches that do not carry this job's fingerprint (left by "
+                            "a run of other settings whose partial results were not fully "
+                            "removed, or by an older virnucpro)")
         self.directory.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "w") as handle:
             json.dump(self.fingerprint, handle, sort_keys=True)
+
+    def _foreign_batches(self) -> bool:
+        """Whether a marked batch here was written by a job of another fingerprint."""
+        if not self.directory.is_dir():
+            return False
+        return any(_BATCH_DONE.match(entry.name) and _sentinel_digest(Path(entry.path))
+                   != self.digest for entry in os.scandir(self.directory))
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the whole directory aside (never delete work a user may want to inspect)."""
+        quarantine(self.directory, reason, self.registry, label="stale")
 
     def resume(self, ids: Iterable[str]) -> list[SavedBatch]:
         """Valid saved batches from frame 0 on; everything after the first gap, unmarked or
@@ -126,7 +175,7 @@ class PartialShard:
         the shard's frame IDs, consumed only as far as the batches reach: one batch is in
         memory at a time, whatever the shard's size.
         """
-        self._check_fingerprint()
+        self._claim()
         files = sorted((int(m.group(1)), int(m.group(2)), p) for p in self.directory.iterdir()
                        if (m := _BATCH.match(p.name)))
         ids = iter(ids)
@@ -177,7 +226,35 @@ class PartialShard:
                       key=lambda batch: batch.start)
 
     def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Remove the directory once its result is published: renamed first to a hidden
+        temporary name (atomic), then deleted, so a kill during the removal can leave only
+        an orphan that the next run removes (`virnucpro.orphans`), never batches under the
+        partial name."""
+        if not self.directory.exists():
+            return
+        doomed = tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".tmp",
+                                  dir=self.directory.parent)
+        os.replace(self.directory, doomed)  # onto the empty directory: allowed by rename(2)
+        fsync_dir(self.directory.parent)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file; None when it is not one (then it describes nothing)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _sentinel_digest(path: Path) -> str | None:
+    """The fingerprint digest a batch's `.done` carries (None: none, or unreadable)."""
+    try:
+        fields = path.read_text().split()
+    except OSError:
+        return None
+    return fields[1] if len(fields) == 2 else None
 
 
 class BatchWriter:
@@ -188,8 +265,9 @@ class BatchWriter:
     close() flushes and joins; use it in a finally block (also on SIGTERM).
     """
 
-    def __init__(self, directory: Path, max_pending: int = 2) -> None:
+    def __init__(self, directory: Path, digest: str, max_pending: int = 2) -> None:
         self.directory = directory
+        self.digest = digest
         self._queue: queue.Queue[Batch | None] = queue.Queue(max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
@@ -202,7 +280,7 @@ class BatchWriter:
             try:
                 path = self.directory / f"{batch.name}.pt"
                 save_features(path, batch.ids, batch.data)
-                write_sentinel(layout.sentinel(path), f"{len(batch.ids)}\n")
+                write_sentinel(layout.sentinel(path), f"{len(batch.ids)} {self.digest}\n")
             except BaseException as exc:  # surfaced to the caller
                 self._error = exc
 

@@ -50,6 +50,7 @@ _OTHER_WHITESPACE = (b"\t", b"\x0b", b"\x0c")  # also end a record ID (Biopython
 CODE_PADDING = 3  # codes extend past the data so every codon start has three bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 DEFAULT_BLOCK_BYTES = 1 << 21
 _HEAD_STEP = 1 << 14  # compressed bytes inflated at a time when reading a file's head
 
@@ -204,7 +205,7 @@ class ReadsReader:
         self._piece_bytes = self.block_bytes
         pieces = self._pieces()
         for first in pieces:
-            first = first.lstrip(b"\r\n")
+            first = self._records_start(first)
             if first:
                 break
         else:
@@ -224,7 +225,7 @@ class ReadsReader:
         compressed bytes that text took, so an estimate follows the file's own compression.
         No record when the first one is longer than `limit`."""
         text, used, whole = self._text_head(limit)
-        records = text.lstrip(b"\r\n")
+        records = self._records_start(text)
         if not records:
             raise self._only_blank_lines()
         fastq = self._is_fastq(records)
@@ -261,6 +262,19 @@ class ReadsReader:
             except zlib.error as exc:
                 raise self._corrupt_gzip(exc) from None
             return b"".join(pieces), used, not raw.read(1)
+
+    def _records_start(self, data: bytes) -> bytes:
+        """The start of a file's text without what may precede its first record: a UTF-8
+        byte order mark (Windows editors write one; accepted) and blank lines. Line breaks
+        of carriage returns alone (classic Mac OS) would make the whole file one line: they
+        are refused, saying how to convert them."""
+        data = data.removeprefix(UTF8_BOM).lstrip(b"\r\n")
+        head = data[:1 << 16]
+        if head.count(b"\r") > 1 and b"\n" not in head:
+            raise self._error("has line breaks of carriage returns alone (CR, classic Mac OS "
+                              "line endings)", "convert them to LF, e.g. with "
+                              f"\"tr '\\r' '\\n' < {self.path} > converted.fa\"")
+        return data
 
     def _is_fastq(self, data: bytes) -> bool:
         """FASTQ or FASTA, from the first non-blank byte; anything else is refused."""
@@ -323,16 +337,20 @@ class ReadsReader:
         spaces = special[kind == SPACE_CODE]
         id_start, id_length = self._id_spans(text, starts, header_end, spaces, number)
 
-        # Invalid letters in sequences: all invalid bytes minus those in headers.
-        is_invalid = text_codes == INVALID_CODE
+        # Invalid letters in sequences: all invalid bytes minus those in headers. A '>' is
+        # one too unless it starts a line: inside a sequence line it is not a base (kept, it
+        # would become part of codons; dropped, the sequence would silently lose a letter).
+        is_invalid = (text_codes == INVALID_CODE) | (text_codes == GT_CODE)
         header_codes = gather_spans(text_codes, starts, seq_start - starts)
-        if np.count_nonzero(is_invalid) > np.count_nonzero(header_codes == INVALID_CODE):
+        in_headers = (header_codes == INVALID_CODE) | (header_codes == GT_CODE)
+        if np.count_nonzero(is_invalid) > np.count_nonzero(in_headers):
             bounds = np.stack([starts, np.minimum(seq_start, len(arr) - 1)], 1).ravel()
             invalid = np.add.reduceat(is_invalid, bounds, dtype=np.int64)[1::2]
             invalid[seq_start >= record_end] = 0
             i = int(np.argmax(invalid > 0))
             in_record = text_codes[seq_start[i]:record_end[i]]
-            pos = seq_start[i] + int(np.argmax(in_record == INVALID_CODE))
+            pos = seq_start[i] + int(np.argmax((in_record == INVALID_CODE)
+                                               | (in_record == GT_CODE)))
             self._invalid_letter(arr, pos, seq_start[i], _span(arr, id_start[i], id_length[i]),
                                  number + i)
         record_of_space = np.searchsorted(starts, spaces, side="right") - 1
@@ -499,6 +517,11 @@ class ReadsReader:
         breaks = int(np.count_nonzero((before == ord("\n")) | (before == ord(" "))))
         column = len(before) - breaks + 1
         char = chr(arr[pos]) if 32 < arr[pos] < 127 else f"byte 0x{arr[pos]:02x}"
+        if char in ">@":
+            raise self._error(
+                f"has {char!r} inside a sequence line, at position {column}",
+                f"a header starts with {char!r} at the beginning of a line: a line break is "
+                "probably missing before it; repair or re-create the file", record, number)
         raise self._error(
             f"has {char!r} at position {column}, which is not a nucleotide code",
             "give nucleotide sequences (IUPAC: ACGTURYSWKMBDHVN); is this a protein FASTA?",

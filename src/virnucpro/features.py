@@ -23,6 +23,7 @@ Exit statuses (virnucpro.errors): 75 corrupted (moved aside; a rerun redoes the 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import re
@@ -194,16 +195,23 @@ def assemble_features(path: str | os.PathLike, parts: Iterable[FeatureTable], fr
         scratch.unlink(missing_ok=True)
 
 
-def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike) -> Path:
-    """Move a corrupted file aside (never delete it) and record it in the registry."""
+def quarantine(path: str | os.PathLike, reason: str, registry: str | os.PathLike,
+               label: str = "corrupted") -> Path:
+    """Move a file or directory that cannot be used aside as NAME.LABEL-TIME (never delete
+    it: it may be a user's only clue) and record it in the registry. `label` says why:
+    corrupted, or stale (partial results that belong to another run)."""
     path = Path(path)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    aside = path.with_name(f"{path.name}.corrupted-{stamp.replace(':', '')}")
+    aside = path.with_name(f"{path.name}.{label}-{stamp.replace(':', '')}")
+    for again in itertools.count(1):  # set aside twice within a second: both are kept
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{path.name}.{label}-{stamp.replace(':', '')}-{again}")
     if path.exists():
         os.replace(path, aside)
     with open(registry, "a") as handle:
         handle.write(f"{path}|{' '.join(reason.split())}|{stamp}\n")
-    log.warning("moved corrupted %s aside to %s: %s", path, aside.name, reason)
+    log.warning("moved %s %s aside to %s: %s", label, path, aside.name, reason)
     return aside
 
 

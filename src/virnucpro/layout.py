@@ -20,6 +20,7 @@ The `*_PATTERN`s are the same paths below the output directory, with Snakemake's
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -72,9 +73,18 @@ def names_with(directory: str | os.PathLike, suffix: str) -> set[str]:
 
 
 def prepared_shards(prepare_dir: str | os.PathLike) -> list[str]:
-    """The finished shards of a prepare directory (those with their `.done`), in order."""
-    return sorted(name for name in names_with(Path(prepare_dir) / SHARDS, DONE)
-                  if name.startswith(SHARD_PREFIX))
+    """The shards prepare wrote, in order, as its stats.json counts them; none before it ran.
+
+    The count, not the files: a prepare directory is published whole (stats.json in it), so
+    the count is what prepare made, while its files may be deleted later (intermediates of
+    a finished sample). A shard whose files or `.done` went missing is still a shard of the
+    sample: never silently dropped from the run, named as damaged where it is still needed.
+    """
+    try:
+        stats = json.loads((Path(prepare_dir) / STATS).read_text())
+    except FileNotFoundError:
+        return []
+    return [shard_name(i) for i in range(stats["shards"])]
 
 
 def shard_file(prepare_dir: str | os.PathLike, name: str, kind: str) -> Path:

@@ -357,9 +357,10 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
     """One line on the first of these finished shards whose files are missing or not the size
     their `.done` records (deleted or truncated after prepare), else None. Stat calls only."""
     for name in names:
-        lines = (shards / f"{name}{layout.DONE}").read_text().splitlines()[1:]
+        done = shards / f"{name}{layout.DONE}"
+        lines = done.read_text().splitlines()[1:] if done.is_file() else []
         recorded = dict(line.split("\t") for line in lines)
-        for suffix in SHARD_FILES:
+        for suffix in [*SHARD_FILES, layout.DONE]:
             path = shards / f"{name}{suffix}"
             if not path.is_file():
                 problem = "is missing"

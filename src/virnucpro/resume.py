@@ -26,8 +26,7 @@ import torch
 
 from virnucpro import layout
 from virnucpro.atomic import atomic_open, write_sentinel
-from virnucpro.checkpoint import (Accumulator, BatchWriter, PartialShard, SavedBatch,
-                                  checkpoint_policy)
+from virnucpro.checkpoint import Accumulator, PartialShard, SavedBatch, checkpoint_policy
 from virnucpro.classify import score_rows, write_scores
 from virnucpro.features import assemble_features
 from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
@@ -215,7 +214,7 @@ def embed_shard_resumable(frames: ShardFrames, result: ShardResult, engine: Embe
     # A signal reaches us as an exception (virnucpro.runner): `finally` flushes the writer,
     # and closing the windows stops and joins the engine's loader thread (left running, a
     # thread inside torch at interpreter exit aborts the process, losing its exit status).
-    writer = BatchWriter(partial.directory)
+    writer = partial.writer()
     windows = engine.embed_windows(frames.windows(settings.window_frames, skip=start,
                                                   index=result.index), total=total - start)
     try:

@@ -40,7 +40,9 @@ def read_sample_sheet(sheet: str | os.PathLike, schema_path: str | os.PathLike
                                 "config (a relative path is relative to the working directory)")
     schema = yaml.safe_load(Path(schema_path).read_text())
     lines = [(number, line.rstrip("\r\n").split("\t"))
-             for number, line in enumerate(Path(sheet).read_text().splitlines(), 1)
+             # utf-8-sig: a byte order mark (spreadsheets write one) is not part of 'sample'
+             for number, line in enumerate(Path(sheet).read_text(encoding="utf-8-sig")
+                                           .splitlines(), 1)
              if line.strip() and not line.startswith("#")]
     if not lines:
         raise UsageError(f"{sheet}: is empty; {_columns_hint(schema)}")

@@ -37,7 +37,7 @@ class SampleProgress:
 
 
 def sample_progress(sample_dir: Path) -> SampleProgress:
-    shards = layout.names_with(layout.prepare_dir(sample_dir) / layout.SHARDS, layout.DONE)
+    shards = set(layout.prepared_shards(layout.prepare_dir(sample_dir)))
     features, scores = sample_dir / layout.FEATURES, sample_dir / layout.SCORES
     scored = layout.names_with(scores, ".tsv") & shards
     embedded = (layout.names_with(features, layout.DONE) & shards) | scored

@@ -232,10 +232,18 @@ def preflight():
 
 
 onstart:
-    # One run per output directory, even from another working directory (virnucpro.runlock).
+    # One run per output directory, even from another working directory (virnucpro.runlock);
+    # holding it, remove what interrupted runs left there (virnucpro.orphans).
+    from virnucpro.orphans import remove_orphans
     from virnucpro.runlock import claim_outdir
     from virnucpro.runner import call_reporting_errors
 
     status = call_reporting_errors(claim_outdir, OUTDIR)
     if status:
         raise SystemExit(status)
+    count, size = remove_orphans(OUTDIR)
+    if count:
+        report_note(
+            f"removed {count} temporary file(s) left in {OUTDIR} by an interrupted run "
+            f"({size / 1e6:.1f} MB)"
+        )
