@@ -49,3 +49,37 @@ def fastq_text(records: list[tuple[str, str]], rng: random.Random | None = None,
     return "".join(
         f"@{header}\n{seq}\n+{header if plus else ''}\n"
         f"{''.join(chr(rng.randint(33, 126)) for _ in seq)}\n" for header, seq in records)
+
+
+def flip_a_stored_bit(path: Path) -> None:
+    """Flip one bit inside the largest entry of a zip archive (a torch file's biggest
+    tensor), as a bad copy or disk would: the archive stays readable, its CRC-32 does not."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    # local header: 30 bytes + name + extra field, then the stored bytes
+    name_length = int.from_bytes(data[entry.header_offset + 26:entry.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[entry.header_offset + 28:entry.header_offset + 30],
+                                  "little")
+    start = entry.header_offset + 30 + name_length + extra_length
+    data[start + entry.file_size // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def with_nan_weight(source: Path, target: Path) -> Path:
+    """A copy of a torch model file with one weight NaN, saved afresh (checksums sound):
+    damage that only the numbers a model computes can show."""
+    import argparse
+
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):  # fair-esm's file format
+        state = torch.load(source, weights_only=True, map_location="cpu")
+    tensors = state["model"] if "model" in state else state
+    name = max((k for k, v in tensors.items() if hasattr(v, "dtype") and v.dtype.is_floating_point
+                and v.dim() == 2), key=lambda k: tensors[k].numel())
+    tensors[name].view(-1)[0] = float("nan")
+    torch.save(state, target)
+    return target

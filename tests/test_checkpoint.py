@@ -1,5 +1,6 @@
 """Validation levels, quarantine and incremental checkpoints on real files."""
 
+import json
 import os
 import time
 
@@ -121,6 +122,36 @@ def test_quarantine_moves_aside_and_records(tmp_path):
             and stamp.startswith("20"))
 
 
+def test_an_io_error_is_not_corruption(tmp_path, monkeypatch):
+    """A read that fails (EIO: a failing disk, a network file system gone) says so and leaves
+    the file and its sentinel where they are; nothing is moved aside or recomputed. (No disk
+    fails on demand here: the failing read is simulated.)"""
+    import builtins
+    import errno
+
+    from virnucpro.errors import StorageError
+
+    registry = tmp_path / "failed_checkpoints.txt"
+    result, sentinel = good(tmp_path / "s.pt"), tmp_path / "s.done"
+    sentinel.write_text("4\n")
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if str(file) == str(result):
+            raise OSError(errno.EIO, "Input/output error", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(StorageError) as raised:
+        read_trusted(result, registry)
+    monkeypatch.undo()
+    assert raised.value.one_line() == (f"{result}: cannot be read (Input/output error); it is "
+                                       "left where it is: check the disk or file system, then "
+                                       "rerun") and raised.value.exit_code == 74
+    assert result.is_file() and sentinel.is_file() and not registry.exists()
+    assert read_trusted(result, registry).ids == ["f0", "f1", "f2", "f3"]
+
+
 def test_a_consumer_moves_a_corrupt_result_aside_and_removes_its_sentinel(tmp_path):
     registry = tmp_path / "failed_checkpoints.txt"
     result, sentinel = good(tmp_path / "s.pt"), tmp_path / "s.done"
@@ -226,6 +257,16 @@ def test_batches_describe_the_job_that_wrote_them(tmp_path):
     assert PartialShard(tmp_path / "p", {"classifier": "b"}, tmp_path / "failed.txt"
                         ).resume(ids) == []
     assert len(list(tmp_path.glob("p.stale-*"))) == 2
+
+
+def test_a_fingerprint_without_batches_asks_for_no_decision(tmp_path):
+    """A job that failed before saving a batch (a model computing NaN, say) leaves only its
+    fingerprint: the fixed rerun, with other models, takes the directory over."""
+    ids = [f"f{i}" for i in range(5)]
+    PartialShard(tmp_path / "p", {"esm": "broken"}, tmp_path / "f").resume(ids)
+    fixed = PartialShard(tmp_path / "p", {"esm": "good"}, tmp_path / "f")
+    assert fixed.resume(ids) == [] and not (tmp_path / "f").exists()
+    assert json.loads((tmp_path / "p" / PartialShard.FINGERPRINT).read_text()) == {"esm": "good"}
 
 
 def test_partial_results_of_other_frames_are_set_aside(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli
+from conftest import flip_a_stored_bit, run_cli
 from virnucpro.demo_models import write_demo_classifier
 from virnucpro.errors import EXIT_NOINPUT
 from virnucpro.models.classifier import (MLPClassifier, ModelError, convert_model,
@@ -201,6 +201,15 @@ def test_damaged_foreign_and_missing_files_are_reported(made, tmp_path):
     for path, problem in cases.items():
         with pytest.raises(ModelError, match=problem):
             load_classifier(path)
+
+
+def test_a_flipped_bit_is_found_by_the_archives_checksums(made, tmp_path):
+    flipped = tmp_path / "500_model.pth"
+    flipped.write_bytes((made / "original.pth").read_bytes())
+    flip_a_stored_bit(flipped)
+    with pytest.raises(ModelError, match=r"500_model.pth: the file is damaged \(the CRC-32 "
+                       r"checksum of its entry .* does not match\); its bytes changed"):
+        load_classifier(flipped)
 
 
 def test_a_classifier_of_the_wrong_width_is_reported(made):

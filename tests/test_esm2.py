@@ -12,6 +12,7 @@ import esm
 import pytest
 import torch
 
+from conftest import flip_a_stored_bit
 from virnucpro.errors import EXIT_NOINPUT, VirNucProError
 from virnucpro.demo_models import random_esm2, write_demo_esm2
 from virnucpro.embed import plan_batches
@@ -232,3 +233,13 @@ def test_load_by_name_from_torch_hub_cache(checkpoints, tmp_path, monkeypatch):
 def test_tokenize_rejects_bad_sequences(seqs, problem):
     with pytest.raises(ValueError, match=problem):
         tokenize(seqs)
+
+
+def test_a_flipped_bit_is_found_before_the_model_loads(tmp_path):
+    """torch.load never checks a zip archive's checksums: a flipped bit in a weight would
+    load and change every embedding silently."""
+    path = write_demo_esm2(tmp_path / "esm2_t2_demo.pt")
+    flip_a_stored_bit(path)
+    with pytest.raises(ModelError, match=r"esm2_t2_demo.pt: the file is damaged \(the CRC-32 "
+                       "checksum of its entry"):
+        load_esm2(path, "cpu")

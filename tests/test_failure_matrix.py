@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import plain_prepare
-from conftest import fastq_text, read_fasta, run_cli
+from conftest import fastq_text, flip_a_stored_bit, read_fasta, run_cli
 from virnucpro.runner import exit_status
 from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
                               snakemake, start_snakemake, write_config)
@@ -406,6 +406,9 @@ def break_model(work: Path, kind: str, fault: str) -> str:
         path = where / "esm2_demo_t2_d32.pt"
         if fault == "truncated":
             path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        elif fault == "bits flipped":  # a bad copy: the archive's checksums say so
+            shutil.copy(good, path)
+            flip_a_stored_bit(path)
         elif fault == "wrong architecture":  # a classifier where ESM-2 belongs
             shutil.copy(work / DEMO_MODELS["classifier"], path)
     elif kind == "dnabert":
@@ -419,6 +422,13 @@ def break_model(work: Path, kind: str, fault: str) -> str:
             config = json.loads((path / "config.json").read_text())
             config["hidden_size"] *= 2
             (path / "config.json").write_text(json.dumps(config))
+        elif fault == "NaN weights":  # damage no file check can see: the numbers show it
+            from safetensors.torch import load_file, save_file
+
+            state = load_file(path / "model.safetensors")
+            name = next(k for k in state if state[k].dim() == 2 and "embeddings" not in k)
+            state[name].view(-1)[0] = float("nan")
+            save_file(state, path / "model.safetensors")
     else:
         path = where / "500_model.pth"
         if fault == "truncated":
@@ -435,9 +445,13 @@ MODEL_ROWS = {
     ("esm", "truncated"): (None, "esm2_demo_t2_d32.pt: cannot read the file"),
     ("esm", "wrong architecture"): (66, "esm2_demo_t2_d32.pt: refused: the file holds a pickled "
                                         "object (__main__.MLPClassifier) that is not allowed"),
+    ("esm", "bits flipped"): (None, "esm2_demo_t2_d32.pt: the file is damaged (the CRC-32 "
+                                    "checksum of its entry"),
     ("dnabert", "missing"): (66, "cannot download zhihan1996/DNABERT-S"),
     ("dnabert", "truncated"): (None, "model.safetensors: cannot read the weights"),
     ("dnabert", "wrong architecture"): (66, "DNABERT-S: weights do not fit config.json"),
+    ("dnabert", "NaN weights"): (66, "model.safetensors: the model computed NaN or infinite "
+                                     "values for frame"),
     ("classifier", "missing"): (None, "500_model.pth: classifier not found; download the "
                                       "published 500_model.pth"),
     ("classifier", "truncated"): (None, "500_model.pth: not a PyTorch zip archive"),

@@ -5,6 +5,8 @@ them through real Snakemake processes."""
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import shutil
 import struct
 import zipfile
@@ -14,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import fastq_text
-from virnucpro.config import check_config
+from conftest import fastq_text, flip_a_stored_bit
+from virnucpro.config import check_config, check_config_files
 from virnucpro.demo_models import write_demo_models
 from virnucpro.errors import Problems
 from virnucpro.preflight import check, unprepared
@@ -71,9 +73,29 @@ def test_every_problem_is_listed_at_once(tmp_path, demo):
         "by torch.save (torch >= 1.6) or .safetensors files are read"]
 
 
-def test_the_reads_of_a_prepared_sample_may_be_gone(tmp_path, demo):
+def test_the_reads_no_job_reads_again_may_be_gone(tmp_path, demo):
     assert check({"s": [str(tmp_path / "deleted.fa")]}, {}, models_of(demo), 500, {},
-                 prepared=["s"]) == []
+                 read=["s"]) == []
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path, demo):
+    os.mkfifo(tmp_path / "reads.fq")
+    assert problems({"s": [str(tmp_path / "reads.fq")]}, {}, models_of(demo), 500, {}) == [
+        f"{tmp_path}/reads.fq: reads file of sample 's' is a named pipe (FIFO); give the path "
+        "of a FASTA or FASTQ file on disk (write a stream to a file first)"]
+
+
+def test_cuda_where_there_is_no_gpu_names_the_config_key(tmp_path, demo, monkeypatch):
+    (tmp_path / "r.fa").write_text(">r\nACGT\n")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no device, whatever this machine has
+    with pytest.raises(Problems) as raised:
+        check({"s": [str(tmp_path / "r.fa")]}, {}, models_of(demo), 500, {}, device="cuda")
+    assert raised.value.lines() == [
+        "config: embed.device: 'cuda' but this machine has no GPU (no /dev/nvidiaN device, or "
+        "CUDA_VISIBLE_DEVICES hides them); set embed.device: auto (or cpu) to run on the CPU, "
+        "or run where a GPU is"] and raised.value.exit_code == 64
+    # jobs that run elsewhere (a cluster) are not judged by this machine
+    assert check({"s": [str(tmp_path / "r.fa")]}, {}, models_of(demo), 500, {}) == []
 
 
 def test_a_reads_file_that_cannot_be_opened(tmp_path, demo, monkeypatch):
@@ -208,6 +230,29 @@ def test_an_esm_model_file_must_be_named_as_fair_esm_names_them(tmp_path, demo):
         "esm2_t36_3B_UR50D.pt), as fair-esm tells the architecture by name"]
 
 
+def test_a_flipped_bit_is_found_before_any_job(tmp_path, demo, monkeypatch):
+    """The checksums of a torch zip archive are verified (torch never does); a sound file's
+    verdict is remembered per version of the file, a changed file is read again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "r.fa").write_text(">r\nACGT\n")
+    esm, classifier = tmp_path / "esm2_t2_demo.pt", tmp_path / "500_model.pth"
+    shutil.copy(demo["esm"], esm)
+    shutil.copy(demo["classifier"], classifier)
+    samples, models = {"s": [str(tmp_path / "r.fa")]}, models_of(demo, esm=esm,
+                                                                  classifier=classifier)
+    assert check(samples, {}, models, 500, {}) == []
+    remembered = json.loads((tmp_path / "cache" / "virnucpro" / "verified-models.json")
+                            .read_text())
+    assert sorted(remembered) == sorted(str(p.resolve()) for p in (esm, classifier))
+    for path in (esm, classifier):
+        flip_a_stored_bit(path)
+    lines = problems(samples, {}, models, 500, {})
+    assert [line.split(" (the CRC-32")[0] for line in lines] == [
+        f"{esm}: the file is damaged", f"{classifier}: the file is damaged"]
+    assert all(line.endswith("; its bytes changed since it was written (a bad copy, download "
+                             "or disk): download it again") for line in lines)
+
+
 def test_a_zip_that_is_not_a_torch_file(tmp_path, demo):
     (tmp_path / "r.fa").write_text(">r\nACGT\n")
     classifier = tmp_path / "classifier.pth"
@@ -245,6 +290,32 @@ def test_config_problems_are_one_line_each(change, lines):
     with pytest.raises(Problems) as raised:
         check_config({"samples": {"s": "r.fa"}, **change}, SCHEMA)
     assert raised.value.lines() == lines and raised.value.exit_code == 64
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"samples": {"a\n": "r.fa"}}, "config: samples: 'a\\n' is not valid; give a sample name"),
+    ({"outdir": "o{u}t"}, "config: outdir: 'o{u}t' has braces; '{' and '}' are wildcards in "
+     "Snakemake paths; rename it (or the directory) without braces"),
+    ({"samples": {"s": ["r{1}.fq", "r2.fq"]}}, "config: samples.s: 'r{1}.fq' has braces"),
+    ({"train": {"validation": {"virus": ["{v}.fa"]}}}, "config: train.validation.virus: "
+     "'{v}.fa' has braces"),
+])
+def test_names_and_paths_snakemake_would_misread(change, line):
+    with pytest.raises(Problems) as raised:
+        check_config({"samples": {"s": "r.fa"}, **change}, SCHEMA)
+    assert len(raised.value.lines()) == 1 and raised.value.lines()[0].startswith(line)
+
+
+def test_a_key_given_twice_in_a_config_file(tmp_path):
+    """YAML keeps the last of two equal keys: a sample listed twice would silently vanish."""
+    config = tmp_path / "c.yaml"
+    config.write_text("samples:\n  a: a.fa\n  b: b.fa\n  a: c.fa\nembed: {device: cpu}\n")
+    with pytest.raises(Problems) as raised:
+        check_config_files([config])
+    assert raised.value.lines() == [f"config: {config}: line 4: key 'samples.a' is given twice "
+                                    "(first on line 2); give each key once"]
+    config.write_text("samples:\n  a: a.fa\n  b: b.fa\n")
+    check_config_files([config])
 
 
 def test_a_config_without_samples_is_told_so():

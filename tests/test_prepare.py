@@ -162,6 +162,8 @@ def test_gzip_crlf_and_line_width_do_not_change_the_result(tmp_path, reference):
         "gz.fa.gz": gzip.compress(src.encode()),
         "oneline.fa": one_line.encode(),
         "blank-lines.fa": ("\n\n" + src.replace("\n>", "\n\n>")).encode(),
+        "byte-order-mark.fa": b"\xef\xbb\xbf" + src.encode(),
+        "byte-order-mark.fa.gz": gzip.compress(b"\xef\xbb\xbf" + src.encode()),
     }
     results = set()
     for name, data in variants.items():
@@ -247,6 +249,10 @@ BAD_INPUTS = {
                                65),
     "at-in-sequence": (b">a\nACGT@ACGT\n", "record 'a' (#1): has '@' inside a sequence line, "
                        "at position 5", 65),
+    "cr-only": (b">a\rACGT\r>b\rACGT\r", "has line breaks of carriage returns alone (CR, "
+                "classic Mac OS line endings); convert them to LF", 65),
+    "latin-1-id": (b">a\nACGT\n>caf\xe9 x\nACGT\n", "record 'caf\ufffd' (#2): its ID is not "
+                   "UTF-8 text (byte 0xe9); rename the record", 65),
     # FASTQ (told from the content: these files are named .fa too)
     "fastq-quality-length": (b"@r1\nACGT\n+\nIIII\n@r2 x\nACGT\n+\nIII\n",
                              "record 'r2' (#2): has 4 bases but 3 quality scores", 65),
@@ -270,6 +276,8 @@ BAD_INPUTS = {
     "fastq-gt-in-sequence": (b"@a\nACGT\n+\nIIII\n@b\nAC>GT\n+\nIIIII\n",
                              "record 'b' (#2): has '>' inside a sequence line, at position 3",
                              65),
+    "fastq-latin-1-id": (b"@r\xe9\nACGT\n+\nIIII\n", "record 'r\ufffd' (#1): its ID is not "
+                         "UTF-8 text (byte 0xe9)", 65),
     "fastq-duplicate": (b"@a\nACGT\n+\nIIII\n@b\nAAAA\n+\nIIII\n@a x\nCCCC\n+\nIIII\n",
                         "record 'a' (#3): duplicate record ID (first seen at record #1)", 65),
 }

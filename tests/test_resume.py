@@ -4,12 +4,14 @@ uninterrupted ones, every frame exactly once."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import safetensors.torch
 import torch
 
 from kill_resume import write_shard
@@ -178,3 +180,63 @@ def test_a_failing_job_stops_the_loader_thread(tmp_path, engine):
     # While the error (and so the job's frame) is still held, as a step's reporting holds it.
     assert error.value and [t for t in threading.enumerate()
                             if t.name == "virnucpro-loader"] == []
+
+
+@pytest.fixture(scope="module")
+def damaged(models, tmp_path_factory):
+    """Demo models, each with one NaN weight (files sound: only their numbers show it)."""
+    from conftest import with_nan_weight
+    from virnucpro.models.classifier import load_classifier, save_classifier
+
+    where = tmp_path_factory.mktemp("damaged")
+    dnabert = where / "dnabert"
+    shutil.copytree(models["dnabert"], dnabert)
+    weights = dnabert / "model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    name = next(k for k in state if state[k].dim() == 2 and "embeddings" not in k)
+    state[name].view(-1)[0] = float("nan")
+    safetensors.torch.save_file(state, weights)
+    esm = with_nan_weight(models["esm"], where / "esm2_t2_nan.pt")
+    classifier = load_classifier(models["classifier"])
+    with torch.no_grad():
+        classifier.hidden_layer.weight[0, 0] = float("nan")
+    save_classifier(classifier, where / "classifier.safetensors", {})
+    return {"esm": esm, "dnabert": dnabert,
+            "classifier": load_classifier(where / "classifier.safetensors")}
+
+
+@pytest.mark.parametrize("result, dtype, broken", [
+    ("scores", "float32", "esm"), ("scores", "float32", "dnabert"),
+    ("scores", "float32", "classifier"), ("scores", "mixed", "esm"),
+    ("features", "float32", "esm"), ("features", "float32", "dnabert")])
+def test_a_model_computing_nan_stops_the_job_naming_it(tmp_path, models, damaged, result, dtype,
+                                                       broken):
+    """Damaged weights give NaN: the job stops with one line naming the model before any
+    row is saved or anything published (with mixed precision, once float32 says so too);
+    nothing blames a feature file."""
+    from virnucpro.errors import ModelError
+    from virnucpro.models.classifier import load_classifier
+    from virnucpro.resume import ScoreRows
+
+    kept = result == "features"
+    shard = write_shard(tmp_path, 20)
+    esm = damaged["esm"] if broken == "esm" else models["esm"]
+    dnabert = damaged["dnabert"] if broken == "dnabert" else models["dnabert"]
+    engine = EmbeddingEngine.from_config(esm, dnabert, device="cpu", dtype=dtype)
+    out = tmp_path / ("a.pt" if kept else "a.tsv")
+    if kept:
+        result = FeatureRows(out)
+    else:
+        index = tmp_path / "a.index.tsv"
+        index.write_text("frame_id\tread_index\tchunk\tframe\n"
+                         + "".join(f"f{i}\t0\t{i}\tF1\n" for i in range(20)))
+        classifier = damaged["classifier"] if broken == "classifier" else \
+            load_classifier(models["classifier"])
+        result = ScoreRows(out, index, classifier)
+    with pytest.raises(ModelError) as raised:
+        embed_shard_resumable(ShardFrames(*shard), result, engine, SETTINGS)
+    named = {"esm": esm, "dnabert": dnabert / "model.safetensors",
+             "classifier": damaged["classifier"].source}[broken]
+    assert raised.value.one_line().startswith(f"{named}: the ")
+    assert "NaN or infinite" in raised.value.one_line()
+    assert not out.exists() and not list(partial_dir(out).glob("batch_*"))

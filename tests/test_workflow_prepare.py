@@ -143,8 +143,8 @@ def sample_runs(tmp_path, reference, sheet: str) -> dict[str, Path]:
     return outdirs
 
 
-SHEET = ("# samples of the test\n"
-         "sample\treads1\treads2\n"
+SHEET = ("\ufeffsample\treads1\treads2\n"  # with the byte order mark spreadsheets write
+         "# samples of the test\n"
          "orfs\t{single}\t\n"
          "\n"
          "pe\treads/R1.fq\treads/R2.fq.gz\n")
@@ -198,6 +198,10 @@ BAD_SHEETS = {
                             "line 2, column sample: 'my sample' is not valid; give a sample name "
                             "of letters, digits, '.', '_' and '-', starting with a letter or "
                             "digit (outputs go to {outdir}/{sample}/)"),
+    "braces in a path": ("sample\treads1\na\tdata/{x}.fa\n", 64,
+                         "line 2, column reads1: 'data/{x}.fa' has braces; '{' and '}' are "
+                         "wildcards in Snakemake paths; rename it (or the directory) without "
+                         "braces"),
     "no samples": ("sample\treads1\treads2\n", 64,
                    "lists no samples; add a line per sample below the header"),
     "sheet missing": (None, 66, "sample sheet not found; check 'samples' in your config (a "

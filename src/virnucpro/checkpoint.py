@@ -133,7 +133,9 @@ class PartialShard:
         of other models or settings on the same frames need a decision (exit 78) unless
         force_resume. Then fingerprint.json says whose the directory is."""
         path = self.directory / self.FINGERPRINT
-        saved = _read_json(path) if path.is_file() else None
+        # Without a saved batch there is nothing to keep or decide on (a job that failed
+        # before its first batch, say a model computing NaN): the directory is simply taken.
+        saved = _read_json(path) if path.is_file() and self._saved_batches() else None
         changed = sorted(k for k in set(saved or {}) | set(self.fingerprint)
                          if (saved or {}).get(k) != self.fingerprint.get(k)) if saved else []
         if changed and set(changed) <= FRAME_KEYS:
@@ -156,12 +158,16 @@ class PartialShard:
         with atomic_open(path, "w") as handle:
             json.dump(self.fingerprint, handle, sort_keys=True)
 
+    def _saved_batches(self) -> list[Path]:
+        """The `.done` of every marked batch here."""
+        if not self.directory.is_dir():
+            return []
+        return [Path(entry.path) for entry in os.scandir(self.directory)
+                if _BATCH_DONE.match(entry.name)]
+
     def _foreign_batches(self) -> bool:
         """Whether a marked batch here was written by a job of another fingerprint."""
-        if not self.directory.is_dir():
-            return False
-        return any(_BATCH_DONE.match(entry.name) and _sentinel_digest(Path(entry.path))
-                   != self.digest for entry in os.scandir(self.directory))
+        return any(_sentinel_digest(done) != self.digest for done in self._saved_batches())
 
     def _set_aside(self, reason: str) -> None:
         """Move the whole directory aside (never delete work a user may want to inspect)."""

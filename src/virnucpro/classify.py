@@ -40,7 +40,7 @@ from virnucpro.atomic import atomic_directory, atomic_open
 from virnucpro.calls import Evidence, SampleTally
 from virnucpro.features import FeatureFileError, read_trusted
 from virnucpro.defaults import WINDOW_FRAMES
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, ModelError
 from virnucpro.models.classifier import MLPClassifier
 from virnucpro.prepare import index_rows
 from virnucpro.reads import pair_id
@@ -83,8 +83,20 @@ def score_rows(classifier: MLPClassifier, features: torch.Tensor) -> torch.Tenso
 
     Both ways of scoring a shard (inside its embedding job, or from its kept feature file)
     call this on the same blocks of rows, the embedding windows, so they give the same bits.
+    Finite features that score NaN or inf are the classifier's fault (damaged weights load
+    without complaint): ModelError, before any score is saved. Non-finite features are the
+    caller's to judge (a 16-bit overflow is rescored in float32).
     """
-    return classifier.predict_proba(features.float())
+    scores = classifier.predict_proba(features.float())
+    if not bool(torch.isfinite(scores).all()):
+        row = int((~torch.isfinite(scores).all(dim=1) & torch.isfinite(features).all(dim=1))
+                  .to(torch.int8).argmax())
+        if bool(torch.isfinite(features[row]).all()) and not bool(
+                torch.isfinite(scores[row]).all()):
+            raise ModelError(f"{classifier.source or 'the classifier'}: the classifier computed "
+                             "NaN or infinite scores from finite features; its weights are "
+                             "damaged: download or convert it again (nothing was published)")
+    return scores
 
 
 def write_scores(out: str | os.PathLike, index: str | os.PathLike,

@@ -28,10 +28,70 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike) -> None
     """Raise Problems (exit status 64), one UsageError per problem, unless `config` is valid."""
     validator = jsonschema.Draft202012Validator(_read_schema(schema_path),
                                                 registry=Registry(retrieve=_read_schema_uri))
-    lines = dict.fromkeys(line for error in validator.iter_errors(config)
-                          for line in _lines(error))  # in order, each once
+    lines = dict.fromkeys([*(line for error in validator.iter_errors(config)
+                             for line in _lines(error)),
+                           *_brace_lines(config)])  # in order, each once
     if lines:
         raise Problems([UsageError(line) for line in lines])
+
+
+def check_config_files(paths: list[str | os.PathLike]) -> None:
+    """Raise Problems (exit status 64) for a key given twice in one mapping of a config file:
+    YAML keeps the last silently, so a sample listed twice under `samples` would vanish."""
+    lines = [line for path in paths for line in _duplicate_keys(Path(path))]
+    if lines:
+        raise Problems([UsageError(line) for line in lines])
+
+
+def _duplicate_keys(path: Path) -> Iterator[str]:
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError:
+        return  # not YAML: Snakemake's own loader says so
+    stack: list[tuple[yaml.Node, list[Any]]] = [(root, [])] if root is not None else []
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, [*where, i]) for i, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = key.value, key.start_mark.line + 1
+            if name in first:
+                yield (f"config: {path}: line {line}: key '{_key([*where, name])}' is given "
+                       f"twice (first on line {first[name]}); give each key once")
+            first.setdefault(name, line)
+            stack.append((value, [*where, name]))
+
+
+def has_braces(path: str) -> bool:
+    """Snakemake reads '{...}' in a path as a wildcard: such a path cannot be an input or
+    output of a rule."""
+    return "{" in path or "}" in path
+
+
+BRACES_HINT = ("'{' and '}' are wildcards in Snakemake paths; rename it (or the directory) "
+               "without braces")
+
+
+def _brace_lines(config: dict[str, Any]) -> Iterator[str]:
+    """The paths a rule reads or writes that hold braces: outdir, the models, the reads of a
+    samples map (a sample sheet's are checked with the sheet) and the training files."""
+    models = config.get("models") if isinstance(config.get("models"), dict) else {}
+    samples = config.get("samples") if isinstance(config.get("samples"), dict) else {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    validation = train.get("validation") if isinstance(train.get("validation"), dict) else {}
+    paths = [("outdir", config.get("outdir")),
+             *((f"models.{kind}", path) for kind, path in models.items()),
+             *((f"samples.{name}", path) for name, reads in samples.items()
+               for path in (reads if isinstance(reads, list) else [reads])),
+             *((f"{key}.{label}", path)
+               for key, files in (("train", train), ("train.validation", validation))
+               for label in ("virus", "nonvirus") for path in files.get(label) or [])]
+    for key, path in paths:
+        if isinstance(path, str) and has_braces(path):
+            yield f"config: {key}: {path!r} has braces; {BRACES_HINT}"
 
 
 def _read_schema(path: str | os.PathLike) -> dict[str, Any]:

@@ -401,7 +401,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError:
         raise UsageError(f"device {str(device)!r} is not one of auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+        raise UsageError(f"device {str(device)!r}: no CUDA device is available on this machine; "
+                         "run on the CPU (config embed.device: cpu, CLI --device cpu) or where "
+                         "a GPU is")
     return device
 
 
@@ -491,6 +493,16 @@ class EmbeddingEngine:
                 "dnabert_pooling": "mean over all tokens ([CLS], [SEP] included)",
                 "columns": {name: [model.columns.start, model.columns.stop]
                             for name, model in self._models.items()}}
+
+    def nonfinite_model(self, features: torch.Tensor) -> str | None:
+        """The file of the model that computed NaN or inf among `features` (rows of this
+        engine's columns), or None when every value is finite: a damaged weight loads
+        without complaint and shows only in what it computes."""
+        files = {"esm": self.esm.model_file or self.esm.name, "dnabert": self.dnabert.weights_path}
+        for name, model in self._models.items():
+            if not bool(torch.isfinite(features[:, model.columns]).all()):
+                return str(files[name])
+        return None
 
     # ---- embedding
 

@@ -509,7 +509,24 @@ class ReadsReader:
             raise self._error("header line has no record ID",
                               f"give every record an ID after '{chr(text[starts[i]])}'",
                               number=number + i)
+        self._check_utf8_ids(text, id_start, id_length, number)
         return id_start, id_length
+
+    def _check_utf8_ids(self, text: bytes, id_start: np.ndarray, id_length: np.ndarray,
+                        number: int) -> None:
+        """IDs go into every result table, which are UTF-8 text: one that is not (a Latin-1
+        name, say) is refused here, naming its record, rather than by a later stage. One
+        decode of the block's IDs end to end; the record is found only on failure."""
+        ids = gather_spans(np.frombuffer(text, dtype=np.uint8), id_start, id_length).tobytes()
+        try:
+            ids.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            i = int(np.searchsorted(np.cumsum(id_length), exc.start, side="right"))
+            raw = text[id_start[i]:id_start[i] + id_length[i]]
+            raise self._error(f"its ID is not UTF-8 text (byte 0x{ids[exc.start]:02x})",
+                              "rename the record with UTF-8 (or ASCII) characters: IDs are "
+                              "written to the result tables, which are UTF-8 text", raw,
+                              number + i) from None
 
     def _invalid_letter(self, arr: np.ndarray, pos: int, seq_start: int, record: bytes,
                         number: int) -> None:

@@ -37,7 +37,7 @@ import torch
 
 from virnucpro import layout
 from virnucpro.atomic import atomic_open
-from virnucpro.errors import UntrustedFileError
+from virnucpro.errors import EXIT_IOERR, StorageError, UntrustedFileError, one_line
 
 log = logging.getLogger("virnucpro")
 
@@ -66,16 +66,35 @@ class FeatureTable:
     meta: dict[str, Any]
 
 
+def unreadable(path: Path, exc: OSError) -> StorageError:
+    """The file could not be read (an I/O error, a file system gone): not its fault, so it
+    stays where it is and nothing is recomputed; the run stops until the disk is fixed."""
+    reason = os.strerror(exc.errno) if exc.errno else one_line(exc)
+    return StorageError(f"{path}: cannot be read ({reason}); it is left where it is: check "
+                        "the disk or file system, then rerun", EXIT_IOERR)
+
+
 def _load(path: Path) -> Any:
     if not path.exists() or path.stat().st_size == 0:
         raise FeatureFileError(path, "corrupted", "missing or empty file")
+    try:
+        # zipfile.is_zipfile takes a read error for "not a zip": read the bytes it needs first
+        with open(path, "rb") as handle:
+            handle.read(4)
+            handle.seek(-min(path.stat().st_size, 1 << 16), os.SEEK_END)
+            handle.read()
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     if not zipfile.is_zipfile(path):
         raise FeatureFileError(path, "corrupted",
                                "not a torch zip container (truncated or overwritten?)")
     try:
         # Memory-mapped: a feature file's rows are pages of the file, read as they are used.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # any failure to unpickle safely means the file is unusable
+    except Exception as exc:  # any failure to unpickle safely means the file is unusable ...
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(cause, OSError):  # ... unless reading it failed (torch wraps OSError)
+            raise unreadable(path, cause) from None
         raise FeatureFileError(path, "corrupted", f"cannot be loaded safely ({type(exc).__name__}: "
                                                  f"{' '.join(str(exc).split())[:200]})") from None
 

@@ -20,18 +20,26 @@ not run, with an estimate of how many there will be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import stat
+import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
-from virnucpro.errors import MissingInputError, ModelError, Problems, VirNucProError, one_line
-from virnucpro.models.formats import (CONFIG_NAME, dnabert_problems, esm_name_problem,
+from virnucpro.errors import (MissingInputError, ModelError, Problems, UsageError, VirNucProError,
+                              one_line)
+from virnucpro.atomic import atomic_open
+from virnucpro.gpu import visible_devices
+from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_torch_file,
+                                      dnabert_problems, dnabert_weights, esm_name_problem,
                                       missing_dnabert_file, not_a_torch_archive,
                                       safetensors_problem, sidecar_path, torch_file_problem,
-                                      torch_zip_problem, unreadable_classifier,
-                                      unreadable_sidecar, unreadable_torch_file)
+                                      torch_zip_crc_problem, torch_zip_problem,
+                                      unreadable_classifier, unreadable_sidecar,
+                                      unreadable_torch_file)
 from virnucpro.prepare import estimate
 
 # The models of a run (config `models`), by what each is called.
@@ -44,15 +52,18 @@ HEAD_BYTES = 1 << 20  # what a dry run reads of each reads file for its estimate
 
 def check(samples: dict[str, list[str]], training: dict[str, list[str]],
           models: dict[str, str], chunk_size: int, made: dict[str, str],
-          prepared: Collection[str] = ()) -> list[str]:
+          read: Collection[str] = (), device: str | None = None) -> list[str]:
     """Raise Problems unless the run can start: the reads of the samples and training files
-    not `prepared` yet (a prepared sample's reads may be gone: its shards are what its next
-    jobs read), and the models they need (the classifier only when there are samples to
-    classify). `made` maps each file a rule makes to that rule. Returns notes for the user:
-    the models absent but made by a rule."""
+    that jobs will still read (not those `read`: prepared, and for a sample its virus reads
+    written; such reads may be gone), the models they need (the classifier only when there
+    are samples to classify), and `embed.device` where the jobs run here (`device`; None
+    when they run elsewhere, on a cluster). `made` maps each file a rule makes to that rule.
+    Returns notes for the user: the models absent but made by a rule."""
     problems: list[VirNucProError] = []
+    if device is not None and (problem := device_problem(device)):
+        problems.append(problem)
     for sample, files in {**samples, **training}.items():
-        if sample not in prepared:
+        if sample not in read:
             problems += [problem for path in files if (problem := reads_problem(sample, path))]
     needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
     made = {os.path.normpath(path): rule for path, rule in made.items()}
@@ -82,6 +93,14 @@ def reads_problem(sample: str, path: str) -> MissingInputError | None:
     if os.path.isdir(path):
         return MissingInputError(path, f"{what} is a directory",
                                  "give the path of a FASTA or FASTQ file")
+    kind = os.stat(path).st_mode
+    if not stat.S_ISREG(kind):
+        # Opening a named pipe would wait for a writer, forever (dry runs too); and a pipe
+        # or device cannot be read twice, as a dry run's estimate and prepare both read it.
+        name = "a named pipe (FIFO)" if stat.S_ISFIFO(kind) else "not a regular file"
+        return MissingInputError(path, f"{what} is {name}",
+                                 "give the path of a FASTA or FASTQ file on disk (write a "
+                                 "stream to a file first)")
     try:
         with open(path, "rb") as handle:
             handle.read(1)
@@ -89,6 +108,18 @@ def reads_problem(sample: str, path: str) -> MissingInputError | None:
         return MissingInputError(path, f"{what} cannot be read ({exc.strerror})",
                                  "make it readable to the user who runs the workflow")
     return None
+
+
+def device_problem(device: str) -> UsageError | None:
+    """`embed.device: cuda` where the jobs run (this machine: only for a local run) and no
+    GPU is there, found before any job rather than by the first embedding job after every
+    sample was prepared. Looks for devices as the GPU leases do (virnucpro.gpu), without
+    starting CUDA."""
+    if not device.startswith("cuda") or visible_devices():
+        return None
+    return UsageError(f"config: embed.device: {device!r} but this machine has no GPU (no "
+                      "/dev/nvidiaN device, or CUDA_VISIBLE_DEVICES hides them); set "
+                      "embed.device: auto (or cpu) to run on the CPU, or run where a GPU is")
 
 
 def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
@@ -99,18 +130,54 @@ def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
                       "your config")
 
 
+def crc_problems(path: Path) -> list[ModelError]:
+    """A torch zip archive whose bytes do not match its checksums (`torch_zip_crc_problem`).
+
+    The verdict on a sound file is remembered per version of the file (path, size, inode,
+    modification and change times) in the user's cache, so a 5.7 GB model is read whole
+    once, not at every dry run; the jobs verify the file each time they load it."""
+    if not zipfile.is_zipfile(path):
+        return []
+    stat_ = path.stat()
+    key = f"{path.resolve()}|{stat_.st_size}|{stat_.st_ino}|{stat_.st_mtime_ns}|{stat_.st_ctime_ns}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "virnucpro" / \
+        "verified-models.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and known.get(str(path.resolve())) == key:
+        return []
+    damage = torch_zip_crc_problem(path)
+    if damage:
+        return [damaged_torch_file(path, damage)]
+    with contextlib.suppress(OSError, TypeError):  # a cache that cannot be written: no matter
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(cache, "w") as handle:
+            json.dump({**(known if isinstance(known, dict) else {}),
+                       str(path.resolve()): key}, handle)
+    return []
+
+
 def esm_problems(path: Path, chunk_size: int) -> list[ModelError]:
-    """An ESM-2 model file must be named as fair-esm names them and be a torch file."""
+    """An ESM-2 model file must be named as fair-esm names them and be a sound torch file."""
     wrong_name = esm_name_problem(path)
     if wrong_name:
         return [wrong_name]
     reason = torch_file_problem(path)
-    return [unreadable_torch_file(path, reason, "download it again")] if reason else []
+    return [unreadable_torch_file(path, reason, "download it again")] if reason else \
+        crc_problems(path)
 
 
 def dnabert_dir_problems(path: Path, chunk_size: int) -> list[ModelError]:
     """A DNABERT-S model is a directory with its config, weights and tokenizer."""
-    return dnabert_problems(path) if path.is_dir() else [missing_dnabert_file(path, CONFIG_NAME)]
+    if not path.is_dir():
+        return [missing_dnabert_file(path, CONFIG_NAME)]
+    problems = dnabert_problems(path)
+    weights = dnabert_weights(path)
+    if not problems and weights is not None and weights.name == PYTORCH_BIN_NAME:
+        problems = crc_problems(weights)
+    return problems
 
 
 def classifier_problems(path: Path, chunk_size: int) -> list[ModelError]:
@@ -124,6 +191,8 @@ def classifier_problems(path: Path, chunk_size: int) -> list[ModelError]:
         reason = torch_zip_problem(path)
         if reason:
             return [not_a_torch_archive(path, reason)]
+        if damage := crc_problems(path):
+            return damage
     try:
         declared = declared_chunk_size(path)
     except ModelError as problem:

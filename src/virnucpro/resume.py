@@ -31,6 +31,7 @@ from virnucpro.classify import score_rows, write_scores
 from virnucpro.features import assemble_features
 from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
 from virnucpro.embed import EmbeddingEngine, FrameWindow, ShardFrames
+from virnucpro.errors import ModelError, UsageError
 from virnucpro.models.classifier import MLPClassifier, classifier_identity
 
 log = logging.getLogger("virnucpro")
@@ -82,7 +83,13 @@ class FeatureRows:
 
     def rows(self, window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine
              ) -> torch.Tensor:
-        return features.to(self.dtype)
+        refuse_nonfinite(window, features, engine)
+        rows = features.to(self.dtype)
+        if not bool(torch.isfinite(rows).all()):
+            raise UsageError(f"{self.out}: features_dtype {str(self.dtype)[6:]} cannot hold "
+                             "these features (values beyond its range); set features_dtype: "
+                             "float32")
+        return rows
 
     def publish(self, frames: int, batches: list[SavedBatch], engine: EmbeddingEngine,
                 window_frames: int) -> None:
@@ -160,6 +167,12 @@ class ScoreRows:
                 scores = scores.clone()  # the classifier's output is an inference tensor
                 scores[torch.from_numpy(need)] = score_rows(self.classifier, exact)
                 rescored[torch.from_numpy(need)] = 1.0
+                if not bool(torch.isfinite(scores).all()):  # NaN features, even in float32
+                    features = features.clone()
+                    features[torch.from_numpy(need)] = exact
+        # With mixed precision every non-finite score was rescored: computed in float32.
+        refuse_nonfinite(window, features, engine, scores,
+                         "float32" if engine.precision.autocast else None)
         return torch.cat([scores, rescored], dim=1)
 
     def publish(self, frames: int, batches: list[SavedBatch], engine: EmbeddingEngine,
@@ -176,6 +189,29 @@ class ScoreRows:
         if rescored:
             log.info("%s: %d of %d frames rescored in float32 (near a decision boundary)",
                      self.out.name, rescored, frames)
+
+
+def refuse_nonfinite(window: FrameWindow, features: torch.Tensor, engine: EmbeddingEngine,
+                     scores: torch.Tensor | None = None, computed_in: str | None = None) -> None:
+    """Stop the job (ModelError, exit 66) before a window's rows are saved when an embedding
+    model computed NaN or inf for a frame (for a scoring job: one whose score is not finite).
+    Saved, such numbers would reach the results as 'nan' scores, or make a sound feature
+    file look corrupted at every rerun; a damaged weight loads without complaint, so this is
+    where it shows. Names the model; 16-bit precisions can overflow where float32 does not
+    (`computed_in`: the precision the rows were computed in, the engine's by default)."""
+    bad = ~torch.isfinite(scores if scores is not None else features).all(dim=1)
+    if not bool(bad.any()):
+        return
+    row = int(bad.to(torch.int8).argmax())
+    source = engine.nonfinite_model(features[row:row + 1])
+    if source is None:  # finite features: score_rows has named the classifier already
+        return
+    precision = computed_in or engine.precision.name
+    hint = "" if precision == "float32" else \
+        f" (in {precision} precision: if it does not happen with embed.dtype: float32, use that)"
+    raise ModelError(f"{source}: the model computed NaN or infinite values for frame "
+                     f"{window.ids[row]}{hint}; its weights are damaged or it is not the model "
+                     "it should be: download it again (nothing was published)")
 
 
 def rescore_margin(engine: EmbeddingEngine) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from virnucpro.config import BRACES_HINT, has_braces
 from virnucpro.errors import MissingInputError, UsageError
 
 
@@ -60,6 +61,10 @@ def read_sample_sheet(sheet: str | os.PathLike, schema_path: str | os.PathLike
                              f"the header {len(header)}; separate the columns with single tabs")
         row = dict(zip(header, (cell.strip() for cell in cells + [""] * len(header))))
         _check_row(sheet, number, row, validator, schema)
+        for column in ("reads1", "reads2"):
+            if has_braces(row.get(column) or ""):
+                raise UsageError(f"{sheet}: line {number}, column {column}: {row[column]!r} "
+                                 f"has braces; {BRACES_HINT}")
         name = row["sample"]
         if name in samples:
             raise UsageError(f"{sheet}: line {number}: sample '{name}' is listed twice (first "

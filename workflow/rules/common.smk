@@ -11,7 +11,7 @@ from snakemake.utils import validate
 SRC = os.path.normpath(f"{workflow.basedir}/../src")
 sys.path.insert(0, SRC)
 from virnucpro import layout
-from virnucpro.config import check_config
+from virnucpro.config import check_config, check_config_files
 from virnucpro.runner import report_note, result_or_exit, share_package
 
 share_package(SRC)
@@ -19,6 +19,7 @@ from virnucpro.samples import load_samples
 
 # The config: each problem on one line, naming its key (virnucpro.config; Snakemake's own
 # message would bury it in the schema), then the schema's defaults filled in.
+result_or_exit(check_config_files, workflow.configfiles)
 result_or_exit(check_config, config, f"{workflow.basedir}/schemas/config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
@@ -203,6 +204,13 @@ def announce_unprepared(sample):
         )
 
 
+def reads_read(sample):
+    """Whether no job will read the sample's reads again: prepared, and for a sample to
+    classify, its virus reads (the input records called virus) written."""
+    outputs = expand(rules.virus_reads.output, sample=sample) if sample in SAMPLES else []
+    return is_prepared(sample) and all(map(os.path.exists, outputs))
+
+
 def preflight():
     """Stop before any job unless the reads of every sample not yet prepared, and every
     model the run needs that no rule makes, are there and sound; say which absent models a
@@ -225,7 +233,8 @@ def preflight():
         {**config["models"], "esm": esm_model_file()},
         config["chunk_size"],
         made,
-        [sample for sample in [*SAMPLES, *TRAINING] if is_prepared(sample)],
+        [sample for sample in [*SAMPLES, *TRAINING] if reads_read(sample)],
+        config["embed"]["device"] if workflow.local_exec else None,
     )
     for note in notes:
         report_note(note)

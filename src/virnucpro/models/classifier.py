@@ -48,7 +48,8 @@ from virnucpro.atomic import atomic_open
 from virnucpro.hashing import file_sha256
 from virnucpro.errors import UsageError
 from virnucpro.errors import ModelError, one_line
-from virnucpro.models.formats import (not_a_torch_archive, sidecar_path, unreadable_classifier,
+from virnucpro.models.formats import (damaged_torch_file, not_a_torch_archive, sidecar_path,
+                                      torch_zip_crc_problem, unreadable_classifier,
                                       unreadable_sidecar)
 
 ARCHITECTURE = "VirNucPro MLPClassifier"
@@ -327,6 +328,9 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise not_a_torch_archive(path, one_line(exc)) from None
+    damage = torch_zip_crc_problem(path)
+    if damage:
+        raise damaged_torch_file(path, damage)
     with archive:
         try:
             return _read_archive(archive, path)

@@ -21,17 +21,21 @@ from typing import Any
 import torch
 
 from virnucpro.errors import ModelError, one_line
-from virnucpro.models.formats import unreadable_torch_file
+from virnucpro.models.formats import (damaged_torch_file, torch_zip_crc_problem,
+                                      unreadable_torch_file)
 
 
 def load_weights_only(path: Path, allowed: Sequence[type] = (), fix: str = "download it again",
                       ) -> Any:
     """torch.load(path, weights_only=True) admitting only tensors and the `allowed` classes;
-    memory-mapped when the file is in torch's zip format (older files are read whole)."""
+    memory-mapped when the file is in torch's zip format (older files are read whole), whose
+    checksums are verified first (torch does not: a flipped bit would change results)."""
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip and (damage := torch_zip_crc_problem(path)):
+        raise damaged_torch_file(path, damage)
     try:
         with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True,
-                              mmap=zipfile.is_zipfile(path))
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused:
