@@ -84,6 +84,18 @@ def test_device_lists(monkeypatch):
         assert device is None
 
 
+def test_a_device_whose_lock_file_cannot_be_used_is_skipped(tmp_path, caplog):
+    """A symbolic link in a lock file's place (anyone can make one in the shared directory)
+    is neither followed nor a reason to wait: the next device is leased."""
+    (tmp_path / "gpu0.lock").symlink_to(tmp_path / "elsewhere")
+    with caplog.at_level("INFO", logger="virnucpro"), gpu_lease(["0", "1"], lock_dir=tmp_path,
+                                                                 poll_s=0.01) as device:
+        assert device == "1"
+    assert not (tmp_path / "elsewhere").exists()
+    assert f"skipping device 0 ({tmp_path / 'gpu0.lock'}: Too many levels of symbolic links)" \
+        in caplog.text
+
+
 @pytest.mark.parametrize("before", [None, "0,1"], ids=["unset", "set"])
 def test_the_lease_puts_cuda_visible_devices_back(tmp_path, monkeypatch, before):
     """A lease pins CUDA_VISIBLE_DEVICES only while it is held: code running after it (other

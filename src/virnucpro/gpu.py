@@ -138,10 +138,11 @@ def _open_lock(path: Path) -> int:
     """A read-only descriptor of the lock file `path`, which is created (mode 0666, whatever
     the umask) if missing. flock needs no write access, so any user can lock a file another
     made; an existing file is opened without O_CREAT, which the kernel refuses on another
-    user's file in a sticky world-writable directory where fs.protected_regular is set."""
+    user's file in a sticky world-writable directory where fs.protected_regular is set. A
+    symbolic link in its place (anyone can make one there) is refused, never followed."""
     while True:
         with contextlib.suppress(FileNotFoundError):
-            return os.open(path, os.O_RDONLY)
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, LOCK_FILE_MODE)
         except FileExistsError:
