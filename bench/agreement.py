@@ -33,7 +33,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from embed import DNABERT_S_SHAPE, TINY_DNABERT, make_frames  # noqa: E402
-from virnucpro.embed import EmbeddingEngine, FrameWindow  # noqa: E402
+from virnucpro.embed import EmbeddingEngine  # noqa: E402
+from virnucpro.shards import FrameWindow  # noqa: E402
 from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.demo_models import random_esm2, write_demo_dnabert2  # noqa: E402
 from virnucpro.models.dnabert2 import load_dnabert2  # noqa: E402

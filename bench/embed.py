@@ -41,7 +41,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from virnucpro.embed import EmbeddingEngine, read_frames  # noqa: E402
+from virnucpro.embed import EmbeddingEngine  # noqa: E402
+from virnucpro.shards import read_frames  # noqa: E402
 from virnucpro.demo_models import (random_esm2, write_demo_dnabert2,  # noqa: E402
                                    write_demo_esm2)
 from virnucpro.models.dnabert2 import load_dnabert2  # noqa: E402

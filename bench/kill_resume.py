@@ -1,7 +1,9 @@
 """Crash-proof resume under fire: SIGKILL `virnucpro embed` at 20+ random points
-(some timed to land inside a checkpoint write or the final assembly), resume
-each time, and check that no frame is lost or duplicated and that the work
-redone after each kill stays within one checkpoint interval.
+(some timed to land inside a checkpoint write, the final assembly and publication, or the
+removal of the partial directory after publication), resume each time, and check that no
+frame is lost or duplicated, that the work redone after each kill stays within one
+checkpoint interval, and that a kill during the removal never leaves saved batches under
+the partial name without their fingerprint (which a later run could take for its own).
 
     .venv/bin/python bench/kill_resume.py [--kills 24] [--frames 4000] [--interval 250]
 
@@ -31,6 +33,7 @@ from virnucpro.demo_models import write_demo_models  # noqa: E402
 from virnucpro.layout import partial_dir, sentinel  # noqa: E402
 
 EMBEDDED = re.compile(r"embedded frames up to (\d+) of")
+MAX_MISSES = 20  # attempts at a kill point before its kills are taken at random instead
 
 
 def write_shard(directory: Path, frames: int, seed: int = 0) -> tuple[Path, Path]:
@@ -55,6 +58,9 @@ def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool
         if mode == "checkpoint-write" and partial.is_dir() and any(partial.glob(".batch_*.tmp")):
             return True
         if mode == "final-assembly" and any(out.parent.glob(f".{out.name}.*.tmp")):
+            return True
+        if mode == "partial-removal" and out.exists() and (
+                partial.exists() or any(out.parent.glob(f".{partial.name}.*.tmp"))):
             return True
         time.sleep(0.0005)
     return False
@@ -85,26 +91,33 @@ def main() -> None:
         expected = read_features(clean)
 
         kills, chains, out = [], 0, None
-        modes = ["random", "random", "checkpoint-write", "final-assembly"]
+        modes = ["random", "random", "checkpoint-write", "final-assembly", "partial-removal"]
+        missed = {mode: 0 for mode in modes}  # attempts that finished before the kill point
         while len(kills) < args.kills:
             if out is None or sentinel(out).exists():
                 chains += 1
                 out = tmp / f"run{chains}.pt"
             mode = modes[len(kills) % len(modes)]
+            if missed[mode] >= MAX_MISSES:  # a window too short to hit: count it, go on
+                mode = "random"
             log = tmp / f"kill{len(kills)}.log"
             with open(log, "w") as stderr:
                 proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=stderr)
                 landed = wait_for(proc, mode, out, rng.uniform(0.3, clean_seconds))
                 if not landed:
+                    missed[mode] += 1
                     continue  # finished before the kill point: try again
                 before = frames_checkpointed(partial_dir(out))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
             computed = max([int(m) for m in EMBEDDED.findall(log.read_text())], default=0)
             after = frames_checkpointed(partial_dir(out))
+            partial = partial_dir(out)
+            unowned = partial.is_dir() and any(partial.glob("batch_*.pt")) and not (
+                partial / "fingerprint.json").exists()
             kills.append({"mode": mode, "saved_before_kill": before, "saved_after_kill": after,
-                          "computed_at_kill": computed,
-                          "redone": max(0, computed - after)})
+                          "computed_at_kill": computed, "batches_without_fingerprint": unowned,
+                          "redone": 0 if sentinel(out).exists() else max(0, computed - after)})
 
         # Finish every chain, then compare every result with the clean run.
         lost = duplicated = mismatched = 0
@@ -121,7 +134,10 @@ def main() -> None:
     result = {
         "kills": len(kills), "chains": chains, "frames": args.frames,
         "checkpoint_interval_frames": args.interval,
-        "kills_by_mode": {m: sum(k["mode"] == m for k in kills) for m in set(modes)},
+        "kills_by_mode": {m: sum(k["mode"] == m for k in kills) for m in modes},
+        "attempts_finished_before_the_kill_point": missed,
+        "kills_leaving_batches_without_fingerprint": sum(k["batches_without_fingerprint"]
+                                                         for k in kills),
         "frames_lost": lost, "frames_duplicated": duplicated,
         "results_differing_from_uninterrupted": mismatched,
         "redone_frames_per_kill": {"max": max(redone), "mean": round(sum(redone) / len(redone), 1)},
@@ -133,8 +149,9 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "per_kill"}, indent=2))
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "kill_resume.json").write_text(json.dumps(result, indent=2) + "\n")
-    if lost or duplicated or mismatched:
-        sys.exit("FAILED: frames lost, duplicated or different after resume")
+    if lost or duplicated or mismatched or result["kills_leaving_batches_without_fingerprint"]:
+        sys.exit("FAILED: frames lost, duplicated or different after resume, or batches left "
+                 "without their fingerprint")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ sys.path.insert(0, str(HERE))
 from agreement import calibrated_classifier  # noqa: E402
 from embed import DNABERT_CPU_SHAPE, ESM_8M_SHAPE, random_reads  # noqa: E402
 from virnucpro.classify import aggregate  # noqa: E402
-from virnucpro.embed import EmbeddingEngine, ShardFrames, read_frames  # noqa: E402
+from virnucpro.embed import EmbeddingEngine  # noqa: E402
+from virnucpro.shards import ShardFrames, read_frames  # noqa: E402
 from virnucpro.models.classifier import load_classifier, save_classifier  # noqa: E402
 from virnucpro.demo_models import write_demo_dnabert2, write_demo_esm2  # noqa: E402
 from virnucpro.prepare import write_shards  # noqa: E402

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import EmbeddingEngine, in_windows
+from virnucpro.embed import EmbeddingEngine
+from virnucpro.shards import in_windows
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -18,10 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import (EmbeddingEngine, EmbeddingError, ShardFrames, in_windows,
-                             plan_batches, read_frames, resolve_device, resolve_precision)
+from virnucpro.embed import (EmbeddingEngine, EmbeddingError, plan_batches, resolve_device,
+                             resolve_precision)
 from virnucpro.errors import InputError, UsageError
 from virnucpro.features import read_features
+from virnucpro.shards import ShardFrames, in_windows, read_frames
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 TOLERANCE = 1e-5

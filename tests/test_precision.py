@@ -11,7 +11,8 @@ import torch
 
 from virnucpro.classify import aggregate
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import EmbeddingEngine, FrameWindow, ShardFrames
+from virnucpro.embed import EmbeddingEngine
+from virnucpro.shards import FrameWindow, ShardFrames
 from virnucpro.models.classifier import load_classifier
 from virnucpro.prepare import write_shards
 from virnucpro.resume import (CheckpointSettings, ScoreRows, embed_shard_resumable,

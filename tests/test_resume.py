@@ -18,7 +18,8 @@ from kill_resume import write_shard
 from virnucpro.checkpoint import CheckpointError, frames_checkpointed
 from virnucpro.features import read_features
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import EmbeddingEngine, ShardFrames
+from virnucpro.embed import EmbeddingEngine
+from virnucpro.shards import ShardFrames
 from virnucpro.layout import partial_dir
 from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable
 

@@ -29,7 +29,8 @@ def _embed(args: argparse.Namespace) -> None:
     # Imported here: torch and the models take seconds to import, which `prepare` need not pay.
     import torch
 
-    from virnucpro.embed import EmbeddingEngine, ShardFrames
+    from virnucpro.embed import EmbeddingEngine
+    from virnucpro.shards import ShardFrames
     from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable
 
     frames = ShardFrames(args.nucleotide, args.protein)

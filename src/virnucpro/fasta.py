@@ -545,6 +545,43 @@ class ReadsReader:
             record, number)
 
 
+def fasta_records(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """(ID, sequence) of each record of a FASTA file the pipeline wrote (a shard's nucleotide
+    or protein file, any alphabet), streamed line by line: the ID by the reads' rule (the
+    header up to its first whitespace), the sequence its lines joined. Bytes are read and
+    decoded strictly, so a byte that is not UTF-8 is named with its record, not found as
+    "not a text file"."""
+    path = Path(path)
+    record_id: bytes | None = None
+    parts: list[bytes] = []
+    number = 0
+
+    def record() -> tuple[str, str]:
+        try:
+            return record_id.decode(), b"".join(parts).decode()
+        except UnicodeDecodeError as exc:
+            raise InputError(path, f"holds bytes that are not UTF-8 text ({exc.reason})",
+                             "prepare the sample again", display(record_id), number) from None
+
+    try:
+        with open(path, "rb") as handle:
+            for line in handle:
+                line = line.rstrip()
+                if line.startswith(b">"):
+                    if record_id is not None:
+                        yield record()
+                    record_id, parts, number = (line[1:].split(None, 1) or [b""])[0], [], number + 1
+                elif line:
+                    if record_id is None:
+                        raise InputError(path, "sequence text before the first '>' header",
+                                         "pass a FASTA file")
+                    parts.append(line)
+    except FileNotFoundError:
+        raise MissingInputError(path, "file not found", "run prepare first") from None
+    if record_id is not None:
+        yield record()
+
+
 class Head(NamedTuple):
     """The first records of a file (ReadsReader.head)."""
 

@@ -30,7 +30,8 @@ from virnucpro.checkpoint import Accumulator, PartialShard, SavedBatch, checkpoi
 from virnucpro.classify import score_rows, write_scores
 from virnucpro.features import assemble_features
 from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
-from virnucpro.embed import EmbeddingEngine, FrameWindow, ShardFrames
+from virnucpro.embed import EmbeddingEngine
+from virnucpro.shards import FrameWindow, ShardFrames
 from virnucpro.errors import ModelError, UsageError
 from virnucpro.models.classifier import MLPClassifier, classifier_identity
 

@@ -18,7 +18,8 @@ def embed(sm):
 def embed_on_device(sm):
     import torch
 
-    from virnucpro.embed import EmbeddingEngine, ShardFrames
+    from virnucpro.embed import EmbeddingEngine
+    from virnucpro.shards import ShardFrames
     from virnucpro.models.classifier import load_classifier
     from virnucpro.resume import CheckpointSettings, FeatureRows, ScoreRows, embed_shard_resumable
 
