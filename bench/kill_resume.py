@@ -59,7 +59,7 @@ def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool
             return True
         if mode == "final-assembly" and any(out.parent.glob(f".{out.name}.*.tmp")):
             return True
-        if mode == "partial-removal" and out.exists() and (
+        if mode == "partial-removal" and sentinel(out).exists() and (
                 partial.exists() or any(out.parent.glob(f".{partial.name}.*.tmp"))):
             return True
         time.sleep(0.0005)

@@ -859,11 +859,21 @@ def test_sigterm_to_an_embedding_job(reads_reference, tmp_path):
     assert interrupted_line(signal.SIGTERM) in log.splitlines()
     assert interrupted_line(signal.SIGTERM) in out  # also shown on the terminal
     assert list(partial.glob("batch_*.done"))  # the saved work is kept ...
+    # what interrupted runs leave (temporary names of atomic writes), and a file of the user's
+    sample = tmp_path / "out" / "s"
+    orphans = [sample / ".summary.tsv.k2j4h5g6.tmp", sample / ".prepare.q1w2e3r4.tmp" / "reads.tsv",
+               sample / "scores" / ".shard_000009.tsv.rows.tmp",
+               sample / "scores" / f".{partial.name}.zxcv_678.tmp" / "fingerprint.json"]
+    for orphan in orphans:
+        orphan.parent.mkdir(exist_ok=True)
+        orphan.write_text("left by a killed run\n")
+    (sample / "my notes.tmp").write_text("not ours\n")
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "resuming after" in (tmp_path / "out" / "logs" / "embed_classify" / "s" /
                                 f"{shard}.log").read_text()
     assert_same_results(tmp_path / "out" / "s", clean)  # ... and used
+    assert leftovers(tmp_path / "out") == ["s/my notes.tmp"]  # the orphans went, nothing else
 
 
 
