@@ -305,9 +305,11 @@ def labelled_dir(directory: Path, frames: int, seed: int, shard_frames: int = 50
     shards, features = directory / "prepare" / "shards", directory / "features"
     shards.mkdir(parents=True)
     features.mkdir()
-    (directory / "prepare" / "stats.json").write_text(json.dumps({"input": f"{directory}.fa"}))
+    starts = range(0, frames, shard_frames)
+    (directory / "prepare" / "stats.json").write_text(json.dumps({"input": f"{directory}.fa",
+                                                                 "shards": len(starts)}))
     generator = torch.Generator().manual_seed(seed)
-    for number, start in enumerate(range(0, frames, shard_frames)):
+    for number, start in enumerate(starts):
         name = f"shard_{number:06d}"
         ids = [f"r{i}_chunk_1F1" for i in range(start, min(frames, start + shard_frames))]
         (shards / f"{name}.index.tsv").write_text(
