@@ -43,8 +43,8 @@ from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_tor
                                       torch_zip_crc_problem, torch_zip_problem,
                                       unreadable_classifier, unreadable_sidecar,
                                       unreadable_torch_file)
-from virnucpro.models.published import (ESM_FILE, classifier_address, digest_problem,
-                                        dnabert_address, esm_address, manifest_entries,
+from virnucpro.models.published import (DNABERT_S_PAGE, ESM_FILE, classifier_address,
+                                        digest_problem, esm_address, manifest_entries,
                                         size_problem)
 from virnucpro.prepare import estimate
 
@@ -137,7 +137,7 @@ def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
         name = path.stem if path.stem.startswith("esm2") else Path(ESM_FILE).stem
         fetch = f"download {esm_address(name)} there"
     else:
-        fetch = f"download DNABERT-S ({dnabert_address()}) there"
+        fetch = f"download DNABERT-S ({DNABERT_S_PAGE}) there"
     return ModelError(f"{path}: {MODEL_NAMES[kind]} not found; {fetch}, or set models.{kind} in "
                       "your config")
 

@@ -40,27 +40,24 @@ NETWORK_ERRORS = (URLError, http.client.HTTPException, ConnectionError, TimeoutE
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 
-def partial_path(dest: Path) -> Path:
-    """Where a file is downloaded until it is whole: a hidden sibling, kept when the
-    download stops so the next one resumes it."""
-    return dest.with_name(f".{dest.name}.partial")
-
-
 def fetch_file(url: str, dest: str | os.PathLike, what: str, fix: str) -> None:
     """Download `url` to `dest`, resuming an earlier partial download, with progress (done and
     total bytes, rate, ETA). A failure names `what`, the address and why, then `fix`."""
     dest = Path(dest)
+    # Downloaded under a hidden sibling until whole, kept when the download stops so that
+    # the next one resumes it.
+    partial = dest.with_name(f".{dest.name}.partial")
     log.info("%s -> %s", url, dest)
     try:
-        _download(url, partial_path(dest))
+        _download(url, partial, dest.name)
     except NETWORK_ERRORS as exc:
         raise ModelError(f"cannot download {what} from {url} ({type(exc).__name__}: "
                          f"{one_line(exc, 120)}); {fix}") from None
-    os.replace(partial_path(dest), dest)
+    os.replace(partial, dest)
     fsync_dir(dest.parent)
 
 
-def _download(url: str, partial: Path) -> None:
+def _download(url: str, partial: Path, label: str) -> None:
     have = partial.stat().st_size if partial.is_file() else 0
     headers = {"User-Agent": f"virnucpro/{__version__}"}
     if have:
@@ -73,14 +70,13 @@ def _download(url: str, partial: Path) -> None:
             raise
         # No bytes after the partial file's: the file served changed. Start over.
         partial.unlink()
-        return _download(url, partial)
+        return _download(url, partial, label)
     with response:
         start, total = _extent(response, have)
         if start:
-            log.info("%s: resuming after %.1f MB", partial.name, start / 1e6)
+            log.info("%s: resuming after %.1f MB", label, start / 1e6)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        progress = Progress(partial.name.removeprefix(".").removesuffix(".partial"),
-                            None if total is None else total - start)
+        progress = Progress(label, None if total is None else total - start)
         done = start
         with open(partial, "ab" if start else "wb") as out:
             try:
@@ -93,7 +89,8 @@ def _download(url: str, partial: Path) -> None:
             finally:
                 progress.close()
     if total is not None and done != total:
-        raise http.client.IncompleteRead(b"", total - done)
+        raise http.client.HTTPException(f"the connection closed after {done:,} of {total:,} "
+                                        "bytes")
 
 
 def _extent(response: http.client.HTTPResponse, have: int) -> tuple[int, int | None]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from virnucpro import __version__
 from virnucpro.errors import ModelError, Problems, one_line
 from virnucpro.hashing import file_sha256
 from virnucpro.models.formats import CONFIG_NAME, PYTORCH_BIN_NAME, TOKENIZER_NAME
@@ -29,13 +30,14 @@ from virnucpro.models.formats import CONFIG_NAME, PYTORCH_BIN_NAME, TOKENIZER_NA
 # followed by its name. The VirNucPro classifiers are ordinary Git blobs (the repository has
 # no .gitattributes: they are not Git LFS pointers), served as they are by
 # raw.githubusercontent.com, here at the commit the workflow was checked against.
+DNABERT_S_REPO = "zhihan1996/DNABERT-S"  # its name on the Hugging Face hub
+DNABERT_S_PAGE = f"https://huggingface.co/{DNABERT_S_REPO}"
 ADDRESSES = {
     "fair-esm": "https://dl.fbaipublicfiles.com/fair-esm/models/",
-    "DNABERT-S": "https://huggingface.co/zhihan1996/DNABERT-S/resolve/main/",
+    "DNABERT-S": f"{DNABERT_S_PAGE}/resolve/main/",
     "VirNucPro": "https://raw.githubusercontent.com/Li-Jing-1997/VirNucPro/"
                  "0f93f2755a7ea1acd3ff1bcf182892f960ef3326/",
 }
-DNABERT_S_REPO = "zhihan1996/DNABERT-S"  # its name on the Hugging Face hub
 ESM_FILE = "esm2_t36_3B_UR50D.pt"
 DNABERT_DIR = "DNABERT-S"
 MANIFEST_NAME = "manifest.json"
@@ -77,12 +79,8 @@ def esm_address(name: str) -> str:
     return f"{ADDRESSES['fair-esm']}{name}.pt"
 
 
-def dnabert_address() -> str:
-    """The DNABERT-S model's page on the hub (its files are served below .../resolve/main/)."""
-    return f"https://huggingface.co/{DNABERT_S_REPO}"
-
-
 def classifier_address(chunk_size: int) -> str:
+    """Where the published classifier for `chunk_size` is served."""
     return next(file.address() for file in CATALOGUE if file.chunk_size == chunk_size)
 
 
@@ -98,8 +96,6 @@ def manifest_entry(directory: Path, file: PublishedFile, address: str) -> dict[s
 def manifest_document(files: dict[str, dict[str, Any]], pending: list[str]) -> dict[str, Any]:
     """The manifest: the files fetched so far, and those of this fetch still `pending` (a
     fetch that stopped leaves them there; a copy of it is not a complete set of models)."""
-    from virnucpro import __version__
-
     return {"written_by": WRITTEN_BY, "virnucpro_version": __version__,
             "files": dict(sorted(files.items())), "pending": pending}
 
