@@ -20,6 +20,7 @@ from conftest import fastq_text, flip_a_stored_bit
 from virnucpro.config import check_config, check_config_files
 from virnucpro.demo_models import write_demo_models
 from virnucpro.errors import Problems
+from virnucpro.models.published import ADDRESSES
 from virnucpro.preflight import check, unprepared
 from virnucpro.prepare import estimate, write_shards
 from workflow_helpers import ROOT, orf_reads
@@ -135,7 +136,8 @@ def test_models_a_rule_makes_may_be_absent_and_are_noted(tmp_path, demo):
     assert problems({"s": [str(tmp_path / "r.fa")]}, {}, models_of(demo, **absent), 300,
                     {k: v for k, v in made.items() if v != "train"}) == [
         f"{absent['classifier']}: classifier not found; download the published 300_model.pth "
-        "from the VirNucPro repository there, or set models.classifier in your config"]
+        f"from {ADDRESSES['VirNucPro']}300_model.pth there, or set models.classifier in your "
+        "config"]
 
 
 def test_a_training_run_needs_no_classifier(tmp_path, demo):

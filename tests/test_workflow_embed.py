@@ -8,6 +8,7 @@ import torch
 from conftest import run_cli
 from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, save_classifier
+from virnucpro.models.published import ADDRESSES
 from workflow_helpers import DEMO_MODELS, job_counts, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,9 @@ def test_missing_real_models_fail_with_where_to_put_them(tmp_path, reference, mi
                 "dnabert": "copy the model directory (config.json, model.safetensors or "
                            f"pytorch_model.bin, tokenizer.json) to {models['dnabert']}, or set "
                            "models.dnabert in your config to that directory"}[missing]
-    assert expected in log and "Traceback" not in log
+    address = {"esm": f"{ADDRESSES['fair-esm']}esm2_t36_3B_UR50D.pt",
+               "dnabert": f"{ADDRESSES['DNABERT-S']}config.json"}[missing]
+    assert expected in log and f" from {address} (" in log and "Traceback" not in log
     assert not (tmp_path / models[missing]).exists()
 
 

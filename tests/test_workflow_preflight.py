@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from virnucpro.models.published import ADDRESSES
 from workflow_helpers import DEMO_MODELS, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -55,8 +56,8 @@ def test_a_missing_classifier_fails_the_dry_run_of_a_fresh_outdir(tmp_path):
     assert proc.returncode == 66, proc.stdout[-3000:]
     assert lines(proc.stdout) == [
         "virnucpro: error: models/500_model.pth: classifier not found; download the published "
-        "500_model.pth from the VirNucPro repository there, or set models.classifier in your "
-        "config"]
+        f"500_model.pth from {ADDRESSES['VirNucPro']}500_model.pth there, or set "
+        "models.classifier in your config"]
     assert_nothing_started(tmp_path)
 
 
@@ -135,8 +136,8 @@ def test_every_problem_is_listed_at_once(tmp_path):
         "virnucpro: error: DNABERT-S: no tokenizer.json; point to a complete DNABERT-2/"
         "DNABERT-S model directory",
         "virnucpro: error: 500_model.pth: classifier not found; download the published "
-        "500_model.pth from the VirNucPro repository there, or set models.classifier in your "
-        "config"]
+        f"500_model.pth from {ADDRESSES['VirNucPro']}500_model.pth there, or set "
+        "models.classifier in your config"]
     assert_nothing_started(tmp_path)
 
 

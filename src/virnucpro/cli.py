@@ -148,6 +148,52 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _fetch_models(args: argparse.Namespace) -> None:
+    from virnucpro.models.download import fetch_published
+    from virnucpro.models.published import DNABERT_DIR, ESM_FILE, MANIFEST_NAME
+
+    sizes = (300, 500) if args.chunk_size == "both" else (int(args.chunk_size),)
+    fetched = fetch_published(args.directory, sizes)
+    directory = Path(args.directory)
+    print(f"{len(fetched)} files -> {directory} (sizes and SHA-256 in "
+          f"{directory / MANIFEST_NAME}); in your config:")
+    print(f"models:\n  esm: {directory / ESM_FILE}\n  dnabert: {directory / DNABERT_DIR}\n  "
+          f"classifier: {directory / f'{sizes[-1]}_model.pth'}")
+
+
+def _verify_models(args: argparse.Namespace) -> None:
+    from virnucpro.models.published import MANIFEST_NAME, verify
+
+    checked = verify(args.directory)
+    print(f"{checked} files as {Path(args.directory) / MANIFEST_NAME} records them (size and "
+          "SHA-256)")
+
+
+def _add_models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="fetch the published models; verify a copy of them",
+                       description="The published models (ESM-2 3B, DNABERT-S, the VirNucPro "
+                                   "classifiers) fetched from their addresses into one directory "
+                                   "with a manifest of their SHA-256 sums, and a copy of that "
+                                   "directory verified offline (README: \"Getting the published "
+                                   "models\").")
+    models = p.add_subparsers(dest="models_command", required=True)
+    fetch = models.add_parser("fetch", help="download the published models into DIR",
+                              description="Download ESM-2 3B, DNABERT-S and the classifiers "
+                                          "into DIR (streamed; an interrupted download resumes "
+                                          "when run again) and write DIR/manifest.json: each "
+                                          "file's size, SHA-256 and address.")
+    fetch.add_argument("directory", metavar="DIR")
+    fetch.add_argument("--chunk-size", choices=("300", "500", "both"), default="both",
+                       help="the classifiers to fetch (default both)")
+    fetch.set_defaults(func=_fetch_models)
+    check = models.add_parser("verify", help="check DIR against its manifest, offline",
+                              description="Check every file DIR/manifest.json lists: there, of "
+                                          "its size and SHA-256. One line per problem; exit "
+                                          "status 66 if there is any.")
+    check.add_argument("directory", metavar="DIR")
+    check.set_defaults(func=_verify_models)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -262,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)
     _add_train_parser(sub)
+    _add_models_parser(sub)
     return parser
 
 

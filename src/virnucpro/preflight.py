@@ -7,8 +7,10 @@ prepared. So while Snakemake parses the workflow (dry runs too) the workflow cal
 the reads files of every sample not yet prepared must exist and be readable, and every model
 must be there and be the kind of file it should be (checked by its structure,
 `virnucpro.models.formats`; its weights are read only by the job that loads it), with a
-classifier for the configured chunk size. All problems are reported together, one line each,
-and nothing starts (exit status 66).
+classifier for the configured chunk size. A model that lies in a directory `virnucpro models
+fetch` wrote is first checked against that directory's manifest: its files of the size and
+SHA-256 fetched (virnucpro.models.published). All problems are reported together, one line
+each, and nothing starts (exit status 66).
 
 A model that a rule of the workflow makes (ESM-2 and DNABERT-S by the download rules, the
 demo models by rule demo_models, a classifier that rule train writes) is no problem when it
@@ -26,7 +28,8 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 
 from virnucpro.errors import (MissingInputError, ModelError, Problems, UsageError, VirNucProError,
@@ -40,6 +43,9 @@ from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_tor
                                       torch_zip_crc_problem, torch_zip_problem,
                                       unreadable_classifier, unreadable_sidecar,
                                       unreadable_torch_file)
+from virnucpro.models.published import (DNABERT_S_PAGE, ESM_FILE, classifier_address,
+                                        digest_problem, esm_address, manifest_entries,
+                                        size_problem)
 from virnucpro.prepare import estimate
 
 # The models of a run (config `models`), by what each is called.
@@ -72,7 +78,7 @@ def check(samples: dict[str, list[str]], training: dict[str, list[str]],
         path = Path(models[kind])
         rule = made.get(os.path.normpath(path))
         if path.exists():
-            problems += MODEL_CHECKS[kind](path, chunk_size)
+            problems += fetched_copy_problems(path) or MODEL_CHECKS[kind](path, chunk_size)
         elif rule:
             notes.append(f"{path}: not here yet; rule {rule} makes it before the first job "
                          "that needs it")
@@ -123,40 +129,80 @@ def device_problem(device: str) -> UsageError | None:
 
 
 def not_found(kind: str, path: Path, chunk_size: int) -> ModelError:
-    """A model that is not there and that no rule makes."""
-    fetch = (f"download the published {chunk_size}_model.pth from the VirNucPro repository "
-             "there" if kind == "classifier" else f"put the {MODEL_NAMES[kind]} there")
+    """A model that is not there and that no rule makes: where it is published."""
+    if kind == "classifier":
+        fetch = (f"download the published {chunk_size}_model.pth from "
+                 f"{classifier_address(chunk_size)} there")
+    elif kind == "esm":
+        name = path.stem if path.stem.startswith("esm2") else Path(ESM_FILE).stem
+        fetch = f"download {esm_address(name)} there"
+    else:
+        fetch = f"download DNABERT-S ({DNABERT_S_PAGE}) there"
     return ModelError(f"{path}: {MODEL_NAMES[kind]} not found; {fetch}, or set models.{kind} in "
                       "your config")
 
 
 def crc_problems(path: Path) -> list[ModelError]:
-    """A torch zip archive whose bytes do not match its checksums (`torch_zip_crc_problem`).
-
-    The verdict on a sound file is remembered per version of the file (path, size, inode,
-    modification and change times) in the user's cache, so a 5.7 GB model is read whole
-    once, not at every dry run; the jobs verify the file each time they load it."""
+    """A torch zip archive whose bytes do not match its checksums (`torch_zip_crc_problem`);
+    the jobs verify the file again each time they load it."""
     if not zipfile.is_zipfile(path):
         return []
+
+    def damage() -> ModelError | None:
+        reason = torch_zip_crc_problem(path)
+        return damaged_torch_file(path, reason) if reason else None
+
+    return remembered_sound(path, "zip CRC-32", damage)
+
+
+def remembered_sound(path: Path, test: str, check: Callable[[], ModelError | None]
+                     ) -> list[ModelError]:
+    """The problem `check` finds reading the whole file, unless this version of the file
+    (path, size, inode, modification and change times) passed the same `test` before.
+
+    A sound verdict is remembered per file and test in the user's cache, so a 5.7 GB model
+    is read whole once, not at every dry run; a file changed in any way is read again."""
     stat_ = path.stat()
-    key = f"{path.resolve()}|{stat_.st_size}|{stat_.st_ino}|{stat_.st_mtime_ns}|{stat_.st_ctime_ns}"
+    where = str(path.resolve())
+    version = f"{where}|{stat_.st_size}|{stat_.st_ino}|{stat_.st_mtime_ns}|{stat_.st_ctime_ns}"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "virnucpro" / \
         "verified-models.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and known.get(str(path.resolve())) == key:
+    known = known if isinstance(known, dict) else {}
+    passed = known.get(where) if isinstance(known.get(where), dict) else {}
+    if passed.get(test) == version:
         return []
-    damage = torch_zip_crc_problem(path)
-    if damage:
-        return [damaged_torch_file(path, damage)]
+    problem = check()
+    if problem:
+        return [problem]
     with contextlib.suppress(OSError, TypeError):  # a cache that cannot be written: no matter
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(cache, "w") as handle:
-            json.dump({**(known if isinstance(known, dict) else {}),
-                       str(path.resolve()): key}, handle)
+            json.dump({**known, where: {**passed, test: version}}, handle)
     return []
+
+
+def fetched_copy_problems(path: Path) -> list[ModelError]:
+    """A model in a directory `virnucpro models fetch` wrote, checked against its manifest:
+    each of its files there and of the size recorded (always), and of the SHA-256 recorded
+    (read whole once per version of the file, `remembered_sound`), so a bad copy is found
+    before any job, by name, rather than as a damaged weight."""
+    try:
+        directory, entries = manifest_entries(path)
+    except ModelError as unreadable:
+        return [unreadable]
+    problems = []
+    for name, entry in entries.items():
+        problem = size_problem(directory, name, entry)
+        if problem:
+            problems.append(problem)
+        else:
+            problems += remembered_sound(directory / name, f"sha256 {entry['sha256']}",
+                                         partial(digest_problem, directory, name, entry))
+    return problems
 
 
 def esm_problems(path: Path, chunk_size: int) -> list[ModelError]:

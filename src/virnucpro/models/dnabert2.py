@@ -47,6 +47,7 @@ from virnucpro.models.attention import attention
 from virnucpro.models.formats import (CONFIG_NAME, SAFETENSORS_NAME, TOKENIZER_NAME,
                                       dnabert_weights, missing_dnabert_file,
                                       unreadable_dnabert_config, unreadable_weights)
+from virnucpro.models.published import DNABERT_S_PAGE
 from virnucpro.models.torchfile import load_weights_only, place
 
 log = logging.getLogger(__name__)
@@ -443,8 +444,8 @@ def load_dnabert2(model_dir: str | Path, device: str | torch.device = "cpu",
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelError(f"{model_dir}: model directory not found; download DNABERT-S there "
-                         "or pass the right path")
+        raise ModelError(f"{model_dir}: model directory not found; download DNABERT-S "
+                         f"({DNABERT_S_PAGE}) there or pass the right path")
     config = _read_config(model_dir)
     weights_path = _weights_path(model_dir)
     tokenizer, special_ids = _read_tokenizer(model_dir)

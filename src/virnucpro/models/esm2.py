@@ -34,10 +34,10 @@ from virnucpro.errors import ModelError, one_line
 from virnucpro.hashing import short_sha256
 from virnucpro.models.attention import attention
 from virnucpro.models.formats import esm_is_name, esm_model_location, esm_name_problem
+from virnucpro.models.published import esm_address
 from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
-MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/"
 # fair-esm rescales embeddings in eval as if 15% x 80% of tokens had been masked in training.
 _MASK_RATIO_TRAIN = 0.15 * 0.8
 # fair-esm's upgrade of fairseq names ('encoder.sentence_encoder.layers.0...' -> 'layers.0...'),
@@ -309,7 +309,7 @@ def model_file(location: str | Path) -> Path:
     if not path.is_file():
         where = ("put it there, or put it in $TORCH_HOME/hub/checkpoints/ and pass the model name"
                  if is_path else "put it there ($TORCH_HOME/hub/checkpoints/), or pass its path")
-        raise ModelError(f"{path}: ESM-2 model file not found; download {MODEL_URL}{path.name} "
+        raise ModelError(f"{path}: ESM-2 model file not found; download {esm_address(path.stem)} "
                          f"and {where}")
     return path
 
