@@ -1,6 +1,6 @@
 """Production scale: memory and disk that must not grow with the data, measured.
 
-Four measurements, each in fresh subprocesses whose peak anonymous memory (RssAnon: heap,
+Six measurements, each in fresh subprocesses whose peak anonymous memory (RssAnon: heap,
 not file pages such as memory-mapped models or feature files, which the kernel reclaims) is
 sampled from /proc every few milliseconds by this process:
 
@@ -16,9 +16,19 @@ sampled from /proc every few milliseconds by this process:
          whole file read into memory, the module converted afterwards) for comparison.
   train  `virnucpro train` on synthetic feature files of demo width, two sizes: the peak of
          the larger must be within 100 MB of the smaller's.
+  aggregate  the steps from the scores to the pages (aggregate, virus_reads, the sample's
+         page), as the workflow runs them, on synthetic samples of 1 and 4 million 150-bp
+         reads with two frames each (reads, reads.tsv and scores written directly): each
+         step's peak at 4 M must be within 50 MB of its peak at 1 M, and CPU time per read
+         the same; a 20-million-read projection per step (memory, disk, time) is printed.
+  report a workflow run (demo models, CPU) on 20,000 and on 60,000 random 150-bp reads: the
+         Snakemake report (`--report report.html`) and the pages must grow by at most 2
+         bytes per added read.
 
-    .venv/bin/python bench/scale.py [embed disk load train] [--small 100000 --large 400000]
-                                    [--baseline] [--workdir DIR]
+    .venv/bin/python bench/scale.py [embed disk load train aggregate report]
+                                    [--small 100000 --large 400000] [--baseline]
+                                    [--aggregate-small 1000000 --aggregate-large 4000000]
+                                    [--report-small 20000 --report-large 60000] [--workdir DIR]
 
 Results: printed, and saved to bench/results/scale.json (sections measured in this run
 replace those of an earlier run).
@@ -27,6 +37,7 @@ replace those of an earlier run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -144,7 +155,9 @@ def bench_embed(workdir: Path, small: int, large: int) -> dict:
 # --------------------------------------------------------------------------- disk
 
 
-def run_workflow(work: Path, reads: Path, keep: bool) -> Path:
+def run_workflow(work: Path, reads: Path, keep: bool, *options: str) -> Path:
+    """The workflow on `reads` (sample s, demo models, CPU) in `work`; `options` are added to
+    Snakemake's command line (`--report FILE` makes the report of the run)."""
     import yaml
 
     config = work / "config.yaml"
@@ -155,7 +168,7 @@ def run_workflow(work: Path, reads: Path, keep: bool) -> Path:
                    "dnabert": "resources/demo-models/dnabert2_demo",
                    "classifier": "resources/demo-models/classifier.pth"}}))
     cmd = [PYTHON, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
-           "--directory", str(work), "--cores", "2", "--configfile", str(config), "-q"]
+           "--directory", str(work), "--cores", "2", "--configfile", str(config), "-q", *options]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"workflow failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
@@ -341,9 +354,233 @@ def bench_train(workdir: Path, small: int, large: int) -> dict:
             "met": growth <= 100}
 
 
+# --------------------------------------------------------------------------- aggregate
+
+
+STEP = """
+import importlib, json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from virnucpro.runner import call_reporting_errors
+module, name = sys.argv[2].rsplit(".", 1)
+step = getattr(importlib.import_module(module), name)
+start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+status = call_reporting_errors(step, *json.loads(sys.argv[3]))
+done = resource.getrusage(resource.RUSAGE_SELF)
+# VmHWM, not getrusage's ru_maxrss, which Linux carries over from the parent process.
+hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"status": status, "seconds": time.perf_counter() - start,
+                  "cpu_seconds": done.ru_utime + done.ru_stime - cpu.ru_utime - cpu.ru_stime,
+                  "max_rss_kb": int(hwm)}))
+"""
+WRITE_BLOCK = 250_000
+READ_LENGTH = 150
+LINEAR_TOLERANCE = 1.25  # CPU time per read at the large sample over the small's
+
+
+def synthetic_sample(directory: Path, reads: int, shard_frames: int = DEFAULT_SHARD,
+                     seed: int = 0) -> tuple[Path, Path, list[Path]]:
+    """A sample of `reads` random 150-bp reads (read0, read1, ...), each of one chunk with two
+    stop-free frames, as prepare and the embedding jobs leave it: the reads (FASTA),
+    reads.tsv, and a scores file per shard of `shard_frames` frames (so a chunk's two frames
+    can lie in two shards) with random scores (P(others) = 1 - P(virus), 8 decimals).
+    Written directly, without running prepare or a model. Returns the three."""
+    import numpy as np
+
+    from virnucpro.classify import SCORES_HEADER
+    from virnucpro.prepare import READS_HEADER
+
+    rng = np.random.default_rng(seed)
+    fasta, reads_tsv = directory / "reads.fa", directory / "reads.tsv"
+    with open(fasta, "wb") as out, open(reads_tsv, "wb") as table:
+        table.write(READS_HEADER)
+        for start in range(0, reads, WRITE_BLOCK):
+            numbers = range(start, min(reads, start + WRITE_BLOCK))
+            bases = np.frombuffer(b"ACGT", np.uint8)[
+                rng.integers(0, 4, (len(numbers), READ_LENGTH))].tobytes()
+            out.write(b"".join(b">read%d\n%s\n" % (i, bases[k * READ_LENGTH:(k + 1) * READ_LENGTH])
+                               for k, i in enumerate(numbers)))
+            table.write("".join(f"{i}\tread{i}\t{READ_LENGTH}\t1\t2\n"
+                                for i in numbers).encode())
+    scores = []
+    for first in range(0, 2 * reads, shard_frames):
+        path = directory / f"shard_{len(scores):06d}.tsv"
+        with open(path, "w") as out:
+            out.write(SCORES_HEADER)
+            for start in range(first, min(2 * reads, first + shard_frames), WRITE_BLOCK):
+                stop = min(2 * reads, first + shard_frames, start + WRITE_BLOCK)
+                virus = rng.integers(1, 10**8, stop - start).tolist()
+                out.write("".join(
+                    f"read{f // 2}_chunk_1{'R2' if f % 2 else 'F1'}\t{f // 2}\t1\t"
+                    f"0.{10**8 - v:08d}\t0.{v:08d}\n" for f, v in zip(range(start, stop), virus)))
+        scores.append(path)
+    return fasta, reads_tsv, scores
+
+
+def tree_size(directory: Path) -> int:
+    """Bytes of every file under `directory`, temporary ones included."""
+    total = 0
+    for path in directory.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def measure_step(function: str, args: list, outdir: Path) -> dict:
+    """Run the package's `function` (module.name) on `args` in a child process as a workflow
+    step runs it; its peak RssAnon, its peak RSS (VmHWM: file pages too), seconds (wall, and
+    CPU: what a busy machine inflates less), and
+    the peak bytes under `outdir` (sampled every 0.2 s: results and temporary files)."""
+    before, disk, done = tree_size(outdir), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            disk[0] = max(disk[0], tree_size(outdir) - before)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    peak, _, proc = peak_anon([PYTHON, "-c", STEP, str(ROOT / "src"), function,
+                               json.dumps(args, default=str)])  # paths as strings
+    done.set()
+    watcher.join()
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    if facts["status"]:
+        raise SystemExit(f"{function} failed with status {facts['status']}:\n{proc.stderr}")
+    return {"peak_anon_mb": round(peak / MB, 1), "max_rss_mb": round(facts["max_rss_kb"] / 1024, 1),
+            "seconds": round(facts["seconds"], 2), "cpu_seconds": round(facts["cpu_seconds"], 2),
+            "peak_disk_bytes": disk[0]}
+
+
+def after_scores(sample: Path, fasta: Path, reads_tsv: Path, scores: list[Path]) -> dict:
+    """The steps from the scores to the pages, on one sample: aggregate, virus_reads and the
+    sample's page (its provenance.json written first, with a stand-in model file)."""
+    from virnucpro.provenance import write_provenance
+
+    out = sample / "out"
+    (out / "plots").mkdir(parents=True)
+    model = sample / "model.pth"
+    model.write_bytes(b"stand-in")
+    write_provenance({"classifier": model}, {"virus_threshold": None}, sample / "provenance.json")
+    steps = {
+        "aggregate": ("virnucpro.classify.aggregate", [reads_tsv, scores, out],
+                      ["prediction_results.txt", "prediction_results_highestscore.csv",
+                       "summary.tsv", "counts.json"]),
+        "virus_reads": ("virnucpro.results.write_virus_reads",
+                        [fasta, out / "summary.tsv", out / "virus_reads.fa.gz"],
+                        ["virus_reads.fa.gz"]),
+        "sample_report": ("virnucpro.report.write_sample_report",
+                          ["s", out / "counts.json", sample / "provenance.json", [fasta],
+                           out / "report.html", {k: out / "plots" / f"{k}.svg"
+                                                 for k in ("calls", "scores", "length")},
+                           out / "top_reads.tsv"],
+                          ["report.html", "top_reads.tsv", "plots"])}
+    figures = {}
+    for name, (function, args, results) in steps.items():
+        figures[name] = measure_step(function, args, out)
+        figures[name]["result_bytes"] = sum(tree_size(out / r) if (out / r).is_dir() else
+                                            (out / r).stat().st_size for r in results)
+    return figures
+
+
+def bench_aggregate(workdir: Path, small: int, large: int, project: int) -> dict:
+    """Aggregation (and the steps after it) at two sample sizes; a projection to `project`."""
+    figures = {}
+    for reads in (small, large):
+        sample = workdir / f"sample-{reads}"
+        sample.mkdir()
+        figures[reads] = after_scores(sample, *synthetic_sample(sample, reads))
+        for step, f in figures[reads].items():
+            print(f"{step:>13} {reads:>10,} reads: peak RssAnon {f['peak_anon_mb']:7.1f} MB "
+                  f"(peak RSS {f['max_rss_mb']:.0f} MB), "
+                  f"{f['seconds']:6.1f} s ({f['cpu_seconds']:.1f} s CPU), "
+                  f"results {f['result_bytes'] / MB:,.1f} MB, "
+                  f"peak disk (sampled) {f['peak_disk_bytes'] / MB:,.1f} MB")
+        shutil.rmtree(sample)
+    result = {"reads": figures, "target_growth_mb": 50,
+              "target_cpu_seconds_per_read_ratio": LINEAR_TOLERANCE, "steps": {}}
+    rows = []
+    for step in figures[small]:
+        a, b = figures[small][step], figures[large][step]
+        growth = b["peak_anon_mb"] - a["peak_anon_mb"]
+        per_read_s = (b["cpu_seconds"] / large) / (a["cpu_seconds"] / small)
+
+        def line(key: str, floor: float | None = None) -> float:
+            """`key` at `project` reads, on the line through the two samples' figures (a
+            slope below `floor` counts as `floor`: memory that does not grow)."""
+            slope = (b[key] - a[key]) / (large - small)
+            slope = slope if floor is None else max(slope, floor)
+            return b[key] + slope * (project - large)
+        projected = {"peak_anon_mb": round(line("peak_anon_mb", 0)),
+                     "max_rss_mb": round(line("max_rss_mb", 0)),
+                     "result_gb": round(line("result_bytes") / 1e9, 2),
+                     "peak_disk_gb": round(line("peak_disk_bytes") / 1e9, 2),
+                     "cpu_minutes": round(line("cpu_seconds") / 60, 1)}
+        linear = per_read_s <= LINEAR_TOLERANCE
+        result["steps"][step] = {"growth_mb": round(growth, 1), "time_linear": linear,
+                                 "met": growth <= 50 and linear,
+                                 "cpu_seconds_per_read_ratio": round(per_read_s, 3),
+                                 "projected": projected}
+        rows.append((step, projected))
+        print(f"{step} growth {small:,} -> {large:,} reads: {growth:+.1f} MB (target <= 50): "
+              f"{'met' if growth <= 50 else 'MISSED'}; CPU seconds per read at {large:,} over "
+              f"{small:,}: {per_read_s:.2f}x (target <= {LINEAR_TOLERANCE}: "
+              f"{'met' if linear else 'MISSED'})")
+    result["met"] = all(step["met"] for step in result["steps"].values())
+    result["projected_reads"] = project
+    result["projection_basis"] = (
+        "each figure on the line through the two samples' (memory: not below the large "
+        "sample's); time: CPU time (a one-thread step; wall time on an idle machine); random "
+        "150-bp reads of one chunk and two frames; peak disk: results and temporary files at "
+        "their largest, sampled")
+    print(f"\n{project:,}-read sample, projected:")
+    print(f"  {'step':<14}{'peak RssAnon':>14}{'peak RSS':>10}{'results':>11}{'peak disk':>11}"
+          f"{'CPU time':>10}")
+    for step, p in rows:
+        print(f"  {step:<14}{p['peak_anon_mb']:>11,} MB{p['max_rss_mb']:>7,} MB"
+              f"{p['result_gb']:>8.2f} GB{p['peak_disk_gb']:>8.2f} GB{p['cpu_minutes']:>6.1f} min")
+    print()
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def bench_report(workdir: Path, small: int, large: int) -> dict:
+    """The Snakemake report (`--report report.html`) and the sample's page of a run on `small`
+    and on `large` random 150-bp reads (demo models, CPU): bytes per added read."""
+    figures = {}
+    for reads in (small, large):
+        work = workdir / f"run-{reads}"
+        work.mkdir()
+        fasta = work / "reads.fa"
+        random_reads(fasta, reads, description=" simulated")
+        start = time.perf_counter()
+        outdir = run_workflow(work, fasta, False)
+        seconds = time.perf_counter() - start
+        run_workflow(work, fasta, False, "--report", str(work / "report.html"))
+        figures[reads] = {"snakemake_report_bytes": (work / "report.html").stat().st_size,
+                          "sample_page_bytes": (outdir / "s" / "report.html").stat().st_size,
+                          "overview_page_bytes": (outdir / "overview.html").stat().st_size,
+                          "summary_tsv_bytes": (outdir / "s" / "summary.tsv").stat().st_size,
+                          "workflow_seconds": round(seconds)}
+        f = figures[reads]
+        print(f"report {reads:>7,} reads: Snakemake report {f['snakemake_report_bytes']:,} B, "
+              f"sample page {f['sample_page_bytes']:,} B, overview page "
+              f"{f['overview_page_bytes']:,} B (summary.tsv {f['summary_tsv_bytes']:,} B; "
+              f"workflow {seconds:.0f} s)")
+        shutil.rmtree(work)
+    result = {"reads": figures, "target_bytes_per_read": 2}
+    for key in ("snakemake_report_bytes", "sample_page_bytes", "overview_page_bytes"):
+        per_read = (figures[large][key] - figures[small][key]) / (large - small)
+        result[key.replace("_bytes", "_bytes_per_added_read")] = round(per_read, 3)
+        print(f"report {key.replace('_bytes', '')}: {per_read:+.3f} B per added read "
+              f"(target <= 2): {'met' if per_read <= 2 else 'MISSED'}")
+    result["met"] = all(result[k] <= 2 for k in result if k.endswith("per_added_read"))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sections = ["embed", "disk", "load", "train"]
+    sections = ["embed", "disk", "load", "train", "aggregate", "report"]
     # (argparse checks an empty nargs="*" against choices as one value: checked below)
     parser.add_argument("sections", nargs="*", help=f"of {', '.join(sections)} (default: all)")
     parser.add_argument("--small", type=int, default=100_000)
@@ -351,6 +588,12 @@ def main() -> None:
     parser.add_argument("--train-small", type=int, default=50_000)
     parser.add_argument("--train-large", type=int, default=200_000)
     parser.add_argument("--reads", type=int, default=20_000, help="reads of the disk run")
+    parser.add_argument("--aggregate-small", type=int, default=1_000_000)
+    parser.add_argument("--aggregate-large", type=int, default=4_000_000)
+    parser.add_argument("--project", type=int, default=20_000_000,
+                        help="reads of the projected sample")
+    parser.add_argument("--report-small", type=int, default=20_000)
+    parser.add_argument("--report-large", type=int, default=60_000)
     parser.add_argument("--baseline", action="store_true",
                         help="load: also the code before (needs ~17 GB of memory)")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -372,6 +615,11 @@ def main() -> None:
                 results["disk"] = bench_disk(here, args.reads)
             elif section == "load":
                 results["load"] = bench_load(here, args.baseline)
+            elif section == "aggregate":
+                results["aggregate"] = bench_aggregate(here, args.aggregate_small,
+                                                       args.aggregate_large, args.project)
+            elif section == "report":
+                results["report"] = bench_report(here, args.report_small, args.report_large)
             else:
                 results["train"] = bench_train(here, args.train_small, args.train_large)
             shutil.rmtree(here, ignore_errors=True)

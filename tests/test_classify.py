@@ -1,9 +1,12 @@
 """Aggregation of scores into the original's result files and the per-read summary."""
 
+import random
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from virnucpro import classify
 from virnucpro.classify import SCORES_HEADER, aggregate
 from virnucpro.errors import InputError
 from virnucpro.prepare import READS_HEADER
@@ -67,3 +70,78 @@ def test_stale_scores_are_refused(tmp_path):
     with pytest.raises(InputError, match="has 2 frames but 1 scores"):
         aggregate(reads, [shard], tmp_path)
     assert not (tmp_path / "summary.tsv").exists()
+
+
+# Read IDs whose order differs between ways of sorting text: case, digits, punctuation, letters
+# beyond ASCII and beyond the Basic Multilingual Plane, one ID the prefix of another.
+ID_PIECES = ["a", "B", "_", "1", "9", "10", "é", "ß", "Z", "z", "~", "-", ".", "Ω", "|",
+             "\U0001F600", "\uFFFD", "chunk_"]
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv",
+           "counts.json")
+
+
+def varied_sample(directory: Path, reads: int = 400, shard_frames: int = 37, seed: int = 7):
+    """Reads of 1-3 chunks with 0-4 frames each, IDs from ID_PIECES, scores with ties, in shards
+    of `shard_frames` frames (so chunks are split over two shards). A few IDs come twice
+    (prepare refuses that; the original's table combines their chunks, rows far apart)."""
+    rng = random.Random(seed)
+    ids, rows, frames = set(), [], []
+    while len(rows) < reads:
+        read_id = "".join(rng.choice(ID_PIECES) for _ in range(rng.randint(1, 5)))
+        if read_id in ids and rng.random() > 0.05:
+            continue
+        ids.add(read_id)
+        index, chunks, mine = len(rows), rng.randint(1, 3), []
+        for chunk in range(1, chunks + 1):
+            for frame in rng.sample(["F1", "F2", "F3", "R1", "R2", "R3"], rng.randint(0, 4)):
+                virus = rng.choice([f"{rng.random():.8f}", "0.5", "1e-05"])
+                others = rng.choice([virus, "0.5", f"{rng.random():.7f}"])
+                mine.append((f"{read_id}_chunk_{chunk}{frame}", index, chunk, others, virus))
+        rows.append((index, read_id, 150 * chunks, chunks, len(mine)))
+        frames += mine
+    reads_tsv = write_reads(directory / "reads.tsv", rows)
+    shards = [write_scores(directory / f"shard_{n}.tsv", frames[start:start + shard_frames])
+              for n, start in enumerate(range(0, len(frames), shard_frames))]
+    return reads_tsv, shards
+
+
+def test_the_per_chunk_table_sorted_on_disk_is_the_originals_groupby(tmp_path, monkeypatch):
+    """The per-chunk table is sorted in blocks on disk and merged: with blocks of 5 rows merged
+    3 at a time (hundreds of run files, several passes) every result is byte for byte what one
+    block sorted in memory gives, the scratch directory is gone, and the table is what the
+    original's pandas groupby makes of the per-frame table."""
+    reads, shards = varied_sample(tmp_path)
+    for name in ("in-memory", "on-disk"):
+        (tmp_path / name).mkdir()
+    aggregate(reads, shards, tmp_path / "in-memory")
+    monkeypatch.setattr(classify, "SORT_BLOCK_ROWS", 5)
+    monkeypatch.setattr(classify, "MERGE_FAN_IN", 3)
+    aggregate(reads, shards, tmp_path / "on-disk")
+    for name in RESULTS:
+        assert (tmp_path / "on-disk" / name).read_bytes() == \
+            (tmp_path / "in-memory" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "on-disk").iterdir()) == sorted(RESULTS)
+
+    frames = pd.read_csv(tmp_path / "on-disk" / "prediction_results.txt", sep="\t",
+                         dtype={"Sequence_ID": object}, keep_default_na=False)
+    frames["Modified_ID"] = frames["Sequence_ID"].str[:-2]
+    chunks = frames.groupby("Modified_ID")
+    expected = chunks["score2"].max() >= chunks["score1"].max()
+    assert len(expected) > 500 and len(frames) > len(expected)
+    read_ids = [line.split("\t")[1] for line in reads.read_text().splitlines()[1:]]
+    assert len(set(read_ids)) < len(read_ids)  # chunks of the same name, rows far apart
+    assert (tmp_path / "on-disk" / "prediction_results_highestscore.csv").read_text() == \
+        "Modified_ID\tIs_Virus\n" + "".join(f"{key}\t{value}\n" for key, value in expected.items())
+
+
+def test_a_failed_aggregation_leaves_no_scratch_files(tmp_path, monkeypatch):
+    """Stale scores found at the last read, after run files were written: nothing is published
+    and the scratch directory is removed."""
+    reads, shards = varied_sample(tmp_path)
+    lines = shards[-1].read_text().splitlines(keepends=True)
+    shards[-1].write_text("".join(lines[:-1]))
+    monkeypatch.setattr(classify, "SORT_BLOCK_ROWS", 5)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError, match="frames but"):
+        aggregate(reads, shards, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -106,15 +106,27 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     assert "mate 2 (R2)" in (out / "pe" / "report.html").read_text()
     assert (out / "overview.html").read_text().count("<svg") == 2
 
-    # snakemake --report: every new table and plot is an entry.
+    # snakemake --report: every page, plot and table of fixed size is an entry, and nothing
+    # whose size grows with the reads (per-read tables stay beside it, named in the captions).
     report = snakemake(tmp_path, "--configfile", config, "--report", "report.zip")
     assert report.returncode == 0, report.stdout[-3000:]
-    names = {Path(name).name for name in zipfile.ZipFile(tmp_path / "report.zip").namelist()}
-    assert {"overview.html", "samples_summary.tsv", "samples_calls.svg", "samples_scores.svg",
-            "report.html", "summary.tsv", "pairs.tsv", "top_reads.tsv", "calls.svg",
-            "scores.svg", "length_vs_score.svg"} <= names
-    listed = [n for n in zipfile.ZipFile(tmp_path / "report.zip").namelist() if "/raw/" in n]
-    assert sum(n.endswith("/report.html") for n in listed) == 2  # one page per sample
+    archive = zipfile.ZipFile(tmp_path / "report.zip")
+    listed = sorted(Path(n).name for n in archive.namelist() if "/raw/" in n)
+    per_sample = ["report.html", "top_reads.tsv", "calls.svg", "scores.svg", "length_vs_score.svg"]
+    assert listed == sorted(["overview.html", "samples_summary.tsv", "samples_calls.svg",
+                             "samples_scores.svg", *per_sample, *per_sample])
+    index = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("report.html")
+                 and "/raw/" not in n)
+    for sample in inputs:
+        # The page's caption names where its per-read tables are (a literal of its own).
+        assert f">out/{sample}/<" in index
+    for sample, files in {"single": ["summary.tsv"], "pe": ["summary.tsv", "pairs.tsv"]}.items():
+        page = (out / sample / "report.html").read_text()
+        for name in [*files, "virus_reads.fa.gz", "prediction_results.txt",
+                     "prediction_results_highestscore.csv"]:
+            assert f'<a href="{name}"><code>{name}</code></a>' in page and \
+                f"<code>{sample}/{name}</code>" in page  # a link that works beside it, a path
+    assert "pairs.tsv" not in (out / "single" / "report.html").read_text()
 
     # Only virus_threshold changes: calls change, the original's tables do not, nothing is
     # embedded again.

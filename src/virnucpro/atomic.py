@@ -93,3 +93,23 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _raise_naming(exc, path)
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def scratch_directory(result: str | os.PathLike) -> Iterator[Path]:
+    """A private working directory beside `result`, for the files a step needs only while
+    it makes that result; removed when the block ends, however it ends.
+
+    It is named as `result`'s unfinished atomic writes are (`.NAME.XXXX.tmp`), so what a
+    killed step leaves behind is recognisable as an orphan and sits on the results' file
+    system, not in a /tmp that may be small or node-local. An OSError that names no file
+    (a full disk while writing) is raised naming `result`.
+    """
+    result = Path(result)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{result.name}.", suffix=".tmp", dir=result.parent))
+    try:
+        yield tmp
+    except BaseException as exc:
+        _raise_naming(exc, result)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,10 @@ score2), then one streaming pass per sample over reads.tsv and the scores files
 - prediction_results_highestscore.csv (tab-separated, as the original): per
   chunk, Modified_ID = Sequence_ID minus its last 2 characters, Is_Virus =
   max(score2) >= max(score1) over the chunk's frames; rows sorted by
-  Modified_ID as pandas' groupby sorts them (merged across shards, streaming).
+  Modified_ID as pandas' groupby sorts them (Python's string order: by code point), the
+  frames of a Modified_ID combined wherever they lie (a chunk split over two shards is
+  gathered with its read). Sorted on disk (`SortedChunks`): memory does not grow with the
+  sample.
 - summary.tsv: one row per input read, in input order, none missing (see
   SUMMARY_COLUMNS; the calls follow virnucpro.calls, with `virus_threshold`).
 - pairs.tsv (paired samples): one row per pair (PAIRS_COLUMNS).
@@ -31,12 +34,13 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 
 from virnucpro import layout
-from virnucpro.atomic import atomic_directory, atomic_open
+from virnucpro.atomic import atomic_directory, atomic_open, scratch_directory
 from virnucpro.calls import Evidence, SampleTally
 from virnucpro.features import FeatureFileError, read_trusted
 from virnucpro.defaults import WINDOW_FRAMES
@@ -49,7 +53,14 @@ log = logging.getLogger("virnucpro")
 
 SCORES_HEADER = "frame_id\tread_index\tchunk\tscore1\tscore2\n"
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+HIGHEST_FILE = "prediction_results_highestscore.csv"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
+SORT_BLOCK_ROWS = 100_000
+"""Chunk rows sorted in memory at a time (about 20 MB) before they go to a run file."""
+MERGE_FAN_IN = 256
+"""Run files merged at a time: the files open at once while sorting (well under the usual
+limit of 1,024 a process). 25.6 million chunks (a 10-million-pair short-read sample has
+about 20 million) are merged in one pass; more take a pass that merges the runs into fewer."""
 SUMMARY_COLUMNS = ("read_id", "length", "chunks", "frames", "best_virus_score", "read_score",
                    "virus_chunks", "call")
 """summary.tsv, one row per read:
@@ -150,18 +161,20 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     return write_scores(out, index, parts, features)
 
 
-@dataclass
+@dataclass(slots=True)
 class FrameScore:
     frame_id: str
     read_index: int
     chunk: int
-    score1: str
+    score1: str  # as the scores file prints it (and the original's tables)
     score2: str
+    others: float  # score1 and score2 as numbers, parsed once
+    virus: float
 
     @property
     def is_virus(self) -> bool:
         # torch.max picks the first maximum: a tie is "others", as in the original.
-        return float(self.score2) > float(self.score1)
+        return self.virus > self.others
 
 
 def _frames(score_files: list[str | os.PathLike]) -> Iterator[FrameScore]:
@@ -170,7 +183,7 @@ def _frames(score_files: list[str | os.PathLike]) -> Iterator[FrameScore]:
             next(handle)
             for line in handle:
                 f, r, c, s1, s2 = line.rstrip("\n").split("\t")
-                yield FrameScore(f, int(r), int(c), s1, s2)
+                yield FrameScore(f, int(r), int(c), s1, s2, float(s1), float(s2))
 
 
 def _chunk_maxima(frames: Iterable[FrameScore], key: Callable[[FrameScore], Hashable]
@@ -178,23 +191,78 @@ def _chunk_maxima(frames: Iterable[FrameScore], key: Callable[[FrameScore], Hash
     """(max score1, max score2) over the frames of each chunk, chunks named by `key`."""
     best: dict[Hashable, tuple[float, float]] = {}
     for frame in frames:
-        name, s1, s2 = key(frame), float(frame.score1), float(frame.score2)
+        name, s1, s2 = key(frame), frame.others, frame.virus
         b1, b2 = best.get(name, (s1, s2))
-        best[name] = (max(b1, s1), max(b2, s2))
+        best[name] = (s1 if s1 > b1 else b1, s2 if s2 > b2 else b2)  # max(), without a call
     return best
 
 
-def _chunk_rows(score_files: list[str | os.PathLike]
-                ) -> Iterator[Iterator[tuple[str, float, float]]]:
-    """(Modified_ID, max score1, max score2) per chunk and shard, each shard sorted."""
-    for path in score_files:
-        maxima = _chunk_maxima(_frames([path]), lambda frame: frame.frame_id[:-2])
-        yield iter(sorted((key, s1, s2) for key, (s1, s2) in maxima.items()))
+ChunkRow = tuple[str, float, float]  # (Modified_ID, max score1, max score2)
+_BY_ID = itemgetter(0)
 
 
-def _highest_score_rows(score_files: list[str | os.PathLike]) -> Iterator[str]:
-    """Sorted across shards by a k-way merge; a chunk split over two shards is combined."""
-    for key, group in itertools.groupby(heapq.merge(*_chunk_rows(score_files)), key=itemgetter(0)):
+class SortedChunks:
+    """The chunk rows of prediction_results_highestscore.csv, sorted by Modified_ID in memory
+    that does not grow with the sample: an external merge sort. Rows are sorted in blocks of
+    SORT_BLOCK_ROWS, each block written to a run file in `scratch`; the runs are merged,
+    MERGE_FAN_IN at a time, from disk. The sort key is the Modified_ID alone, compared as
+    Python compares strings (by code point), which is how pandas' groupby sorts them: rows
+    with the same Modified_ID come out together, whichever block they were in."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.block: list[ChunkRow] = []
+        self.runs: list[Path] = []
+        self._named = 0
+
+    def add(self, rows: Iterable[ChunkRow]) -> None:
+        self.block.extend(rows)
+        if len(self.block) >= SORT_BLOCK_ROWS:
+            self.runs.append(self._write_run(sorted(self.block, key=_BY_ID)))
+            self.block = []
+
+    @staticmethod
+    def _open(path: Path, mode: str) -> TextIO:
+        # Any str round-trips (surrogatepass), and only "\n" ends a row.
+        return open(path, mode, encoding="utf-8", errors="surrogatepass", newline="\n")
+
+    def _write_run(self, rows: Iterable[ChunkRow]) -> Path:
+        path = self.scratch / f"run_{self._named:06d}.tsv"
+        self._named += 1
+        with self._open(path, "w") as handle:
+            # repr() of a float reads back as the same float.
+            handle.writelines(f"{key}\t{s1!r}\t{s2!r}\n" for key, s1, s2 in rows)
+        return path
+
+    @staticmethod
+    def _rows(handle: TextIO) -> Iterator[ChunkRow]:
+        for line in handle:
+            key, s1, s2 = line[:-1].rsplit("\t", 2)
+            yield key, float(s1), float(s2)
+
+    def _merge(self, runs: list[Path], extra: Iterable[ChunkRow] = ()) -> Iterator[ChunkRow]:
+        with contextlib.ExitStack() as files:
+            yield from heapq.merge(*(self._rows(files.enter_context(self._open(run, "r")))
+                                     for run in runs), extra, key=_BY_ID)
+
+    def merged(self) -> Iterator[ChunkRow]:
+        """Every row added, sorted; each pass over the runs before the last merges them
+        MERGE_FAN_IN at a time into fewer runs (and deletes what it merged)."""
+        runs = self.runs
+        while len(runs) > MERGE_FAN_IN:
+            merged = []
+            for start in range(0, len(runs), MERGE_FAN_IN):
+                group = runs[start:start + MERGE_FAN_IN]
+                merged.append(self._write_run(self._merge(group)))
+                for run in group:
+                    run.unlink()
+            runs = merged
+        yield from self._merge(runs, sorted(self.block, key=_BY_ID))
+
+
+def _highest_score_rows(chunks: Iterable[ChunkRow]) -> Iterator[str]:
+    """From sorted chunk rows: one row per Modified_ID, its rows combined."""
+    for key, group in itertools.groupby(chunks, key=_BY_ID):
         rows = list(group)
         yield f"{key}\t{max(r[2] for r in rows) >= max(r[1] for r in rows)}\n"
 
@@ -227,6 +295,11 @@ def _score_text(value: float | None) -> str:
     return "NA" if value is None else f"{value:.6g}"
 
 
+def _modified_id(frame: FrameScore) -> str:
+    """The original's chunk name: the frame ID minus its last 2 characters (F1, ..., R3)."""
+    return frame.frame_id[:-2]
+
+
 def _evidence(frames: list[FrameScore], threshold: float | None) -> Evidence:
     return Evidence.of_chunks(_chunk_maxima(frames, lambda frame: frame.chunk).values(),
                               threshold)
@@ -249,13 +322,12 @@ def _pair_fields(mate1: list[str], mate2: list[str], evidence: Evidence,
             _score_text(evidence.best), _score_text(evidence.score), evidence.call]
 
 
-def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
-              outdir: str | os.PathLike, threshold: float | None = None,
-              paired: bool = False) -> dict:
-    """Write the per-sample result files (pairs.tsv too when `paired`) in one pass; return
-    counts.json's content. `threshold` is virus_threshold (None: the original's rule)."""
-    outdir = Path(outdir)
-    tally = SampleTally(paired, threshold, SUMMARY_COLUMNS)
+def _write_read_tables(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
+                       outdir: Path, threshold: float | None, paired: bool, tally: SampleTally,
+                       chunks: SortedChunks) -> None:
+    """prediction_results.txt, summary.tsv (and pairs.tsv when `paired`), written read by read
+    as the reads and their frames stream by; each read also goes to `tally` (counts.json) and
+    its chunks to `chunks` (the per-chunk table, sorted once all are in)."""
     with contextlib.ExitStack() as files:
         prediction, summary = (files.enter_context(atomic_open(outdir / name, "w"))
                                for name in ("prediction_results.txt", "summary.tsv"))
@@ -268,6 +340,8 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
             for f in frames:
                 prediction.write(f"{f.frame_id}\t{'virus' if f.is_virus else 'others'}\t"
                                  f"{f.score1}\t{f.score2}\n")
+            chunks.add((key, s1, s2)
+                       for key, (s1, s2) in _chunk_maxima(frames, _modified_id).items())
             index, evidence = int(fields[0]), _evidence(frames, threshold)
             row = _summary_fields(fields, len(frames), evidence)
             summary.write("\t".join(row) + "\n")
@@ -280,9 +354,24 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
                 together = mate1[2] + evidence
                 pairs.write("\t".join(_pair_fields(mate1[0], row, together, reads_tsv)) + "\n")
                 tally.add_pair(mate1[1] + len(frames), together)
-    with atomic_open(outdir / "prediction_results_highestscore.csv", "w") as highest:
-        highest.write(HIGHEST_HEADER)
-        highest.writelines(_highest_score_rows(score_files))
+
+
+def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
+              outdir: str | os.PathLike, threshold: float | None = None,
+              paired: bool = False) -> dict:
+    """Write the per-sample result files (pairs.tsv too when `paired`) in one pass over the
+    reads and their scores; return counts.json's content. `threshold` is virus_threshold
+    (None: the original's rule). Memory does not grow with the sample: rows are written as
+    they come, except the per-chunk table's, which are sorted on disk in a scratch directory
+    beside the results (removed however the step ends)."""
+    outdir = Path(outdir)
+    tally = SampleTally(paired, threshold, SUMMARY_COLUMNS)
+    with scratch_directory(outdir / HIGHEST_FILE) as scratch:
+        chunks = SortedChunks(scratch)
+        _write_read_tables(reads_tsv, score_files, outdir, threshold, paired, tally, chunks)
+        with atomic_open(outdir / HIGHEST_FILE, "w") as highest:
+            highest.write(HIGHEST_HEADER)
+            highest.writelines(_highest_score_rows(chunks.merged()))
     counts = tally.as_dict()
     with atomic_open(outdir / "counts.json", "w") as handle:
         json.dump(counts, handle, indent=2)

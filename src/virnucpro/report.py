@@ -237,6 +237,32 @@ def _line_caveat(threshold: float | None) -> str:
     return caveat
 
 
+def _result_files(sample: str, counts: Mapping[str, Any]) -> str:
+    """Where the sample's tables with a row per read (pair, chunk, frame) are. They are not on
+    this page or in the Snakemake report, whose size would then grow with the reads: they lie
+    beside this page, so the links work where the page lies, and each is named by its path
+    in the output directory, which holds wherever the page is read (in the Snakemake report,
+    say)."""
+    unit = "mate" if counts["paired"] else "read"
+    files = [("summary.tsv", f"one row per {unit} ({_count(counts['reads'])}): its scores and "
+              "call")]
+    if counts["paired"]:
+        files.append(("pairs.tsv", f"one row per pair ({_count(counts['pairs']['pairs'])}): "
+                      "both mates' calls and the pair's"))
+    files += [("virus_reads.fa.gz", f"the {_count(counts[VIRUS])} {unit}s called virus, as "
+               "input records"),
+              ("prediction_results.txt", f"the original's per-frame table "
+               f"({_count(counts['frames'])} stop-free frames)"),
+              ("prediction_results_highestscore.csv", "the original's per-chunk table")]
+    rows = [(f'<a href="{_e(name)}"><code>{_e(name)}</code></a>',
+             f"<code>{_e(sample)}/{_e(name)}</code>", _e(holds)) for name, holds in files]
+    return ("<h2>Result files</h2>"
+            + _table(("file", "in the output directory", "holds"), rows, escape=False)
+            + '<p class="note">These tables grow with the reads, so they are kept out of this '
+              "page and of the Snakemake report: they lie beside this page, in the sample's "
+              "directory of the output directory.</p>")
+
+
 def write_sample_report(sample: str, counts_json: str | os.PathLike,
                         provenance_json: str | os.PathLike, reads: Sequence[str],
                         out: str | os.PathLike, plots: Mapping[str, str | os.PathLike],
@@ -279,10 +305,8 @@ def write_sample_report(sample: str, counts_json: str | os.PathLike,
                       "one are not shown.")
             + f"<h2>Top {len(top)} reads by best P(virus)</h2>"
             + (_top_reads_table(top) if top else "<p>No read has a stop-free frame.</p>")
-            + '<p class="note">All reads: <code>summary.tsv</code>'
-            + (", pairs: <code>pairs.tsv</code>" if counts["paired"] else "")
-            + ", the reads called virus: <code>virus_reads.fa.gz</code>.</p>"
-            + _rules(threshold) + _provenance(provenance, {sample: list(reads)}))
+            + _result_files(sample, counts) + _rules(threshold)
+            + _provenance(provenance, {sample: list(reads)}))
     page = _page(f"VirNucPro: sample {sample}",
                  f"{unit}. Run of {_date(provenance)}, VirNucPro "
                  f"{provenance['virnucpro_version']}.", provenance, body)

@@ -33,11 +33,13 @@ if KEEP_FEATURES:
             "../scripts/classify.py"
 
 
-# The per-sample result files; paired samples' rule (aggregate_pairs) adds pairs.tsv.
+# The per-sample result files; paired samples' rule (aggregate_pairs) adds pairs.tsv. None
+# is in the Snakemake report: their rows grow with the reads (the report would too), so they
+# sit beside it, and the sample's page and its caption say where.
 AGGREGATE_OUTPUT = dict(
     predictions=f"{OUTDIR}/{{sample}}/prediction_results.txt",
     highest=f"{OUTDIR}/{{sample}}/prediction_results_highestscore.csv",
-    summary=sample_entry(f"{OUTDIR}/{{sample}}/summary.tsv", "summary.rst", "per-read calls"),
+    summary=f"{OUTDIR}/{{sample}}/summary.tsv",
     counts=f"{OUTDIR}/{{sample}}/counts.json",
 )
 
@@ -58,7 +60,10 @@ rule aggregate:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        # Flat in the sample's size (the per-chunk table is sorted on disk, beside the
+        # results): 257 MB peak RSS at 1 and at 4 million reads (bench/scale.py aggregate),
+        # most of it the libraries of the CPU build of torch; a CUDA build maps more.
+        mem_mb=1000,
         runtime=60,
     params:
         # Sets the read (and pair) calls; the original's two tables do not depend on it.
@@ -70,13 +75,13 @@ rule aggregate:
 use rule aggregate as aggregate_pairs with:
     output:
         **AGGREGATE_OUTPUT,
-        pairs=sample_entry(f"{OUTDIR}/{{sample}}/pairs.tsv", "pairs.rst", "per-pair calls"),
+        pairs=f"{OUTDIR}/{{sample}}/pairs.tsv",
     wildcard_constraints:
         sample=sample_pattern(PAIRED_SAMPLES),
 
 
 # The input records called virus, with their original headers; not in the Snakemake report
-# (it can be large): it sits beside summary.tsv.
+# (it grows with the reads): it sits beside summary.tsv.
 rule virus_reads:
     input:
         reads=sample_reads,
