@@ -240,9 +240,10 @@ def _line_caveat(threshold: float | None) -> str:
 def write_sample_report(sample: str, counts_json: str | os.PathLike,
                         provenance_json: str | os.PathLike, reads: Sequence[str],
                         out: str | os.PathLike, plots: Mapping[str, str | os.PathLike],
-                        top_reads: str | os.PathLike) -> None:
+                        top_reads: str | os.PathLike, virus_reads: Sequence[str]) -> None:
     """The sample's page `out`, its plots (`plots`: calls, scores, length -> SVG paths) and
-    its top-scoring reads (`top_reads`, TSV: TOP_READS_COLUMNS)."""
+    its top-scoring reads (`top_reads`, TSV: TOP_READS_COLUMNS); the page names the files
+    beside it, among them `virus_reads` (the names of the sample's virus reads files)."""
     counts, provenance = _read_json(counts_json), _read_json(provenance_json)
     threshold = counts["virus_threshold"]
     groups = _groups(counts)
@@ -281,7 +282,9 @@ def write_sample_report(sample: str, counts_json: str | os.PathLike,
             + (_top_reads_table(top) if top else "<p>No read has a stop-free frame.</p>")
             + '<p class="note">All reads: <code>summary.tsv</code>'
             + (", pairs: <code>pairs.tsv</code>" if counts["paired"] else "")
-            + ", the reads called virus: <code>virus_reads.fa.gz</code>.</p>"
+            + (", both mates of the pairs called virus: " if counts["paired"]
+               else ", the reads called virus: ")
+            + " and ".join(f"<code>{_e(name)}</code>" for name in virus_reads) + ".</p>"
             + _rules(threshold) + _provenance(provenance, {sample: list(reads)}))
     page = _page(f"VirNucPro: sample {sample}",
                  f"{unit}. Run of {_date(provenance)}, VirNucPro "

@@ -15,6 +15,8 @@ from virnucpro.config import check_config
 from virnucpro.runner import report_note, result_or_exit, share_package
 
 share_package(SRC)
+from virnucpro.fasta import FASTA, FASTQ
+from virnucpro.results import virus_reads_format
 from virnucpro.samples import load_samples
 
 # The config: each problem on one line, naming its key (virnucpro.config; Snakemake's own
@@ -40,6 +42,12 @@ SAMPLES = sorted(SAMPLE_READS)
 # Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
 PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
 SINGLE_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 1]
+# The format of each sample's virus reads (FASTQ when all its reads files are), told from the
+# reads' first bytes as the run is planned, or from prepare's stats.json once they are gone:
+# it names the sample's virus reads files (virnucpro.results.virus_reads_format).
+VIRUS_READS_FORMAT = {
+    s: virus_reads_format(SAMPLE_READS[s], layout.prepare_dir(f"{OUTDIR}/{s}")) for s in SAMPLES
+}
 ENV = "../../envs/virnucpro.yaml"
 
 
@@ -116,6 +124,27 @@ def training_shards(pattern):
         for sample in TRAINING
         for shard in shard_names(sample)
     ]
+
+
+def virus_reads_files(sample):
+    """A sample's virus reads files: one, or R1's and R2's for paired reads."""
+    names = layout.virus_reads_names(sample in PAIRED_SAMPLES, VIRUS_READS_FORMAT[sample])
+    return [f"{OUTDIR}/{sample}/{name}" for name in names]
+
+
+def virus_reads_patterns(paired, file_format):
+    """The output of the virus reads rule for one layout and format: their names differ."""
+    names = layout.virus_reads_names(paired, file_format)
+    return [f"{OUTDIR}/{{sample}}/{name}" for name in names]
+
+
+def virus_reads_samples(paired, file_format):
+    """A wildcard constraint matching the samples of one layout whose virus reads are in
+    `file_format`."""
+    layout_samples = PAIRED_SAMPLES if paired else SINGLE_SAMPLES
+    return sample_pattern(
+        [s for s in layout_samples if VIRUS_READS_FORMAT[s] == file_format]
+    )
 
 
 def sample_results(sample):
