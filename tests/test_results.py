@@ -14,7 +14,7 @@ from test_classify import write_reads, write_scores
 from virnucpro.calls import LENGTH_SAMPLE, TOP_READS, Evidence, ScoreDistributions, chunk_is_virus
 from virnucpro.classify import aggregate
 from virnucpro.errors import InputError, UsageError
-from virnucpro.fasta import FASTA, FASTQ
+from virnucpro.layout import FASTA, FASTQ
 from virnucpro.prepare import write_shards
 from virnucpro.provenance import write_provenance
 from virnucpro.report import write_overview, write_sample_report

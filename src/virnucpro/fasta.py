@@ -33,6 +33,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from virnucpro.errors import InputError, MissingInputError
+from virnucpro.layout import FASTA, FASTQ
 from virnucpro.textblock import gather_in_slots, gather_spans, ramp, table, translate
 
 #: IUPAC nucleotide codes (and U), either case. Anything else is rejected.
@@ -51,7 +52,6 @@ _OTHER_WHITESPACE = (b"\t", b"\x0b", b"\x0c")  # also end a record ID (Biopython
 CODE_PADDING = 3  # codes extend past the data so every codon start has three bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
-FASTA, FASTQ = "fasta", "fastq"  # a reads file's format (ReadsReader.file_format)
 DEFAULT_BLOCK_BYTES = 1 << 21
 _HEAD_STEP = 1 << 14  # compressed bytes inflated at a time when reading a file's head
 

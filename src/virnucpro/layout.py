@@ -24,8 +24,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virnucpro.fasta import FASTA, FASTQ
-
 PREPARE = "prepare"
 SHARDS = "shards"
 FEATURES = "features"
@@ -40,6 +38,8 @@ SHARD_PREFIX = "shard_"
 # A prepared shard's files, by what they hold (the `.done` is written after all three).
 SHARD_SUFFIXES = {"nucleotide": ".fna", "protein": ".faa", "index": ".index.tsv"}
 
+# A reads file's format, as prepare records it (stats.json) and the virus reads are named by.
+FASTA, FASTQ = "fasta", "fastq"
 # The reads called virus, as delivered: a single-read sample's in one file, a paired sample's
 # both mates of the pairs called virus in two (R1, R2); gzip FASTQ or FASTA as the input.
 VIRUS_READS = "virus_reads"

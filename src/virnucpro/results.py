@@ -20,7 +20,8 @@ from virnucpro import layout
 from virnucpro.atomic import atomic_open
 from virnucpro.calls import CALLS, VIRUS, percent_virus
 from virnucpro.errors import InputError, UsageError, VirNucProError
-from virnucpro.fasta import FASTA, FASTQ, FastaBlock, ReadsReader, display
+from virnucpro.fasta import FastaBlock, ReadsReader, display
+from virnucpro.layout import FASTA, FASTQ
 from virnucpro.reads import MATE_SUFFIXES, Reads
 from virnucpro.textblock import Field, Rows, const, gather_spans
 

@@ -15,7 +15,7 @@ from virnucpro.config import check_config
 from virnucpro.runner import report_note, result_or_exit, share_package
 
 share_package(SRC)
-from virnucpro.fasta import FASTA, FASTQ
+from virnucpro.layout import FASTA, FASTQ
 from virnucpro.results import virus_reads_format
 from virnucpro.samples import load_samples
 
@@ -133,7 +133,7 @@ def virus_reads_files(sample):
 
 
 def virus_reads_patterns(paired, file_format):
-    """The output of the virus reads rule for one layout and format: their names differ."""
+    """The virus reads files of one layout and format, as output patterns (names differ)."""
     names = layout.virus_reads_names(paired, file_format)
     return [f"{OUTDIR}/{{sample}}/{name}" for name in names]
 
@@ -142,9 +142,7 @@ def virus_reads_samples(paired, file_format):
     """A wildcard constraint matching the samples of one layout whose virus reads are in
     `file_format`."""
     layout_samples = PAIRED_SAMPLES if paired else SINGLE_SAMPLES
-    return sample_pattern(
-        [s for s in layout_samples if VIRUS_READS_FORMAT[s] == file_format]
-    )
+    return sample_pattern([s for s in layout_samples if VIRUS_READS_FORMAT[s] == file_format])
 
 
 def sample_results(sample):
