@@ -138,7 +138,7 @@ class PrepareStats:
     chunk_size: int
     input2: str | None = None  # paired reads: R2
     paired: bool = False
-    # FASTA or FASTQ (virnucpro.fasta), of input and input2: what names the virus reads
+    # FASTA or FASTQ (virnucpro.layout), of input and input2: what names the virus reads
     # files of a sample whose reads are gone (virnucpro.results.virus_reads_format).
     format: str | None = None
     format2: str | None = None

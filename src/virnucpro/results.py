@@ -96,7 +96,7 @@ def _write_called(path: str | os.PathLike, mate_suffix: bytes, calls_tsv: str | 
     written = row = 0
     for block in ReadsReader(path):
         rows = list(islice(calls, len(block)))
-        expected = [rid[:-2] if mate_suffix and rid.endswith(mate_suffix) else rid
+        expected = [rid[:-len(mate_suffix)] if mate_suffix and rid.endswith(mate_suffix) else rid
                     for rid in block.ids]
         named = [rid for rid, _ in rows]
         if named != expected:
