@@ -39,6 +39,7 @@ demo: venv
 	@echo; echo "Per-read summary (first rows of results/demo/summary.tsv):"; head -6 results/demo/summary.tsv | column -t
 	@echo; echo "Calls:"; cat results/demo/counts.json | head -6
 	@echo; echo "Per-sample counts (results/samples_summary.tsv):"; cut -f1-8 results/samples_summary.tsv | column -t
+	@echo; echo "Reads called virus, as given (paired: both mates of the virus pairs):"; ls results/*/virus_*.gz
 	@echo; echo "Overview: results/overview.html (also in results/report.html, category Overview)"
 	@echo; $(BIN)/virnucpro status results
 	@echo; echo "Report: results/report.html"
@@ -58,6 +59,7 @@ bench: venv
 	$(BIN)/python bench/kill_resume.py
 	$(BIN)/python bench/dag.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/virus_reads.py
 
 clean:
 	rm -rf results .snakemake .test/results

@@ -325,6 +325,54 @@ def test_paired_reads_give_the_results_of_the_interleaved_mates(input_runs, row)
     assert (stats["input"], stats["input2"], stats["paired"]) == (*PAIRED[row], True)
 
 
+def fastq_file_records(path: Path) -> list[bytes]:
+    """Each 4-line record of a FASTQ file (plain or gzip) as in the file, with LF line ends."""
+    data = path.read_bytes()
+    lines = (gzip.decompress(data) if path.suffix == ".gz" else data).replace(
+        b"\r\n", b"\n").splitlines(keepends=True)
+    return [b"".join(lines[i:i + 4]) for i in range(0, len(lines), 4)]
+
+
+def virus_reads(sample_dir: Path) -> dict[str, bytes]:
+    """The sample's virus reads files, by name, decompressed."""
+    return {p.name: gzip.decompress(p.read_bytes()) for p in sample_dir.glob("virus_*")}
+
+
+@pytest.mark.parametrize("row", ["FASTQ", "FASTQ, gzip", "FASTQ with Windows line endings"])
+def test_virus_reads_of_fastq_are_its_records(input_runs, row):
+    """virus_reads.fq.gz: each read called virus as its FASTQ record, byte for byte (CRLF line
+    ends as LF), in input order; the calls of the clean run (the same reads)."""
+    sample = input_runs.work / "out" / sample_name(row)
+    calls = [r[-1] for r in summary_rows(sample)]
+    assert calls.count("virus") >= 2
+    expected = b"".join(record for record, call in zip(
+        fastq_file_records(input_runs.work / ACCEPTED[row][0]), calls, strict=True)
+        if call == "virus")
+    assert virus_reads(sample) == {"virus_reads.fq.gz": expected}
+
+
+@pytest.mark.parametrize("row", PAIRED)
+def test_virus_pairs_are_both_mates_of_the_virus_pairs(input_runs, row):
+    """Paired FASTQ (R2 gzipped): virus_R1.fq.gz and virus_R2.fq.gz hold the R1 and R2
+    records of every pair pairs.tsv calls virus, as in the files; the interleaved mates
+    (FASTA, one sample) give virus_reads.fa.gz: the mates called virus each."""
+    sample = input_runs.work / "out" / sample_name(row)
+    pairs = [line.split("\t") for line in (sample / "pairs.tsv").read_text().splitlines()[1:]]
+    calls = [pair[-1] for pair in pairs]
+    assert "virus" in calls  # (the demo models call every pair here: the selection itself
+    # is tested with a threshold in test_workflow_report.py)
+    assert virus_reads(sample) == {
+        f"virus_R{mate}.fq.gz": b"".join(
+            record for record, call in zip(fastq_file_records(input_runs.work / name), calls,
+                                           strict=True) if call == "virus")
+        for mate, name in enumerate(PAIRED[row], 1)}
+    interleaved = input_runs.work / "out" / INTERLEAVED
+    mates = [r[-1] for r in summary_rows(interleaved)]
+    assert virus_reads(interleaved) == {"virus_reads.fa.gz": "".join(
+        f">{header}\n{seq}\n" for (header, seq), call in zip(records(MATES[2]), mates)
+        if call == "virus").encode()}
+
+
 def summary_rows(sample_dir: Path) -> list[list[str]]:
     return [line.split("\t") for line in (sample_dir / "summary.tsv").read_text(
         encoding="utf-8").splitlines()[1:]]

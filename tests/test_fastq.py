@@ -12,7 +12,7 @@ from conftest import fastq_text, read_fasta, run_cli
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import ReadsReader
 from virnucpro.prepare import FLAT_FILES, write_flat, write_shards
-from virnucpro.reads import ReadSource, original_reads
+from virnucpro.reads import ReadSource
 
 Record = tuple[str, str]  # (header without '>' / '@', sequence)
 
@@ -63,8 +63,10 @@ def test_fastq_gives_the_fasta_results_byte_for_byte(tmp_path, variant):
     fasta.write_text(fasta_text(RECORDS))
     fastq.write_bytes(FASTQ_VARIANTS[variant]())
     assert flat_outputs(fastq, tmp_path, "fq") == flat_outputs(fasta, tmp_path, "fa")
-    assert shard_outputs(fastq, tmp_path, "fq-shards") == \
-        shard_outputs(fasta, tmp_path, "fa-shards")
+    from_fastq = shard_outputs(fastq, tmp_path, "fq-shards")
+    from_fasta = shard_outputs(fasta, tmp_path, "fa-shards")
+    assert from_fasta["stats"]["format"] == "fasta"
+    assert from_fastq == {**from_fasta, "stats": {**from_fasta["stats"], "format": "fastq"}}
     assert len(read_fasta(tmp_path / "fa" / "protein.faa")) > 100  # frames were compared
 
 
@@ -161,7 +163,8 @@ def test_paired_files_give_the_results_of_the_interleaved_mates(tmp_path, naming
         flat_outputs(tmp_path / "mates.fa", tmp_path, "fa")
     paired = shard_outputs([r1, r2], tmp_path, "paired-shards")
     single = shard_outputs(tmp_path / "mates.fa", tmp_path, "fa-shards")
-    assert paired["stats"] == {**single["stats"], "paired": True}
+    assert paired["stats"] == {**single["stats"], "paired": True, "format": "fastq",
+                               "format2": "fastq"}
     assert {k: v for k, v in paired.items() if k != "stats"} == \
         {k: v for k, v in single.items() if k != "stats"}
     reads = [row.split("\t") for row in paired["reads.tsv"].decode().splitlines()[1:]]
@@ -247,32 +250,3 @@ def test_cli_prepares_paired_files(tmp_path):
     write_flat(tmp_path / "mates.fa", 300, tmp_path / "fa")
     for name in FLAT_FILES:
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "fa" / name).read_bytes()
-
-
-# --------------------------------------------------------------------------- original records
-
-def test_original_reads_keep_headers_and_sequences_in_prepare_order(tmp_path):
-    fasta = tmp_path / "in.fa"
-    fasta.write_bytes(b">r1 first read\r\nACGT\r\nAC\r\n>r2\tdesc\r\nGGGG\r\n>  r3  x\r\nTTA\r\n")
-    write_shards(fasta, 300, 10, tmp_path / "prep")
-    reads = list(original_reads(fasta))
-    assert [(r.read_index, r.read_id, r.header, r.sequence) for r in reads] == [
-        (0, b"r1", b"r1 first read", b"ACGTAC"), (1, b"r2", b"r2\tdesc", b"GGGG"),
-        (2, b"r3", b"  r3  x", b"TTA")]
-    rows = [line.split("\t")
-            for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
-    assert [(int(r[0]), r[1].encode()) for r in rows] == [(r.read_index, r.read_id) for r in reads]
-
-
-def test_original_reads_of_paired_fastq_are_the_interleaved_mates(tmp_path):
-    one, two = mates(30)
-    r1, r2 = write_pair(tmp_path, named(one, "{id} 1:N:0:ACGT"), named(two, "{id} 2:N:0:ACGT"))
-    write_shards([r1, r2], 300, 10, tmp_path / "prep")
-    reads = list(original_reads([r1, r2]))
-    expected_headers = [f"{h} {m}:N:0:ACGT" for (h, _) in one for m in (1, 2)]
-    assert [r.header.decode() for r in reads] == expected_headers
-    assert [r.sequence.decode() for r in reads] == [s for pair in zip(one, two) for _, s in pair]
-    rows = [line.split("\t")
-            for line in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
-    assert [(int(r[0]), r[1]) for r in rows] == [(r.read_index, r.read_id.decode()) for r in reads]
-    assert [r.read_id for r in reads[:2]] == [b"pair0/1", b"pair0/2"]

@@ -1,20 +1,25 @@
-"""The decision rule (default and virus_threshold), pair calls, virus_reads.fa.gz,
+"""The decision rule (default and virus_threshold), pair calls, the virus reads files,
 samples_summary.tsv, demo-model detection and the report pages, on known inputs."""
 
 import gzip
 import json
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import fastq_text
 from test_classify import write_reads, write_scores
 from virnucpro.calls import LENGTH_SAMPLE, TOP_READS, Evidence, ScoreDistributions, chunk_is_virus
 from virnucpro.classify import aggregate
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, UsageError
+from virnucpro.layout import FASTA, FASTQ
+from virnucpro.prepare import write_shards
 from virnucpro.provenance import write_provenance
 from virnucpro.report import write_overview, write_sample_report
-from virnucpro.results import SAMPLES_SUMMARY_COLUMNS, write_samples_summary, write_virus_reads
+from virnucpro.results import (SAMPLES_SUMMARY_COLUMNS, virus_reads_format,
+                               write_samples_summary, write_virus_reads)
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -146,7 +151,7 @@ def test_distributions_stay_bounded_and_list_the_top_reads_by_score_then_input_o
     assert len(data["top_reads"]) == TOP_READS
 
 
-# --------------------------------------------------------------------------- virus_reads.fa.gz
+# --------------------------------------------------------------------------- virus reads
 
 def summary_with_calls(path: Path, calls: list[tuple[str, str]]) -> Path:
     path.write_text("read_id\tlength\tchunks\tframes\tbest_virus_score\tread_score\tvirus_chunks"
@@ -154,28 +159,111 @@ def summary_with_calls(path: Path, calls: list[tuple[str, str]]) -> Path:
     return path
 
 
+def fastq_records(text: bytes) -> list[bytes]:
+    """Each 4-line record of a FASTQ text, as in the text (LF line ends)."""
+    lines = text.split(b"\n")
+    return [b"\n".join(lines[i:i + 4]) + b"\n" for i in range(0, len(lines) - 1, 4)]
+
+
 def test_virus_reads_of_a_single_fasta_keep_headers_and_order(tmp_path):
     fasta = tmp_path / "in.fa"
-    fasta.write_bytes(b">r1 first read\nACGT\nAC\n>r2\tdesc\nGGGG\n>r3 third\nTTA\n")
-    summary = summary_with_calls(tmp_path / "summary.tsv", [("r1", "virus"), ("r2", "non-virus"),
-                                                            ("r3", "virus")])
+    fasta.write_bytes(b">r1 first read\r\nACGT\r\nAC\r\n>r2\tdesc\r\nGGGG\r\n>  r3  x\r\nTTA\r\n"
+                      b">r4\nCC\n")
+    summary = summary_with_calls(tmp_path / "summary.tsv", [
+        ("r1", "virus"), ("r2", "non-virus"), ("r3", "virus"), ("r4", "no_coding_frame")])
     assert write_virus_reads(fasta, summary, tmp_path / "v.fa.gz") == 2
     assert gzip.decompress((tmp_path / "v.fa.gz").read_bytes()) == \
-        b">r1 first read\nACGTAC\n>r3 third\nTTA\n"
+        b">r1 first read\nACGTAC\n>  r3  x\nTTA\n"
 
 
-def test_virus_reads_of_paired_fastq_are_each_mate_as_a_fasta_record(tmp_path):
-    (tmp_path / "R1.fq").write_text("@p1 1:N:0:AC\nACGT\n+\nIIII\n@p2 1:N:0:AC\nGGGA\n+\nIIII\n")
-    (tmp_path / "R2.fq").write_text("@p1 2:N:0:AC\nTTTT\n+\nIIII\n@p2 2:N:0:AC\nCCCA\n+\nIIII\n")
+def many_fastq_records(n: int, seed: int, mate: str = "") -> list[tuple[str, str]]:
+    """Reads of 1-400 bp with descriptions: enough of them (n = 20,000: 8 MB of FASTQ) that
+    the file is read in several blocks."""
+    rng = random.Random(seed)
+    return [(f"read{i} {mate}sample read {i}", "".join(rng.choices("ACGTN", k=rng.randint(1, 400))))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("variant", ["plain", "CRLF, '+' repeats the title, gzip"])
+def test_virus_reads_of_single_fastq_are_the_records_as_in_the_input(tmp_path, variant):
+    records = many_fastq_records(20_000, seed=1)
+    text = fastq_text(records, plus=variant != "plain").encode()  # qualities start with @, +
+    path = tmp_path / "reads.fq"
+    if variant == "plain":
+        path.write_bytes(text)
+    else:
+        path.write_bytes(gzip.compress(text.replace(b"\n", b"\r\n")))
+    rng = random.Random(2)
+    calls = [rng.choice(["virus", "non-virus", "no_coding_frame"]) for _ in records]
     summary = summary_with_calls(tmp_path / "summary.tsv", [
-        ("p1/1", "no_coding_frame"), ("p1/2", "virus"), ("p2/1", "virus"), ("p2/2", "virus")])
-    out = tmp_path / "v.fa.gz"
-    assert write_virus_reads([tmp_path / "R1.fq", tmp_path / "R2.fq"], summary, out) == 3
-    assert gzip.decompress(out.read_bytes()) == \
-        b">p1 2:N:0:AC\nTTTT\n>p2 1:N:0:AC\nGGGA\n>p2 2:N:0:AC\nCCCA\n"
+        (header.split()[0], call) for (header, _), call in zip(records, calls)])
+    out = tmp_path / "virus_reads.fq.gz"
+    assert write_virus_reads(path, summary, out) == calls.count("virus")
+    assert gzip.decompress(out.read_bytes()) == b"".join(
+        record for record, call in zip(fastq_records(text), calls) if call == "virus")
+    assert out.read_bytes()[4:8] == b"\0\0\0\0"  # no time in the gzip header
 
 
-def test_a_summary_of_other_reads_is_refused(tmp_path):
+def test_virus_pairs_hold_both_mates_of_every_virus_pair(tmp_path):
+    """The known pair calls (paired_sample: p1 and p5 virus, p1 with one mate virus only,
+    p2-p4 not) through aggregate's real pairs.tsv: both mates of p1 and p5, R1's records in
+    the R1 file and R2's in the R2 file, as in the input."""
+    reads, scores = paired_sample(tmp_path)
+    aggregate(reads, scores, tmp_path, paired=True)
+    lengths = [int(row[2]) for row in rows(reads)[1:]]
+    rng = random.Random(3)
+    texts = [fastq_text([(f"p{k + 1} {mate}:N:0:ACGT", "".join(
+                 rng.choices("ACGT", k=lengths[2 * k + mate - 1]))) for k in range(5)],
+                 rng).encode() for mate in (1, 2)]
+    files = [tmp_path / "R1.fq", tmp_path / "R2.fq"]
+    for path, text in zip(files, texts):
+        path.write_bytes(text)
+    outs = [tmp_path / "virus_R1.fq.gz", tmp_path / "virus_R2.fq.gz"]
+    assert write_virus_reads(files, tmp_path / "pairs.tsv", outs) == 4
+    for out, text in zip(outs, texts):
+        records = fastq_records(text)
+        assert gzip.decompress(out.read_bytes()) == records[0] + records[4]
+
+
+def test_virus_pairs_of_many_reads_pair_record_by_record(tmp_path):
+    """R1 and R2 of different lengths, so their blocks never line up; IDs with /1 and /2."""
+    one, two = many_fastq_records(20_000, 4), many_fastq_records(20_000, 5)
+    one = [(f"{h.split()[0]}/1 x", s) for h, s in one]
+    two = [(f"{h.split()[0]}/2", s[:30]) for h, s in two]
+    texts = [fastq_text(one).encode(), fastq_text(two).encode()]
+    files = [tmp_path / "R1.fq", tmp_path / "R2.fq"]
+    for path, text in zip(files, texts):
+        path.write_bytes(text)
+    rng = random.Random(6)
+    calls = [rng.choice(["virus", "non-virus"]) for _ in one]
+    (tmp_path / "pairs.tsv").write_text("pair_id\tcall\n" + "".join(
+        f"{h.split('/')[0]}\t{c}\n" for (h, _), c in zip(one, calls)))
+    outs = [tmp_path / "virus_R1.fq.gz", tmp_path / "virus_R2.fq.gz"]
+    assert write_virus_reads(files, tmp_path / "pairs.tsv", outs) == 2 * calls.count("virus")
+    for out, text in zip(outs, texts):
+        assert gzip.decompress(out.read_bytes()) == b"".join(
+            record for record, call in zip(fastq_records(text), calls) if call == "virus")
+
+
+def test_virus_pairs_of_fasta_or_mixed_files_are_fasta(tmp_path):
+    (tmp_path / "R1.fa").write_text(">p1 1:N:0\nACGT\nTT\n>p2 1:N:0\nGGGA\n")
+    (tmp_path / "R2.fa").write_text(">p1 2:N:0\nTTTT\n>p2 2:N:0\nCCCA\n")
+    (tmp_path / "R2.fq").write_text("@p1 2:N:0\nTTTT\n+\nIIII\n@p2 2:N:0\nCCCA\n+\nIIII\n")
+    (tmp_path / "pairs.tsv").write_text("pair_id\tcall\np1\tnon-virus\np2\tvirus\n")
+    for r2 in ("R2.fa", "R2.fq"):
+        files = [tmp_path / "R1.fa", tmp_path / r2]
+        outs = [tmp_path / "virus_R1.fa.gz", tmp_path / "virus_R2.fa.gz"]
+        assert virus_reads_format(files, tmp_path / "prepare") == FASTA
+        assert write_virus_reads(files, tmp_path / "pairs.tsv", outs) == 2
+        assert [gzip.decompress(out.read_bytes()) for out in outs] == \
+            [b">p2 1:N:0\nGGGA\n", b">p2 2:N:0\nCCCA\n"]
+        with pytest.raises(UsageError, match="are FASTA, so their virus reads file's name must "
+                                             "end in .fa.gz"):
+            write_virus_reads(files, tmp_path / "pairs.tsv", [outs[0], tmp_path / "R2.fq.gz"])
+        assert not (tmp_path / "R2.fq.gz").exists()
+
+
+def test_calls_of_other_reads_are_refused(tmp_path):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">r1\nACGT\n>r2\nGGGG\n")
     for calls, message in (([("r1", "virus"), ("x", "virus")], "row 2 is not read 'r2'"),
@@ -183,9 +271,39 @@ def test_a_summary_of_other_reads_is_refused(tmp_path):
                            ([("r1", "virus"), ("r2", "virus"), ("r3", "virus")],
                             "has more rows than the sample has reads")):
         summary = summary_with_calls(tmp_path / "summary.tsv", calls)
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(InputError, match=f"summary.tsv: {message}; summary.tsv does not "
+                                             "belong to these reads"):
             write_virus_reads(fasta, summary, tmp_path / "v.fa.gz")
         assert not (tmp_path / "v.fa.gz").exists()
+    (tmp_path / "R2.fa").write_text(">r1/2\nACGT\n>r2/2\nGGGG\n")
+    for text, message in (("pair_id\tcall\nr1\tvirus\nr3\tvirus\n", "row 2 is not pair 'r2'"),
+                          ("pair_id\tcall\nr1\tvirus\nr2\tvirus\nr3\tvirus\n",
+                           "has more rows than the sample has pairs")):
+        (tmp_path / "pairs.tsv").write_text(text)
+        outs = [tmp_path / "virus_R1.fa.gz", tmp_path / "virus_R2.fa.gz"]
+        with pytest.raises(InputError, match=f"pairs.tsv: {message}; pairs.tsv does not"):
+            write_virus_reads([fasta, tmp_path / "R2.fa"], tmp_path / "pairs.tsv", outs)
+        assert not any(out.exists() for out in outs)
+
+
+def test_the_virus_reads_format_from_the_reads_or_from_prepare(tmp_path):
+    """From the reads' first bytes (gzip or not, blank lines before); once they are gone,
+    from stats.json; FASTA when neither tells."""
+    fastq = tmp_path / "r.fq.gz"
+    fastq.write_bytes(gzip.compress(b"\n\r\n" * 10_000 + b"@r1\nACGT\n+\nIIII\n"))
+    (tmp_path / "r.fa").write_text(">r1\nACGT\n")
+    prepared = tmp_path / "prepare"
+    assert virus_reads_format([fastq], prepared) == FASTQ
+    assert virus_reads_format([fastq, fastq], prepared) == FASTQ
+    assert virus_reads_format([tmp_path / "r.fa"], prepared) == FASTA
+    shutil.copy(fastq, tmp_path / "r2.fq.gz")
+    write_shards([fastq, tmp_path / "r2.fq.gz"], 300, 10, prepared)
+    assert json.loads((prepared / "stats.json").read_text())["format2"] == FASTQ
+    gone = [tmp_path / "gone_R1.fq", tmp_path / "gone_R2.fq"]
+    assert virus_reads_format(gone, prepared) == FASTQ
+    assert virus_reads_format(gone, tmp_path / "not-prepared") == FASTA
+    (prepared / "stats.json").write_text("{}")  # prepared before the format was recorded
+    assert virus_reads_format(gone, prepared) == FASTA
 
 
 # --------------------------------------------------------------------------- samples_summary.tsv
@@ -283,10 +401,15 @@ def test_pages_show_banner_provenance_plots_and_top_reads(tmp_path, demo_models)
     hashes = [d for m in provenance["models"].values() for d in m["files"].values()]
     for sample, directory in (("single", single), ("paired", paired)):
         plots = {name: directory / f"{name}.svg" for name in ("calls", "scores", "length")}
+        virus_reads = {"single": ["virus_reads.fa.gz"],
+                       "paired": ["virus_R1.fq.gz", "virus_R2.fq.gz"]}[sample]
         write_sample_report(sample, directory / "counts.json", tmp_path / "provenance.json",
                             [f"{sample}.fa"], directory / "report.html", plots,
-                            directory / "top_reads.tsv")
+                            directory / "top_reads.tsv", virus_reads)
         page = (directory / "report.html").read_text()
+        assert ("the reads called virus: <code>virus_reads.fa.gz</code>." if sample == "single"
+                else "both mates of the pairs called virus: <code>virus_R1.fq.gz</code> and "
+                "<code>virus_R2.fq.gz</code>.") in page
         assert "Demo models: these results mean nothing." in page
         assert all(digest in page for digest in hashes)
         assert "VirNucPro version</td><td>0.1.0" in page and f"{sample}.fa" in page

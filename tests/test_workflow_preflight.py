@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.models.published import ADDRESSES
+from conftest import fastq_text, read_fasta
 from workflow_helpers import DEMO_MODELS, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -228,14 +229,17 @@ def test_the_dry_run_says_what_it_cannot_list_before_prepare(tmp_path):
 
 def test_a_real_run_says_nothing_of_unprepared_samples(tmp_path):
     orf_reads(tmp_path / "a.fa", 20)
-    config = write_config(tmp_path / "c.yaml", samples={"a": "a.fa"}, outdir="out",
+    (tmp_path / "a.fq").write_text(fastq_text(read_fasta(tmp_path / "a.fa")))
+    config = write_config(tmp_path / "c.yaml", samples={"a": "a.fq"}, outdir="out",
                           models=DEMO_MODELS, embed={"device": "cpu"})
     proc = snakemake(tmp_path, "--configfile", config)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert lines(proc.stdout, "sample") == []
     assert (tmp_path / "out" / "a" / "summary.tsv").exists()
-    # Reads deleted once the sample is prepared are no longer needed: nothing to do.
-    (tmp_path / "a.fa").unlink()
+    assert [p.name for p in (tmp_path / "out" / "a").glob("virus*")] == ["virus_reads.fq.gz"]
+    # Reads deleted once the sample is prepared are no longer needed: nothing to do (the
+    # virus reads are named by the format prepare recorded).
+    (tmp_path / "a.fq").unlink()
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
 

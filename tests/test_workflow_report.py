@@ -44,6 +44,21 @@ def call_counts(rows: list[dict[str, str]]) -> dict[str, str]:
             "percent_virus": f"{100 * virus / (virus + non):.2f}"}
 
 
+def virus_pairs_are_the_input_records(out: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """virus_R1.fq.gz and virus_R2.fq.gz of the paired sample 'pe' hold the records of R1
+    and R2 (byte for byte) of the pairs that pairs.tsv calls virus; returns the pair calls
+    and the mates' calls (summary.tsv)."""
+    pair_calls = [row["call"] for row in table(out / "pe" / "pairs.tsv")]
+    mates = table(out / "pe" / "summary.tsv")
+    for mate, path in enumerate(PAIRED, 1):
+        lines = path.read_bytes().splitlines(keepends=True)
+        records = [b"".join(lines[i:i + 4]) for i in range(0, len(lines), 4)]
+        assert len(records) == len(pair_calls)
+        assert gzip.decompress((out / "pe" / f"virus_R{mate}.fq.gz").read_bytes()) == \
+            b"".join(r for r, c in zip(records, pair_calls) if c == "virus")
+    return pair_calls, [(a["call"], b["call"]) for a, b in zip(mates[::2], mates[1::2])]
+
+
 def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     config = write_config(tmp_path / "c.yaml", outdir="out", shard_size=1000, models=DEMO_MODELS,
                           embed={"device": "cpu"},
@@ -55,14 +70,22 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
               "pe": [mate for pair in zip(*map(fastq_records, PAIRED)) for mate in pair]}
     summaries = {sample: table(out / sample / "summary.tsv") for sample in inputs}
 
-    # virus_reads.fa.gz: exactly the records called virus, original headers, input order.
-    for sample, records in inputs.items():
-        calls = [row["call"] for row in summaries[sample]]
-        assert len(calls) == len(records) and "virus" in calls and set(calls) != {"virus"}
-        expected = "".join(f">{h}\n{s}\n" for (h, s), c in zip(records, calls) if c == "virus")
-        assert gzip.decompress(
-            (out / sample / "virus_reads.fa.gz").read_bytes()).decode() == expected
-    assert ">demo_pe_002 2:N:0:ACGTAC simulated mate\n" in expected  # an R2 header as given
+    # virus_reads.fa.gz (FASTA): exactly the records called virus, original headers, input
+    # order.
+    calls = [row["call"] for row in summaries["single"]]
+    assert len(calls) == len(inputs["single"]) and "virus" in calls and set(calls) != {"virus"}
+    expected = "".join(f">{h}\n{s}\n" for (h, s), c in zip(inputs["single"], calls)
+                       if c == "virus")
+    assert gzip.decompress((out / "single" / "virus_reads.fa.gz").read_bytes()).decode() == \
+        expected
+    # Paired FASTQ: virus_R1.fq.gz and virus_R2.fq.gz hold both mates of every pair called
+    # virus (here every pair, one with a mate without a frame), each record byte for byte as in
+    # its file, in input order.
+    pair_calls, mate_calls = virus_pairs_are_the_input_records(out)
+    assert set(pair_calls) == {"virus"} and ("virus", "no_coding_frame") in mate_calls
+    assert sorted(p.relative_to(out).as_posix() for sample in inputs
+                  for p in (out / sample).glob("virus*")) == \
+        ["pe/virus_R1.fq.gz", "pe/virus_R2.fq.gz", "single/virus_reads.fa.gz"]
 
     # samples_summary.tsv agrees with every sample's summary.tsv (and pairs.tsv).
     overview = {row["sample"]: row for row in table(out / "samples_summary.tsv")}
@@ -120,13 +143,23 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     for sample in inputs:
         # The page's caption names where its per-read tables are (a literal of its own).
         assert f">out/{sample}/<" in index
-    for sample, files in {"single": ["summary.tsv"], "pe": ["summary.tsv", "pairs.tsv"]}.items():
+    for sample, files in {"single": ["summary.tsv", "virus_reads.fa.gz"],
+                          "pe": ["summary.tsv", "pairs.tsv", "virus_R1.fq.gz",
+                                 "virus_R2.fq.gz"]}.items():
         page = (out / sample / "report.html").read_text()
-        for name in [*files, "virus_reads.fa.gz", "prediction_results.txt",
-                     "prediction_results_highestscore.csv"]:
+        for name in [*files, "prediction_results.txt", "prediction_results_highestscore.csv"]:
             assert f'<a href="{name}"><code>{name}</code></a>' in page and \
                 f"<code>{sample}/{name}</code>" in page  # a link that works beside it, a path
     assert "pairs.tsv" not in (out / "single" / "report.html").read_text()
+    # The virus reads are not in the report; the captions of the sample pages name them.
+    assert not any("virus_" in name for name in archive.namelist())
+    html = archive.read("report/report.html").decode()
+    assert "Both mates of every pair called virus, each record as in the input, are in" in html
+    assert "The reads called virus, each record as in the input, are in" in html
+    for name in ("virus_R1.fq.gz</tt> (R1) and", "virus_R2.fq.gz</tt> (R2), in the",
+                 "virus_reads.fa.gz</tt>, in the"):
+        assert f'<tt class=\\"docutils literal\\">{name}' in html, name
+    assert "System Message" not in html  # every caption is valid reStructuredText
 
     # Only virus_threshold changes: calls change, the original's tables do not, nothing is
     # embedded again.
@@ -154,5 +187,10 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     assert gzip.decompress(
         (out / "single" / "virus_reads.fa.gz").read_bytes()).count(b">") == called
     assert table(out / "samples_summary.tsv")[1]["virus"] == str(called)
+    assert jobs["virus_reads"] == 1 and jobs["virus_pairs_fastq"] == 1
+    pair_calls, mate_calls = virus_pairs_are_the_input_records(out)
+    assert set(pair_calls) == {"virus", "non-virus"}
+    # Pairs called virus with a mate called non-virus: both mates are there.
+    assert any(c == "virus" and "non-virus" in m for c, m in zip(pair_calls, mate_calls))
     assert f"threshold {threshold:g} (virus_threshold)" in \
         (out / "single" / "report.html").read_text()

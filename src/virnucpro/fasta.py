@@ -19,6 +19,7 @@ told from quality lines without guessing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -32,6 +33,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from virnucpro.errors import InputError, MissingInputError
+from virnucpro.layout import FASTA, FASTQ
 from virnucpro.textblock import gather_in_slots, gather_spans, ramp, table, translate
 
 #: IUPAC nucleotide codes (and U), either case. Anything else is rejected.
@@ -93,6 +95,14 @@ class FastaBlock:
 
     def sequence(self, i: int) -> bytes:
         return self.data[self.starts[i]: self.starts[i] + self.lengths[i]].tobytes()
+
+    def record_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each record lies in `text` (start, length): from its '>' or '@' to the next
+        record's, so a FASTQ record is its four lines as in the file (carriage returns were
+        dropped when it was read), to write it back out as it came. Only for a block as
+        read: after take(), the last row would reach to the end of the text."""
+        start = self.header_start - 1
+        return start, np.append(start[1:], len(self.text)) - start
 
     def take(self, first: int, stop: int) -> FastaBlock:
         """Records first..stop-1 (views of the same buffers): pairing aligns two files
@@ -201,15 +211,26 @@ class ReadsReader:
         return self._error("contains no records (only blank lines)",
                            "give a FASTA or FASTQ file with at least one record")
 
-    def __iter__(self) -> Iterator[FastaBlock]:
-        self._piece_bytes = self.block_bytes
-        pieces = self._pieces()
+    def _first_text(self, pieces: Iterator[bytes]) -> bytes:
+        """The first piece with text in it, without the blank lines before the text."""
         for first in pieces:
             first = self._records_start(first)
             if first:
-                break
-        else:
-            raise self._only_blank_lines()
+                return first
+        raise self._only_blank_lines()
+
+    def file_format(self) -> str:
+        """FASTA or FASTQ, told as reading the file tells it (its first non-blank byte), from
+        the first few KB: the workflow names a sample's outputs by it when it plans the run.
+        Raises as reading would for a file that is neither (or empty, or only blank lines)."""
+        self._piece_bytes = _HEAD_STEP
+        with contextlib.closing(self._pieces()) as pieces:
+            return FASTQ if self._is_fastq(self._first_text(pieces)) else FASTA
+
+    def __iter__(self) -> Iterator[FastaBlock]:
+        self._piece_bytes = self.block_bytes
+        pieces = self._pieces()
+        first = self._first_text(pieces)
         if self._is_fastq(first):
             # A quality byte per base: reading twice as much gives blocks of as many reads
             # as FASTA's, so the per-block costs downstream stay the same.

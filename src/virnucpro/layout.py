@@ -7,7 +7,8 @@ One module owns it, so the rules, the scripts, the CLI and the stages cannot dri
   reads.tsv, stats.json and shards/, where each shard NAME has NAME.fna (nucleotides),
   NAME.faa (proteins), NAME.index.tsv (frame -> chunk -> read) and NAME.done;
 - a *sample directory* (the workflow's `{outdir}/{sample}`): prepare/, features/ (kept
-  feature files), scores/ (per-shard scores) and the sample's aggregated results.
+  feature files), scores/ (per-shard scores) and the sample's aggregated results, among
+  them its virus reads, named by the sample's layout and format (`virus_reads_names`).
 
 Two conventions hold for every result: it is trusted once its `.done` sentinel exists
 (`sentinel`), written after it; an unfinished one keeps its intra-shard checkpoints in
@@ -38,6 +39,14 @@ SHARD_PREFIX = "shard_"
 # A prepared shard's files, by what they hold (the `.done` is written after all three).
 SHARD_SUFFIXES = {"nucleotide": ".fna", "protein": ".faa", "index": ".index.tsv"}
 
+# A reads file's format, as prepare records it (stats.json) and the virus reads are named by.
+FASTA, FASTQ = "fasta", "fastq"
+# The reads called virus, as delivered: a single-read sample's in one file, a paired sample's
+# both mates of the pairs called virus in two (R1, R2); gzip FASTQ or FASTA as the input.
+VIRUS_READS = "virus_reads"
+VIRUS_MATES = ("virus_R1", "virus_R2")
+GZIP_SUFFIXES = {FASTA: ".fa.gz", FASTQ: ".fq.gz"}
+
 SHARD_PATTERN = f"{{sample}}/{PREPARE}/{SHARDS}/{{shard}}"  # + a suffix
 FEATURES_PATTERN = f"{{sample}}/{FEATURES}/{{shard}}.pt"
 SCORES_PATTERN = f"{{sample}}/{SCORES}/{{shard}}.tsv"
@@ -45,6 +54,12 @@ SCORES_PATTERN = f"{{sample}}/{SCORES}/{{shard}}.tsv"
 
 def shard_name(index: int) -> str:
     return f"{SHARD_PREFIX}{index:06d}"
+
+
+def virus_reads_names(paired: bool, file_format: str) -> list[str]:
+    """The names of a sample's virus reads files (one; paired: R1's and R2's) in a format."""
+    stems = VIRUS_MATES if paired else (VIRUS_READS,)
+    return [stem + GZIP_SUFFIXES[file_format] for stem in stems]
 
 
 def sentinel(result: str | os.PathLike) -> Path:

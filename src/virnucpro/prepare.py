@@ -138,6 +138,10 @@ class PrepareStats:
     chunk_size: int
     input2: str | None = None  # paired reads: R2
     paired: bool = False
+    # FASTA or FASTQ (virnucpro.layout), of input and input2: what names the virus reads
+    # files of a sample whose reads are gone (virnucpro.results.virus_reads_format).
+    format: str | None = None
+    format2: str | None = None
     reads: int = 0
     bases: int = 0
     chunks: int = 0
@@ -159,8 +163,10 @@ class PrepareStats:
 
     @classmethod
     def of(cls, source: ReadSource, chunk_size: int, **settings: bool) -> PrepareStats:
-        """Empty counts for preparing `source`, which they name."""
+        """Empty counts for preparing `source`, which they name (files and formats)."""
+        formats = [reader.file_format() for reader in source.readers]
         return cls(source.paths[0], chunk_size, *source.paths[1:], paired=source.paired,
+                   format=formats[0], format2=formats[1] if source.paired else None,
                    **settings)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Union
+from typing import Union
 
 import numpy as np
 
@@ -191,22 +191,3 @@ class DuplicateIdCheck:
                                      f"#{first_seen[rid]})", "record IDs must be unique within "
                                      "a sample; rename one of them", display(rid), number)
                 first_seen[rid] = number
-
-
-class OriginalRead(NamedTuple):
-    read_index: int  # as prepare numbers the reads (reads.tsv, the shard indexes)
-    read_id: bytes  # the ID prepare uses: the record ID, or a mate's ID/1, ID/2
-    header: bytes  # the header line as in the file, without '>' or '@' (description kept)
-    sequence: bytes  # as in the file (FASTA lines joined)
-
-
-def original_reads(reads: Reads) -> Iterator[OriginalRead]:
-    """Every input read with its original header and sequence, in prepare's order and with
-    prepare's read_index (paired: the mates interleaved), for writing selected input
-    records back out as they came. The input is validated as it streams, as prepare does;
-    duplicate IDs are not looked for (prepare has refused them)."""
-    index = 0
-    for block in ReadSource(reads).blocks():
-        for i in range(len(block)):
-            yield OriginalRead(index + i, block.record_id(i), block.header(i), block.sequence(i))
-        index += len(block)

@@ -237,7 +237,7 @@ def _line_caveat(threshold: float | None) -> str:
     return caveat
 
 
-def _result_files(sample: str, counts: Mapping[str, Any]) -> str:
+def _result_files(sample: str, counts: Mapping[str, Any], virus_reads: Sequence[str]) -> str:
     """Where the sample's tables with a row per read (pair, chunk, frame) are. They are not on
     this page or in the Snakemake report, whose size would then grow with the reads: they lie
     beside this page, so the links work where the page lies, and each is named by its path
@@ -249,9 +249,13 @@ def _result_files(sample: str, counts: Mapping[str, Any]) -> str:
     if counts["paired"]:
         files.append(("pairs.tsv", f"one row per pair ({_count(counts['pairs']['pairs'])}): "
                       "both mates' calls and the pair's"))
-    files += [("virus_reads.fa.gz", f"the {_count(counts[VIRUS])} {unit}s called virus, as "
-               "input records"),
-              ("prediction_results.txt", f"the original's per-frame table "
+    if counts["paired"]:
+        files += [(name, f"mate {mate} of the {_count(counts['pairs'][VIRUS])} pairs called "
+                   "virus, records as in the input") for mate, name in enumerate(virus_reads, 1)]
+    else:
+        files += [(virus_reads[0], f"the {_count(counts[VIRUS])} reads called virus, records as "
+                   "in the input")]
+    files += [("prediction_results.txt", f"the original's per-frame table "
                f"({_count(counts['frames'])} stop-free frames)"),
               ("prediction_results_highestscore.csv", "the original's per-chunk table")]
     rows = [(f'<a href="{_e(name)}"><code>{_e(name)}</code></a>',
@@ -266,9 +270,10 @@ def _result_files(sample: str, counts: Mapping[str, Any]) -> str:
 def write_sample_report(sample: str, counts_json: str | os.PathLike,
                         provenance_json: str | os.PathLike, reads: Sequence[str],
                         out: str | os.PathLike, plots: Mapping[str, str | os.PathLike],
-                        top_reads: str | os.PathLike) -> None:
+                        top_reads: str | os.PathLike, virus_reads: Sequence[str]) -> None:
     """The sample's page `out`, its plots (`plots`: calls, scores, length -> SVG paths) and
-    its top-scoring reads (`top_reads`, TSV: TOP_READS_COLUMNS)."""
+    its top-scoring reads (`top_reads`, TSV: TOP_READS_COLUMNS); the page names the files
+    beside it, among them `virus_reads` (the names of the sample's virus reads files)."""
     counts, provenance = _read_json(counts_json), _read_json(provenance_json)
     threshold = counts["virus_threshold"]
     groups = _groups(counts)
@@ -305,7 +310,7 @@ def write_sample_report(sample: str, counts_json: str | os.PathLike,
                       "one are not shown.")
             + f"<h2>Top {len(top)} reads by best P(virus)</h2>"
             + (_top_reads_table(top) if top else "<p>No read has a stop-free frame.</p>")
-            + _result_files(sample, counts) + _rules(threshold)
+            + _result_files(sample, counts, virus_reads) + _rules(threshold)
             + _provenance(provenance, {sample: list(reads)}))
     page = _page(f"VirNucPro: sample {sample}",
                  f"{unit}. Run of {_date(provenance)}, VirNucPro "

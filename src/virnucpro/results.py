@@ -1,57 +1,146 @@
-"""Result files made from the per-sample results: a sample's input records called virus
-(virus_reads.fa.gz) and the run's table of counts, one row per sample (samples_summary.tsv)."""
+"""Result files made from the per-sample results: a sample's input records called virus, as
+the sequencer gave them (virus_reads.fq.gz or .fa.gz; paired: virus_R1 and virus_R2, both
+mates of every pair called virus), and the run's table of counts, one row per sample
+(samples_summary.tsv)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
+
+from virnucpro import layout
 from virnucpro.atomic import atomic_open
 from virnucpro.calls import CALLS, VIRUS, percent_virus
-from virnucpro.errors import InputError
-from virnucpro.reads import Reads, original_reads
+from virnucpro.errors import InputError, UsageError, VirNucProError
+from virnucpro.fasta import FastaBlock, ReadsReader, display
+from virnucpro.layout import FASTA, FASTQ
+from virnucpro.reads import MATE_SUFFIXES, Reads
+from virnucpro.textblock import Field, Rows, const, gather_spans
 
-_WRITE_BYTES = 1 << 20  # records are gathered into blocks this big for the compressor
-STALE_HINT = "summary.tsv does not belong to these reads; delete the sample's results and rerun"
+# gzip level of the virus reads files: level 1 wrote 200,000 150-bp FASTQ reads 5.1x as fast
+# as level 6 (1.2 s against 6.1 s) for a file 8.5% larger (bench/virus_reads.py).
+GZIP_LEVEL = 1
+_VIRUS = VIRUS.encode()
+_GT, _NL = const(b">"), const(b"\n")
 
 
-def _summary_calls(summary_tsv: str | os.PathLike) -> Iterator[tuple[bytes, bytes]]:
-    """(read_id, call) per row of summary.tsv, streamed (bytes, as IDs are compared as read)."""
-    with open(summary_tsv, "rb") as handle:
+def virus_reads_format(reads: Sequence[str | os.PathLike],
+                       prepare_dir: str | os.PathLike) -> str:
+    """The format of a sample's virus reads files: FASTQ when each of its reads files is
+    FASTQ, else FASTA (the mates of a pair given as FASTQ and FASTA are both written as
+    FASTA, alike). Told from the files' first bytes, which the workflow reads when it plans
+    the run; for a prepared sample whose reads are gone, from what prepare recorded in
+    stats.json. A file that neither tells (unreadable, or not FASTA or FASTQ: pre-flight or
+    prepare says so) counts as FASTA, as prepare directories from before the format was
+    recorded had only FASTA virus reads."""
+    formats: list[str | None] = []
+    for path in reads:
+        try:
+            formats.append(ReadsReader(path).file_format())
+        except (VirNucProError, OSError):
+            formats.append(None)
+    if None in formats:
+        try:
+            stats = json.loads((Path(prepare_dir) / layout.STATS).read_text())
+        except (OSError, ValueError):
+            stats = {}
+        recorded = [stats.get("format"), stats.get("format2")]
+        formats = [told or kept for told, kept in zip(formats, recorded)]
+    return FASTQ if all(told == FASTQ for told in formats) else FASTA
+
+
+def _calls(calls_tsv: str | os.PathLike) -> Iterator[tuple[bytes, bytes]]:
+    """(ID, call) per row of summary.tsv or pairs.tsv (first and last column), streamed; bytes,
+    as IDs are compared as read."""
+    with open(calls_tsv, "rb") as handle:
         next(handle, None)
         for line in handle:
             fields = line.rstrip(b"\r\n").split(b"\t")
             yield fields[0], fields[-1]
 
 
-def write_virus_reads(reads: Reads, summary_tsv: str | os.PathLike,
-                      out: str | os.PathLike) -> int:
-    """Write the input records whose summary.tsv call is virus to `out` (gzip FASTA): each as
-    '>' + its original header line (description kept; FASTQ records too) and its sequence on
-    one line, in input order, the mates of paired reads each as a record. Streams the reads
-    and summary.tsv in step (both in prepare's order); returns the records written."""
-    calls = _summary_calls(summary_tsv)
-    written, block, pending = 0, [], 0
-    with atomic_open(out, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as handle:
-        for read in original_reads(reads):
-            row = next(calls, None)
-            if row is None or row[0] != read.read_id:
-                raise InputError(summary_tsv, f"row {read.read_index + 1} is not read "
-                                 f"'{read.read_id.decode(errors='replace')}'", STALE_HINT)
-            if row[1] == VIRUS.encode():
-                block.append(b">%s\n%s\n" % (read.header, read.sequence))
-                written, pending = written + 1, pending + len(block[-1])
-                if pending >= _WRITE_BYTES:
-                    handle.write(b"".join(block))
-                    block, pending = [], 0
-        handle.write(b"".join(block))
-        if next(calls, None) is not None:
-            raise InputError(summary_tsv, "has more rows than the sample has reads", STALE_HINT)
+def _stale(calls_tsv: str | os.PathLike, problem: str) -> InputError:
+    return InputError(calls_tsv, problem, f"{Path(calls_tsv).name} does not belong to these "
+                      "reads; delete the sample's results and rerun")
+
+
+def _records(block: FastaBlock, rows: np.ndarray, file_format: str) -> np.ndarray:
+    """The records `rows` of a block as a virus reads file holds them: FASTQ as in the file
+    (header, sequence, '+' line, qualities), FASTA as '>' + the header line and the sequence
+    on one line (a FASTQ record too, when its mate is FASTA)."""
+    if file_format == FASTQ:
+        start, length = block.record_spans()
+        return gather_spans(block.text, start[rows], length[rows])
+    header = Field(block.text, block.header_start[rows],
+                   block.header_end[rows] - block.header_start[rows])
+    sequence = Field(block.data, block.starts[rows], block.lengths[rows])
+    return Rows([_GT, header, _NL, sequence, _NL], len(rows)).buffer
+
+
+def _write_called(path: str | os.PathLike, mate_suffix: bytes, calls_tsv: str | os.PathLike,
+                  file_format: str, out: IO[bytes]) -> int:
+    """Write the records of one reads file whose row of `calls_tsv` (summary.tsv: a row per
+    read; pairs.tsv: a row per pair, named by the mates' ID without `mate_suffix`) calls
+    virus. The file and the table are read in step, block by block (both in input order),
+    so memory does not grow with the sample; every row must name its record."""
+    calls = _calls(calls_tsv)
+    unit = "pair" if mate_suffix else "read"
+    written = row = 0
+    for block in ReadsReader(path):
+        rows = list(islice(calls, len(block)))
+        expected = [rid[:-len(mate_suffix)] if mate_suffix and rid.endswith(mate_suffix) else rid
+                    for rid in block.ids]
+        named = [rid for rid, _ in rows]
+        if named != expected:
+            i = next(i for i, rid in enumerate(expected) if i >= len(named) or named[i] != rid)
+            raise _stale(calls_tsv, f"row {row + i + 1} is not {unit} '{display(expected[i])}'")
+        virus = np.flatnonzero([call == _VIRUS for _, call in rows])
+        out.write(_records(block, virus, file_format))
+        written, row = written + len(virus), row + len(block)
+    if next(calls, None) is not None:
+        raise _stale(calls_tsv, f"has more rows than the sample has {unit}s")
+    return written
+
+
+def write_virus_reads(reads: Reads, calls_tsv: str | os.PathLike,
+                      out: str | os.PathLike | Sequence[str | os.PathLike]) -> int:
+    """Write the sample's input records called virus, as delivered, in input order:
+    - one reads file: the records whose summary.tsv (`calls_tsv`) call is virus, to `out`;
+    - paired files (R1, R2): both mates of every pair whose pairs.tsv call is virus, R1's
+      records to out[0] and R2's to out[1], so the two files pair record by record.
+    gzip FASTQ, each record as in the input (its 4 lines; CRLF line ends become LF), when
+    every reads file is FASTQ (virus_reads_format), else gzip FASTA: '>' + the original
+    header line and the sequence on one line. Each output must carry its format's suffix
+    (.fq.gz, .fa.gz). Returns the records written (mates counted each)."""
+    paths = [reads] if isinstance(reads, (str, os.PathLike)) else list(reads)
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    if len(outs) != len(paths):
+        raise UsageError(f"{len(paths)} reads files need {len(paths)} virus reads files, "
+                         f"not {len(outs)}")
+    file_format = FASTQ if all(ReadsReader(p).file_format() == FASTQ for p in paths) else FASTA
+    suffix = layout.GZIP_SUFFIXES[file_format]
+    for path in outs:
+        if not os.fspath(path).endswith(suffix):
+            raise UsageError(f"{path}: the reads ({' and '.join(map(str, paths))}) are "
+                             f"{file_format.upper()}, so their virus reads file's name must end "
+                             f"in {suffix}")
+    suffixes = MATE_SUFFIXES if len(paths) == 2 else (b"",)
+    written = 0
+    with contextlib.ExitStack() as stack:
+        for path, mate_suffix, target in zip(paths, suffixes, outs):
+            raw = stack.enter_context(atomic_open(target, "wb"))
+            # No time in the gzip header: the same records give the same bytes.
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL,
+                               mtime=0) as handle:
+                written += _write_called(path, mate_suffix, calls_tsv, file_format, handle)
     return written
 
 

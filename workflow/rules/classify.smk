@@ -80,26 +80,56 @@ use rule aggregate as aggregate_pairs with:
         sample=sample_pattern(PAIRED_SAMPLES),
 
 
-# The input records called virus, with their original headers; not in the Snakemake report
-# (it grows with the reads): it sits beside summary.tsv.
+# The input records called virus as the sequencer gave them (virnucpro.results): one rule
+# per layout and format, as each names its files differently (virus_reads.fq.gz or .fa.gz;
+# paired: virus_R1 and virus_R2, both mates of the pairs called virus). Not in the Snakemake
+# report (they can be large): the caption of the sample's page names them.
 rule virus_reads:
     input:
         reads=sample_reads,
-        summary=f"{OUTDIR}/{{sample}}/summary.tsv",
+        calls=f"{OUTDIR}/{{sample}}/summary.tsv",
     output:
-        f"{OUTDIR}/{{sample}}/virus_reads.fa.gz",
+        virus_reads_patterns(False, FASTA),
     log:
         f"{OUTDIR}/logs/virus_reads/{{sample}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/virus_reads/{{sample}}.tsv"
+    wildcard_constraints:
+        sample=virus_reads_samples(False, FASTA),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
+        # The reads and the calls are streamed a block at a time: peaks of 59 MB at 100,000
+        # pairs and 66 MB at 400,000 (bench/virus_reads.py).
+        mem_mb=500,
         runtime=120,
     script:
         "../scripts/virus_reads.py"
+
+
+use rule virus_reads as virus_reads_fastq with:
+    output:
+        virus_reads_patterns(False, FASTQ),
+    wildcard_constraints:
+        sample=virus_reads_samples(False, FASTQ),
+
+
+use rule virus_reads as virus_pairs with:
+    input:
+        reads=sample_reads,
+        calls=f"{OUTDIR}/{{sample}}/pairs.tsv",
+    output:
+        virus_reads_patterns(True, FASTA),
+    wildcard_constraints:
+        sample=virus_reads_samples(True, FASTA),
+
+
+use rule virus_pairs as virus_pairs_fastq with:
+    output:
+        virus_reads_patterns(True, FASTQ),
+    wildcard_constraints:
+        sample=virus_reads_samples(True, FASTQ),
 
 
 rule samples_summary:

@@ -15,6 +15,8 @@ from virnucpro.config import check_config, check_config_files
 from virnucpro.runner import report_note, result_or_exit, share_package
 
 share_package(SRC)
+from virnucpro.layout import FASTA, FASTQ
+from virnucpro.results import virus_reads_format
 from virnucpro.samples import load_samples
 
 # The config: each problem on one line, naming its key (virnucpro.config; Snakemake's own
@@ -41,6 +43,12 @@ SAMPLES = sorted(SAMPLE_READS)
 # Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
 PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
 SINGLE_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 1]
+# The format of each sample's virus reads (FASTQ when all its reads files are), told from the
+# reads' first bytes as the run is planned, or from prepare's stats.json once they are gone:
+# it names the sample's virus reads files (virnucpro.results.virus_reads_format).
+VIRUS_READS_FORMAT = {
+    s: virus_reads_format(SAMPLE_READS[s], layout.prepare_dir(f"{OUTDIR}/{s}")) for s in SAMPLES
+}
 ENV = "../../envs/virnucpro.yaml"
 
 
@@ -117,6 +125,25 @@ def training_shards(pattern):
         for sample in TRAINING
         for shard in shard_names(sample)
     ]
+
+
+def virus_reads_files(sample):
+    """A sample's virus reads files: one, or R1's and R2's for paired reads."""
+    names = layout.virus_reads_names(sample in PAIRED_SAMPLES, VIRUS_READS_FORMAT[sample])
+    return [f"{OUTDIR}/{sample}/{name}" for name in names]
+
+
+def virus_reads_patterns(paired, file_format):
+    """The virus reads files of one layout and format, as output patterns (names differ)."""
+    names = layout.virus_reads_names(paired, file_format)
+    return [f"{OUTDIR}/{{sample}}/{name}" for name in names]
+
+
+def virus_reads_samples(paired, file_format):
+    """A wildcard constraint matching the samples of one layout whose virus reads are in
+    `file_format`."""
+    layout_samples = PAIRED_SAMPLES if paired else SINGLE_SAMPLES
+    return sample_pattern([s for s in layout_samples if VIRUS_READS_FORMAT[s] == file_format])
 
 
 def sample_results(sample):
@@ -207,7 +234,7 @@ def announce_unprepared(sample):
 def reads_read(sample):
     """Whether no job will read the sample's reads again: prepared, and for a sample to
     classify, its virus reads (the input records called virus) written."""
-    outputs = expand(rules.virus_reads.output, sample=sample) if sample in SAMPLES else []
+    outputs = virus_reads_files(sample) if sample in SAMPLES else []
     return is_prepared(sample) and all(map(os.path.exists, outputs))
 
 

@@ -58,6 +58,10 @@ rule sample_report:
         runtime=10,
     params:
         reads=sample_reads,
+        # Named on the page and in its caption in the Snakemake report (not in the report).
+        virus_reads=lambda wildcards: [
+            os.path.basename(path) for path in virus_reads_files(wildcards.sample)
+        ],
     script:
         "../scripts/sample_report.py"
 
