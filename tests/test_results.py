@@ -407,9 +407,11 @@ def test_pages_show_banner_provenance_plots_and_top_reads(tmp_path, demo_models)
                             [f"{sample}.fa"], directory / "report.html", plots,
                             directory / "top_reads.tsv", virus_reads)
         page = (directory / "report.html").read_text()
-        assert ("the reads called virus: <code>virus_reads.fa.gz</code>." if sample == "single"
-                else "both mates of the pairs called virus: <code>virus_R1.fq.gz</code> and "
-                "<code>virus_R2.fq.gz</code>.") in page
+        for mate, name in enumerate(virus_reads, 1):  # named and linked in "Result files"
+            holds = ("reads called virus, records as in the input" if sample == "single" else
+                     f"mate {mate} of the ")
+            assert f'<a href="{name}"><code>{name}</code></a></td><td><code>{sample}/{name}' \
+                f"</code></td><td>" in page and holds in page
         assert "Demo models: these results mean nothing." in page
         assert all(digest in page for digest in hashes)
         assert "VirNucPro version</td><td>0.1.0" in page and f"{sample}.fa" in page
