@@ -197,19 +197,23 @@ class ReadsReader:
                     return
                 yield data
 
-    def _only_blank_lines(self) -> InputError:
-        return self._error("contains no records (only blank lines)",
+    def _no_records(self, text: bytes) -> InputError:
+        """A file without a record: of blank lines, or (a plain file of no bytes is refused
+        when opened) a gzip file of no text."""
+        return self._error("contains no records (only blank lines)" if text else
+                           "is empty: a gzip file of no text",
                            "give a FASTA or FASTQ file with at least one record")
 
     def __iter__(self) -> Iterator[FastaBlock]:
         self._piece_bytes = self.block_bytes
         pieces = self._pieces()
-        for first in pieces:
-            first = self._records_start(first)
+        text = b""
+        for text in pieces:
+            first = self._records_start(text)
             if first:
                 break
         else:
-            raise self._only_blank_lines()
+            raise self._no_records(text)
         if self._is_fastq(first):
             # A quality byte per base: reading twice as much gives blocks of as many reads
             # as FASTA's, so the per-block costs downstream stay the same.
@@ -227,7 +231,7 @@ class ReadsReader:
         text, used, whole = self._text_head(limit)
         records = self._records_start(text)
         if not records:
-            raise self._only_blank_lines()
+            raise self._no_records(text)
         fastq = self._is_fastq(records)
         if not whole:
             end = _last_record_end(records, fastq)
