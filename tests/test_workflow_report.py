@@ -202,6 +202,10 @@ use rule * from virnucpro
 
 onstart:
     virnucpro.onstart()
+
+
+onerror:
+    virnucpro.onerror()
 '''
 
 

@@ -157,25 +157,39 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     return write_scores(out, index, parts, features)
 
 
+RUN_KEYS = ("device", "gpu", "precision", "matmul_dtype")
+RUN_COUNTS = ("shards", "frames", "rescored_in_float32")
+
+
 def embedding_runs(score_files: Iterable[str | os.PathLike]) -> list[dict]:
     """How a sample's shards were embedded, from their scores' sidecars: one entry per
-    device, GPU model and precision, with its shards, frames and frames rescored in float32,
-    in the order first met. The report pages show it: `embed.device: auto` and
+    device, GPU model and precision (RUN_KEYS), with its shards, frames and frames rescored
+    in float32 (RUN_COUNTS). The report pages show it: `embed.device: auto` and
     `embed.dtype: auto` do not say what ran. A shard without a record (scored by an older
     virnucpro) counts under device None."""
-    runs: dict[tuple, dict] = {}
+    shards = []
     for path in score_files:
         sidecar = layout.scores_sidecar(path)
         about = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         hardware, settings = about.get("hardware") or {}, about.get("settings") or {}
-        run = {"device": hardware.get("device"), "gpu": hardware.get("gpu"),
-               "precision": settings.get("dtype"), "matmul_dtype": settings.get("matmul_dtype")}
-        entry = runs.setdefault(tuple(run.values()),
-                                {**run, "shards": 0, "frames": 0, "rescored_in_float32": 0})
-        entry["shards"] += 1
-        entry["frames"] += about.get("frames") or 0
-        entry["rescored_in_float32"] += about.get("rescored_in_float32") or 0
-    return list(runs.values())
+        shards.append({"device": hardware.get("device"), "gpu": hardware.get("gpu"),
+                       "precision": settings.get("dtype"),
+                       "matmul_dtype": settings.get("matmul_dtype"), "shards": 1,
+                       "frames": about.get("frames") or 0,
+                       "rescored_in_float32": about.get("rescored_in_float32") or 0})
+    return merge_runs(shards)
+
+
+def merge_runs(runs: Iterable[dict]) -> list[dict]:
+    """Entries of `embedding_runs` summed per device, GPU model and precision, in the order
+    first met (a sample's shards; the samples of a run, for its overview)."""
+    merged: dict[tuple, dict] = {}
+    for run in runs:
+        entry = merged.setdefault(tuple(run[key] for key in RUN_KEYS),
+                                  {**run, **dict.fromkeys(RUN_COUNTS, 0)})
+        for count in RUN_COUNTS:
+            entry[count] += run[count]
+    return list(merged.values())
 
 
 @dataclass

@@ -252,20 +252,25 @@ class ReadsReader:
                 return text, len(text), not raw.read(1)
             raw.seek(0)
             inflate = zlib.decompressobj(wbits=31)
-            pieces, size, used = [], 0, 0
+            pieces, size, used, ended = [], 0, 0, False
             try:
                 while size < limit and (data := raw.read(_HEAD_STEP)):
                     used += len(data)
                     while data:
+                        if ended:  # the next member of a multi-member file (bgzip, cat)
+                            inflate, ended = zlib.decompressobj(wbits=31), False
                         pieces.append(inflate.decompress(data))
                         size += len(pieces[-1])
                         if not inflate.eof:
                             break
-                        # The next member of a multi-member file (bgzip, concatenated gzip).
-                        data, inflate = inflate.unused_data, zlib.decompressobj(wbits=31)
+                        ended, data = True, inflate.unused_data
             except zlib.error as exc:
                 raise self._corrupt_gzip(exc) from None
-            return b"".join(pieces), used, not raw.read(1)
+            whole = not raw.read(1)
+            if whole and not ended:  # cut short: as gzip.GzipFile says it reading it all
+                raise self._corrupt_gzip(EOFError("Compressed file ended before the "
+                                                  "end-of-stream marker was reached"))
+            return b"".join(pieces), used, whole
 
     def _records_start(self, data: bytes) -> bytes:
         """The start of a file's text without what may precede its first record: a UTF-8

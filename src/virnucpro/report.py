@@ -12,13 +12,13 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from virnucpro.atomic import atomic_open
 from virnucpro.calls import CALLS, NO_CODING_FRAME, NON_VIRUS, VIRUS, describe_rule, percent_virus
-from virnucpro.classify import SUMMARY_COLUMNS
+from virnucpro.classify import SUMMARY_COLUMNS, merge_runs
 from virnucpro.plots import (LABELS, calls_plot, length_score_plot, samples_calls_plot,
                              samples_scores_plot, score_histogram_plot)
 from virnucpro.provenance import MODEL_ROLES
@@ -196,19 +196,6 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
         "decision boundary are embedded again in float32, so their calls are float32's.</p>"
 
 
-def _merge_runs(samples: Iterable[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """The embedding runs of several samples together, summed per device, GPU and precision."""
-    merged: dict[tuple, dict[str, Any]] = {}
-    for runs in samples:
-        for run in runs:
-            key = (run["device"], run["gpu"], run["precision"], run["matmul_dtype"])
-            entry = merged.setdefault(key, {**run, "shards": 0, "frames": 0,
-                                            "rescored_in_float32": 0})
-            for count in ("shards", "frames", "rescored_in_float32"):
-                entry[count] += run[count]
-    return list(merged.values())
-
-
 def _models_table(provenance: Mapping[str, Any]) -> str:
     """One row per model file with its SHA-256; a model directory (DNABERT-S) spans the rows
     of its files, which are named within it."""
@@ -374,7 +361,8 @@ def write_overview(counts_files: Mapping[str, str | os.PathLike],
                       "dashed line is the decision threshold.")
             + _rules(threshold)
             + _provenance(provenance, reads,
-                          _merge_runs(c.get("embedding", []) for c in counts.values())))
+                          merge_runs(run for c in counts.values()
+                                     for run in c.get("embedding", []))))
     page = _page("VirNucPro: overview", f"{len(counts)} samples. Run of {_date(provenance)}, "
                  f"VirNucPro {provenance['virnucpro_version']}.", provenance, body)
     with atomic_open(out, "w") as handle:

@@ -266,9 +266,14 @@ def preflight():
         report_note(note)
 
 
+# When this run's jobs started (onstart), for onerror.
+RUN = {"started": None}
+
+
 onstart:
     # One run per output directory, even from another working directory (virnucpro.runlock);
     # holding it, remove what interrupted runs left there (virnucpro.orphans).
+    import time
     from virnucpro.orphans import remove_orphans
     from virnucpro.runlock import claim_outdir
     from virnucpro.runner import call_reporting_errors
@@ -276,9 +281,20 @@ onstart:
     status = call_reporting_errors(claim_outdir, OUTDIR)
     if status:
         raise SystemExit(status)
+    RUN["started"] = time.time()
     count, size = remove_orphans(OUTDIR)
     if count:
         report_note(
             f"removed {count} temporary file(s) left in {OUTDIR} by an interrupted run "
             f"({size / 1e6:.1f} MB)"
         )
+
+
+onerror:
+    # The failed steps' lines again, last, where a failed run's output ends: Snakemake reports
+    # each failed job with its script's CalledProcessError, around which they are easy to miss.
+    from virnucpro.runner import failed_step_lines
+
+    if RUN["started"] is not None:
+        for line in failed_step_lines(f"{OUTDIR}/logs", RUN["started"]):
+            print(line, file=sys.stderr)
