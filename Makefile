@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[workflow,test]'
 	touch $(STAMP)
 
 test: venv
@@ -60,6 +60,7 @@ bench: venv
 	$(BIN)/python bench/dag.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/virus_reads.py
+	$(BIN)/python bench/preflight.py
 
 clean:
 	rm -rf results .snakemake .test/results

@@ -105,3 +105,18 @@ def test_mixed_precision_on_the_gpu_is_closer_to_float32_than_bfloat16(models, c
     error = {name: (_gpu(models, name).embed(NUCLEOTIDES, PROTEINS) - cpu_fp32).abs().max().item()
              for name in ("bfloat16", "mixed")}
     assert error["mixed"] < error["bfloat16"] / 3, error
+
+
+def test_the_engine_names_the_gpu_it_ran_on_as_the_driver_does(models):
+    """What the scoring jobs record for the report pages (EmbeddingEngine.hardware)."""
+    import shutil
+    import subprocess
+
+    hardware = _gpu(models).hardware()
+    assert hardware["device"] == "cuda" and hardware["gpu"]
+    if shutil.which("nvidia-smi"):
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        assert hardware["gpu"] in [name.strip() for name in names]
+    assert EmbeddingEngine.from_config(models["esm"], models["dnabert"], "cpu",
+                                       "float32").hardware() == {"device": "cpu", "gpu": None}

@@ -160,13 +160,16 @@ REJECTED = {
         "4 lines); the file is truncated; re-create or download it again"),
     "paired files that do not pair (R2 lacks a mate)": (
         "unpaired_R2.fq", MATES[1].split("@read7")[0].encode(), 65,
-        "unpaired_R1.fq: record 'read7' (#8): has no mate: unpaired_R2.fq ends after 7 records; "
-        "the two files must hold the same reads in the same order: give both files of one run, "
-        "or re-pair them (e.g. with 'seqkit pair')"),
+        "unpaired_R1.fq: has 8 records, its mate file unpaired_R2.fq has 7; the two files must "
+        "hold the same reads in the same order: give both files of one run, or re-pair them "
+        "(e.g. with 'seqkit pair')"),
 }
 # Rejected rows of paired samples: their R1 file (good), with the row's file as R2. Fixed,
 # such a sample gives the results of the interleaved mates.
 PAIRED_ROWS = {"paired files that do not pair (R2 lacks a mate)": "unpaired_R1.fq"}
+# Rows that only the sample's prepare job finds (it reads the whole file): pre-flight finds the
+# others before any job, in the first MB of each file (all of these small files).
+PREPARE_ONLY = {"duplicate ID within a sample"}
 
 
 def sample_files(row: str) -> list[str]:
@@ -243,9 +246,11 @@ def sample_name(row: str) -> str:
 @dataclass
 class InputRuns:
     work: Path
-    first: subprocess.CompletedProcess  # every row at once, --keep-going
-    existed: dict[str, list[str]]  # rejected sample -> what it left in out/{sample}
-    logs: dict[str, str]  # rejected sample -> its prepare log
+    preflight: subprocess.CompletedProcess  # every row at once: stopped by pre-flight
+    preflight_wrote: list[str]  # what that run left in the working directory's out/
+    first: subprocess.CompletedProcess  # then the rows pre-flight passes, --keep-going
+    existed: dict[str, list[str]]  # PREPARE_ONLY sample -> what it left in out/{sample}
+    logs: dict[str, str]  # PREPARE_ONLY sample -> its prepare log
     fixed: subprocess.CompletedProcess  # after replacing every rejected file with clean reads
 
 
@@ -279,30 +284,49 @@ def input_runs(tmp_path_factory) -> InputRuns:
         else:
             path.write_text(content, newline="")
         samples[sample_name(row)] = name
-    config = run_config(work, samples, shard_size=100_000)
+    # Every row at once: pre-flight stops the run before any job.
+    everything = run_config(work, samples, shard_size=100_000).rename(work / "everything.yaml")
+    preflight = snakemake(work, "--keep-going", "--configfile", everything)
+    wrote = sorted(p.name for p in (work / "out").glob("*"))
+    # The rows pre-flight cannot see with all the others: each rejected by its prepare job.
+    found_first = {sample_name(row) for row in REJECTED if row not in PREPARE_ONLY}
+    config = run_config(work, {s: f for s, f in samples.items() if s not in found_first},
+                        shard_size=100_000)
     first = snakemake(work, "--keep-going", "--configfile", config)
     existed = {row: sorted(p.name for p in (work / "out" / sample_name(row)).glob("*"))
-               for row in REJECTED}
+               for row in PREPARE_ONLY}
     logs = {row: (work / "out" / "logs" / "prepare" / f"{sample_name(row)}.log").read_text()
-            for row in REJECTED}
+            for row in PREPARE_ONLY}
     for row, (name, _, _, _) in REJECTED.items():
         good = MATES[1] if row in PAIRED_ROWS else CLEAN
         (work / name).write_bytes(gzip.compress(good.encode()) if name.endswith(".gz")
                                   else good.encode())
-    fixed = snakemake(work, "--configfile", config)
-    return InputRuns(work, first, existed, logs, fixed)
+    fixed = snakemake(work, "--configfile", everything)
+    return InputRuns(work, preflight, wrote, first, existed, logs, fixed)
 
 
 @pytest.mark.parametrize("row", REJECTED)
 def test_rejected_input(input_runs, clean_run, row):
     name, _, status, message = REJECTED[row]
-    assert input_runs.first.returncode == 1
     sample = sample_name(row)
-    log = input_runs.logs[row].splitlines()
-    assert log[1:] == [f"virnucpro: exit status {status}"], log
-    assert log[0].startswith(f"virnucpro: error: {message}"), log
-    assert log[0] in error_lines(input_runs.first.stdout)  # also shown on the terminal
-    assert input_runs.existed[row] == []  # no partial output
+    if row in PREPARE_ONLY:
+        assert input_runs.first.returncode == 1
+        log = input_runs.logs[row].splitlines()
+        assert log[1:] == [f"virnucpro: exit status {status}"], log
+        assert log[0].startswith(f"virnucpro: error: {message}"), log
+        assert log[0] in error_lines(input_runs.first.stdout)  # also shown on the terminal
+        # ... and last, by the workflow's onerror handler, after Snakemake's report of it.
+        said = [line for line in input_runs.first.stdout.splitlines()
+                if line.startswith("virnucpro: ")]
+        assert said[-1] == log[0], said
+        assert input_runs.existed[row] == []  # no partial output
+    else:
+        # Before any job: one line per rejected file, all at once; nothing written.
+        lines = error_lines(input_runs.preflight.stdout)
+        assert len(lines) == len(REJECTED) - len(PREPARE_ONLY), lines
+        assert [line for line in lines if line.startswith(f"virnucpro: error: {message}")], lines
+        assert input_runs.preflight.returncode == status
+        assert input_runs.preflight_wrote == []
     # Fixed (the file replaced by good reads) and rerun: the results of a clean run.
     assert input_runs.fixed.returncode == 0, input_runs.fixed.stdout[-3000:]
     assert_same_results(input_runs.work / "out" / sample, input_runs.work / "out" / INTERLEAVED

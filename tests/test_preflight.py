@@ -19,10 +19,10 @@ import yaml
 from conftest import fastq_text, flip_a_stored_bit
 from virnucpro.config import check_config, check_config_files
 from virnucpro.demo_models import write_demo_models
-from virnucpro.errors import Problems
+from virnucpro.errors import InputError, Problems, UsageError
 from virnucpro.models.published import ADDRESSES
-from virnucpro.preflight import check, unprepared
-from virnucpro.prepare import estimate, write_shards
+from virnucpro.preflight import PAIR_COUNT_BYTES, check, unprepared
+from virnucpro.prepare import estimate, head_counts, write_shards
 from workflow_helpers import ROOT, orf_reads
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -84,6 +84,66 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path, demo):
     assert problems({"s": [str(tmp_path / "reads.fq")]}, {}, models_of(demo), 500, {}) == [
         f"{tmp_path}/reads.fq: reads file of sample 's' is a named pipe (FIFO); give the path "
         "of a FASTA or FASTQ file on disk (write a stream to a file first)"]
+
+
+PDF = (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Length 64 /Filter /FlateDecode >>\nstream\n"
+       + bytes(range(256)) * 4 + b"\nendstream\nendobj\n%%EOF\n")
+
+
+def test_reads_that_are_not_reads_or_do_not_pair_are_named_before_any_job(tmp_path, demo):
+    """Each a line of its own, all at once: what prepare would stop at, found before it."""
+    (tmp_path / "report.fastq.gz").write_bytes(PDF)  # a PDF saved under a reads name
+    (tmp_path / "empty.fq").write_bytes(b"")
+    (tmp_path / "empty.fq.gz").write_bytes(gzip.compress(b""))
+    records = [(f"r{i}", "ACGT" * 30) for i in range(3000)]  # 1.2 MB each: counted in full
+    (tmp_path / "r1.fq").write_text(fastq_text(records))
+    (tmp_path / "r2.fq").write_text(fastq_text(records[:-1]))  # R2 lost its last record
+    (tmp_path / "s1.fq").write_text(fastq_text(records[:5]))
+    (tmp_path / "s2.fq").write_text(fastq_text(records[:6]))  # small: its start is all of it
+    (tmp_path / "ok.fa").write_text(">r\nACGT\n")
+    samples = {"pdf": [str(tmp_path / "report.fastq.gz")], "empty": [str(tmp_path / "empty.fq")],
+               "gz": [str(tmp_path / "empty.fq.gz")], "ok": [str(tmp_path / "ok.fa")],
+               "cut": [str(tmp_path / "r1.fq"), str(tmp_path / "r2.fq")],
+               "small": [str(tmp_path / "s1.fq"), str(tmp_path / "s2.fq")]}
+    with pytest.raises(Problems) as raised:
+        check(samples, {}, models_of(demo), 500, {})
+    hint = ("the two files must hold the same reads in the same order: give both files of one "
+            "run, or re-pair them (e.g. with 'seqkit pair')")
+    assert raised.value.lines() == [
+        f"{tmp_path}/report.fastq.gz: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ "
+        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip)",
+        f"{tmp_path}/empty.fq: file is empty; give a FASTA or FASTQ file with at least one "
+        "record",
+        f"{tmp_path}/empty.fq.gz: is empty: a gzip file of no text; give a FASTA or FASTQ file "
+        "with at least one record",
+        f"{tmp_path}/r1.fq: has 3,000 records, its mate file {tmp_path}/r2.fq has 2,999; {hint}",
+        f"{tmp_path}/s1.fq: has 5 records, its mate file {tmp_path}/s2.fq has 6; {hint}"]
+    assert raised.value.exit_code == 65
+    # A file repaired in place is read again, not taken from what was read before.
+    (tmp_path / "report.fastq.gz").write_bytes(gzip.compress(b">r\nACGT\n"))
+    (tmp_path / "r2.fq").write_text(fastq_text(records))
+    with pytest.raises(Problems) as raised:
+        check(samples, {}, models_of(demo), 500, {})
+    assert [line.split(":")[0] for line in raised.value.lines()] == [
+        f"{tmp_path}/empty.fq", f"{tmp_path}/empty.fq.gz", f"{tmp_path}/s1.fq"]
+
+
+def test_paired_files_too_large_to_count_are_left_to_prepare_which_says_it_in_one_line(
+        tmp_path, demo):
+    records = [(f"r{i}", "ACGT" * 500) for i in range(PAIR_COUNT_BYTES // 4000 + 100)]
+    (tmp_path / "r1.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
+    (tmp_path / "r2.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in records[:-1]))
+    pair = [str(tmp_path / "r1.fa"), str(tmp_path / "r2.fa")]
+    assert sum(map(os.path.getsize, pair)) > PAIR_COUNT_BYTES
+    assert check({"big": pair}, {}, models_of(demo), 500, {}) == []
+    with pytest.raises(InputError) as raised:
+        write_shards(pair, 500, 100_000, tmp_path / "prepared")
+    assert raised.value.lines() == [
+        f"{tmp_path}/r1.fa: record '{records[-1][0]}' (#{len(records)}): has no mate: "
+        f"{tmp_path}/r2.fa ends after {len(records) - 1} records; the two files must hold the "
+        "same reads in the same order: give both files of one run, or re-pair them (e.g. with "
+        "'seqkit pair')"]
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_cuda_where_there_is_no_gpu_names_the_config_key(tmp_path, demo, monkeypatch):
@@ -356,7 +416,7 @@ def test_the_estimate_of_a_large_file_is_close(tmp_path, form):
         path = tmp_path / "reads.fa.gz"
         path.write_bytes(gzip.compress((tmp_path / "reads.fa").read_bytes()))
     reads, frames, shards = prepared(str(path))
-    guess = estimate(str(path), 500, 1000, 1 << 20)
+    guess = estimate([head_counts(str(path), 500, 1 << 20)], 1000)
     assert not guess.exact
     assert abs(guess.reads - reads) < 0.05 * reads and abs(guess.frames - frames) < 0.05 * frames
     assert abs(guess.shards - shards) <= 2
@@ -367,7 +427,8 @@ def test_a_small_file_is_counted_and_paired_files_add_up(tmp_path):
     orf_reads(tmp_path / "r2.fa", 200, seed=2)
     reads, frames, shards = prepared([str(tmp_path / "r1.fa"), str(tmp_path / "r2.fa")],
                                      shard_size=7)
-    guess = estimate([str(tmp_path / "r1.fa"), str(tmp_path / "r2.fa")], 500, 7, 1 << 20)
+    guess = estimate([head_counts(str(tmp_path / name), 500, 1 << 20)
+                      for name in ("r1.fa", "r2.fa")], 7)
     assert (guess.reads, guess.frames, guess.shards, guess.exact) == (reads, frames, shards, True)
 
 
@@ -377,7 +438,7 @@ def test_a_multi_member_gzip_is_read_past_its_first_member(tmp_path):
     cut = text.index(b">", len(text) // 50)  # a first member of 2%, as bgzip's small blocks
     path = tmp_path / "reads.fa.gz"
     path.write_bytes(gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
-    guess = estimate(str(path), 500, 1000, 1 << 20)
+    guess = estimate([head_counts(str(path), 500, 1 << 20)], 1000)
     assert abs(guess.reads - 20_000) < 0.05 * 20_000
 
 
@@ -400,6 +461,35 @@ def test_the_dry_run_line(tmp_path):
         f"{tmp_path}/binary.fa: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ text; "
         "give nucleotide reads in FASTA or FASTQ format (plain or gzip))")
 
+
+
+def test_the_package_must_be_the_workflows_version(tmp_path):
+    import virnucpro
+    from virnucpro.config import check_package_version
+
+    check_package_version(ROOT / "pyproject.toml")  # this checkout's package is its own
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "virnucpro"\nversion = "9.9"\n')
+    with pytest.raises(UsageError) as raised:
+        check_package_version(tmp_path / "pyproject.toml")
+    assert raised.value.lines() == [
+        f"the virnucpro package here is version {virnucpro.__version__} "
+        f"({Path(virnucpro.__file__).parent}), the workflow is version 9.9; install the "
+        "workflow's version where Snakemake runs (pip install CLONE, or 'virnucpro @ "
+        "git+URL@TAG'), then rerun"] and raised.value.exit_code == 64
+
+
+def test_the_rules_environment_installs_the_workflows_package_and_no_snakemake():
+    """envs/virnucpro.yaml: the package by the workflow's version, which brings the pinned
+    dependencies; a second Snakemake in the jobs' environment would run their scripts."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "envs" / "virnucpro.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    assert pip == [f"virnucpro=={project['version']}"]
+    assert not any(dep.startswith("snakemake") for dep in project["dependencies"])
+    workflow = project["optional-dependencies"]["workflow"]
+    assert any(dep.startswith("snakemake==") for dep in workflow)
 
 
 def test_the_schema_defaults_are_the_packages_defaults():

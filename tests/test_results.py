@@ -442,3 +442,36 @@ def test_pages_show_banner_provenance_plots_and_top_reads(tmp_path, demo_models)
     write_overview({"single": single / "counts.json"}, {"single": ["s.fa"]},
                    tmp_path / "provenance.json", tmp_path / "overview.html", plots)
     assert "Demo models" not in (tmp_path / "overview.html").read_text()
+
+
+def test_the_pages_show_what_ran_from_the_embedding_jobs_records(tmp_path, demo_models):
+    """`auto` resolved: the device, GPU model and precision each scoring job recorded beside
+    its scores (ScoreRows.publish writes these keys), per sample and summed on the overview."""
+    gpu, old = tmp_path / "gpu", tmp_path / "old"
+    gpu.mkdir(), old.mkdir()
+    reads, scores = threshold_sample(gpu)
+    (gpu / "0.json").write_text(json.dumps({
+        "frames": 6, "settings": {"dtype": "mixed", "matmul_dtype": "float16"},
+        "hardware": {"device": "cuda", "gpu": "NVIDIA H200"}, "rescored_in_float32": 2}))
+    aggregate(reads, scores, gpu)
+    assert json.loads((gpu / "counts.json").read_text())["embedding"] == [
+        {"device": "cuda", "gpu": "NVIDIA H200", "precision": "mixed", "matmul_dtype": "float16",
+         "shards": 1, "frames": 6, "rescored_in_float32": 2}]
+    aggregate(*threshold_sample(old), old)  # scores of a virnucpro that kept no record
+    write_provenance(models_of(demo_models), {"embed.device": "auto", "embed.dtype": "auto"},
+                     tmp_path / "provenance.json")
+    plots = {name: tmp_path / f"{name}.svg" for name in ("calls", "scores", "length")}
+    write_sample_report("gpu", gpu / "counts.json", tmp_path / "provenance.json", ["g.fa"],
+                        gpu / "report.html", plots, gpu / "top_reads.tsv")
+    page = (gpu / "report.html").read_text()
+    row = ('<tr><td>cuda (NVIDIA H200)</td><td>mixed (float16 matrix multiplications)</td>'
+           '<td class="num">1</td><td class="num">6</td><td class="num">2</td></tr>')
+    assert row in page
+    assert "<tr><td>embed.device</td><td>auto: cuda (NVIDIA H200)</td></tr>" in page
+    assert "<tr><td>embed.dtype</td><td>auto: mixed</td></tr>" in page
+    write_overview({"gpu": gpu / "counts.json", "old": old / "counts.json"},
+                   {"gpu": ["g.fa"], "old": ["o.fa"]}, tmp_path / "provenance.json",
+                   tmp_path / "overview.html",
+                   {name: tmp_path / f"o{name}.svg" for name in ("calls", "scores")})
+    overview = (tmp_path / "overview.html").read_text()
+    assert row in overview and "<td>not recorded (an older virnucpro)</td>" in overview

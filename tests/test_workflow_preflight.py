@@ -113,11 +113,16 @@ def test_a_classifier_for_300_bp_chunks_with_chunk_size_500(tmp_path, form):
 def test_every_problem_is_listed_at_once(tmp_path):
     orf_reads(tmp_path / "a.fa", 20)
     (tmp_path / "c.fa").mkdir()
+    (tmp_path / "d.fq.gz").write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + bytes(range(256)))
+    (tmp_path / "e.fq.gz").write_bytes(gzip.compress(b""))
+    (tmp_path / "f_R1.fa").write_text(">r1\nACGT\n>r2\nACGT\n")
+    (tmp_path / "f_R2.fa").write_text(">r1\nACGT\n")
     (tmp_path / "esm2_t36_3B_UR50D.pt").write_bytes(b"PK\x03\x04 cut short")
     (tmp_path / "DNABERT-S").mkdir()
     (tmp_path / "DNABERT-S" / "config.json").write_text("{}")
     config = write_config(tmp_path / "c.yaml",
-                          samples={"a": "a.fa", "b": ["b_R1.fq", "b_R2.fq"], "c": "c.fa"},
+                          samples={"a": "a.fa", "b": ["b_R1.fq", "b_R2.fq"], "c": "c.fa",
+                                   "d": "d.fq.gz", "e": "e.fq.gz", "f": ["f_R1.fa", "f_R2.fa"]},
                           outdir="out", models={"esm": "esm2_t36_3B_UR50D.pt",
                                                 "dnabert": "DNABERT-S",
                                                 "classifier": "500_model.pth"})
@@ -130,6 +135,13 @@ def test_every_problem_is_listed_at_once(tmp_path):
         f"virnucpro: error: b_R2.fq: reads file of sample 'b' does not exist; {missing}",
         "virnucpro: error: c.fa: reads file of sample 'c' is a directory; give the path of a "
         "FASTA or FASTQ file",
+        "virnucpro: error: d.fq.gz: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ "
+        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip)",
+        "virnucpro: error: e.fq.gz: is empty: a gzip file of no text; give a FASTA or FASTQ "
+        "file with at least one record",
+        "virnucpro: error: f_R1.fa: has 2 records, its mate file f_R2.fa has 1; the two files "
+        "must hold the same reads in the same order: give both files of one run, or re-pair "
+        "them (e.g. with 'seqkit pair')",
         "virnucpro: error: esm2_t36_3B_UR50D.pt: cannot read the file (File is not a zip "
         "file); it is truncated or not a PyTorch file: download it again",
         "virnucpro: error: DNABERT-S: no model weights (model.safetensors or "

@@ -1,8 +1,12 @@
 """The new outputs and the report end to end through Snakemake: a single and a paired sample
-(the bundled demo reads) with the demo models."""
+(the bundled demo reads) with the demo models; and the same demo run by a user's workflow that
+uses this one as a module (README "Deploying as a module")."""
 
 import gzip
 import hashlib
+import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +17,38 @@ from workflow_helpers import DEMO_MODELS, ROOT, job_counts, snakemake, write_con
 pytestmark = pytest.mark.slow
 PAIRED = [ROOT / "resources" / "demo_pe_R1.fq", ROOT / "resources" / "demo_pe_R2.fq"]
 SINGLE = ROOT / "resources" / "demo.fa"
+# The demo as these tests run it, but for where its reads are.
+SETTINGS = dict(outdir="out", shard_size=1000, models=DEMO_MODELS, embed={"device": "cpu"})
+# Per sample, every result that does not carry the date of its run (the pages and
+# provenance.json do); the virus reads files are compared decompressed.
+SAMPLE_RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv",
+                  "pairs.tsv", "top_reads.tsv", "counts.json", "virus_reads.fa.gz",
+                  "virus_R1.fq.gz", "virus_R2.fq.gz",
+                  "plots/calls.svg", "plots/scores.svg", "plots/length_vs_score.svg")
+
+
+def results(out: Path) -> dict[str, bytes]:
+    """A run's results (SAMPLE_RESULTS of each sample, samples_summary.tsv), by path in `out`."""
+    found = {"samples_summary.tsv": (out / "samples_summary.tsv").read_bytes()}
+    for sample in ("single", "pe"):
+        for name in SAMPLE_RESULTS:
+            path = out / sample / name
+            if path.exists():
+                data = path.read_bytes()
+                found[f"{sample}/{name}"] = gzip.decompress(data) if name.endswith(".gz") else data
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo run from this repository's Snakefile, and its results as they were before a
+    test changed any (the report test reruns it with another threshold)."""
+    work = tmp_path_factory.mktemp("demo")
+    config = write_config(work / "c.yaml", **SETTINGS,
+                          samples={"single": str(SINGLE), "pe": [str(p) for p in PAIRED]})
+    proc = snakemake(work, "--configfile", config)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return work, config, results(work / "out")
 
 
 def fasta_records(path: Path) -> list[tuple[str, str]]:
@@ -59,12 +95,8 @@ def virus_pairs_are_the_input_records(out: Path) -> tuple[list[str], list[tuple[
     return pair_calls, [(a["call"], b["call"]) for a, b in zip(mates[::2], mates[1::2])]
 
 
-def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
-    config = write_config(tmp_path / "c.yaml", outdir="out", shard_size=1000, models=DEMO_MODELS,
-                          embed={"device": "cpu"},
-                          samples={"single": str(SINGLE), "pe": [str(p) for p in PAIRED]})
-    proc = snakemake(tmp_path, "--configfile", config)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(demo_run):
+    tmp_path, config, _ = demo_run
     out = tmp_path / "out"
     inputs = {"single": fasta_records(SINGLE),
               "pe": [mate for pair in zip(*map(fastq_records, PAIRED)) for mate in pair]}
@@ -127,6 +159,15 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
             assert (out / sample / "plots" / f"{name}.svg").read_text() in page
         assert "read length (bp)" in page and "threshold 0.5 (original rule)" in page
     assert "mate 2 (R2)" in (out / "pe" / "report.html").read_text()
+    # What ran, from the embedding jobs' records: the device and the precision that `auto`
+    # resolved to (on a CPU, float32), with the shards each embedded.
+    for page, shards in ((out / "single" / "report.html", 1), (out / "pe" / "report.html", 1),
+                         (out / "overview.html", 2)):
+        text = page.read_text()
+        assert "<h3>Embedding jobs</h3>" in text and "not recorded" not in text
+        assert f'<tr><td>cpu</td><td>float32</td><td class="num">{shards}</td>' in text, page
+        assert "<tr><td>embed.dtype</td><td>auto: float32</td></tr>" in text
+        assert "<tr><td>embed.device</td><td>cpu</td></tr>" in text
     assert (out / "overview.html").read_text().count("<svg") == 2
 
     # snakemake --report: every page, plot and table of fixed size is an entry, and nothing
@@ -194,3 +235,65 @@ def test_virus_reads_summaries_pairs_pages_report_and_the_threshold(tmp_path):
     assert any(c == "virus" and "non-virus" in m for c, m in zip(pair_calls, mate_calls))
     assert f"threshold {threshold:g} (virus_threshold)" in \
         (out / "single" / "report.html").read_text()
+
+
+# The user's workflow/Snakefile of README "Deploying as a module", for a local clone.
+MODULE_SNAKEFILE = '''configfile: "config/config.yaml"
+
+
+module virnucpro:
+    snakefile:
+        "{clone}/workflow/Snakefile"
+    config:
+        config
+
+
+use rule * from virnucpro
+
+
+onstart:
+    virnucpro.onstart()
+
+
+onerror:
+    virnucpro.onerror()
+'''
+
+
+def test_deployed_as_a_module_it_runs_in_the_users_directory_alone(demo_run, tmp_path):
+    # A clone of this checkout (its files as they are, committed), and a user's directory
+    # with only config/ and workflow/Snakefile; the package is the one installed here.
+    clone = tmp_path / "clone"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run([*git, *command], cwd=clone, check=True)
+    user = tmp_path / "user"
+    (user / "workflow").mkdir(parents=True)
+    (user / "config").mkdir()
+    write_config(user / "config" / "config.yaml", **SETTINGS,
+                 samples={"single": str(clone / "resources" / "demo.fa"),
+                          "pe": [str(clone / "resources" / p.name) for p in PAIRED]})
+    (user / "workflow" / "Snakefile").write_text(MODULE_SNAKEFILE.format(clone=clone))
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--resources",
+                           "gpu=1", "--workflow-profile", clone / "workflow/profiles/default"],
+                          cwd=user, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # Everything under the user's directory: the results, the same as the run from the
+    # repository; the demo models, which rule demo_models made there.
+    assert results(user / "out") == demo_run[2]
+    assert (user / "resources" / "demo-models" / "models.json").is_file()
+    # The module's onstart handler ran (the user's Snakefile calls it): it holds the output
+    # directory's lock, one run per output directory.
+    assert (user / "out" / ".virnucpro.lock").is_file()
+    # Nothing was written into the clone, not even an ignored file.
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=clone,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == ""

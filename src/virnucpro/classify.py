@@ -45,7 +45,7 @@ from virnucpro.calls import Evidence, SampleTally
 from virnucpro.features import FeatureFileError, read_trusted
 from virnucpro.defaults import WINDOW_FRAMES
 from virnucpro.errors import InputError, ModelError
-from virnucpro.models.classifier import MLPClassifier
+from virnucpro.models.classifier import MLPClassifier, classifier_identity
 from virnucpro.prepare import index_rows
 from virnucpro.reads import pair_id
 
@@ -158,7 +158,49 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     parts = ((table.ids[start:start + window],
               score_rows(classifier, table.data[start:start + window]))
              for start in range(0, len(table.ids), window))
+    # How the scores were made, as an embedding job that scores records it (ScoreRows):
+    # what computed the features is the feature file's record.
+    about = {"frames": len(table.ids), "features": os.fspath(features),
+             **{key: table.meta.get(key) for key in ("models", "settings", "hardware")},
+             "classifier": classifier_identity(classifier)}
+    with atomic_open(layout.scores_sidecar(out), "w") as handle:
+        json.dump(about, handle, indent=2)
     return write_scores(out, index, parts, features)
+
+
+RUN_KEYS = ("device", "gpu", "precision", "matmul_dtype")
+RUN_COUNTS = ("shards", "frames", "rescored_in_float32")
+
+
+def embedding_runs(score_files: Iterable[str | os.PathLike]) -> list[dict]:
+    """How a sample's shards were embedded, from their scores' sidecars: one entry per
+    device, GPU model and precision (RUN_KEYS), with its shards, frames and frames rescored
+    in float32 (RUN_COUNTS). The report pages show it: `embed.device: auto` and
+    `embed.dtype: auto` do not say what ran. A shard without a record (scored by an older
+    virnucpro) counts under device None."""
+    shards = []
+    for path in score_files:
+        sidecar = layout.scores_sidecar(path)
+        about = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        hardware, settings = about.get("hardware") or {}, about.get("settings") or {}
+        shards.append({"device": hardware.get("device"), "gpu": hardware.get("gpu"),
+                       "precision": settings.get("dtype"),
+                       "matmul_dtype": settings.get("matmul_dtype"), "shards": 1,
+                       "frames": about.get("frames") or 0,
+                       "rescored_in_float32": about.get("rescored_in_float32") or 0})
+    return merge_runs(shards)
+
+
+def merge_runs(runs: Iterable[dict]) -> list[dict]:
+    """Entries of `embedding_runs` summed per device, GPU model and precision, in the order
+    first met (a sample's shards; the samples of a run, for its overview)."""
+    merged: dict[tuple, dict] = {}
+    for run in runs:
+        entry = merged.setdefault(tuple(run[key] for key in RUN_KEYS),
+                                  {**run, **dict.fromkeys(RUN_COUNTS, 0)})
+        for count in RUN_COUNTS:
+            entry[count] += run[count]
+    return list(merged.values())
 
 
 @dataclass(slots=True)
@@ -372,7 +414,7 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
         with atomic_open(outdir / HIGHEST_FILE, "w") as highest:
             highest.write(HIGHEST_HEADER)
             highest.writelines(_highest_score_rows(chunks.merged()))
-    counts = tally.as_dict()
+    counts = {**tally.as_dict(), "embedding": embedding_runs(score_files)}
     with atomic_open(outdir / "counts.json", "w") as handle:
         json.dump(counts, handle, indent=2)
     return counts

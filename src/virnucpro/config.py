@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 
+import virnucpro
 from virnucpro.errors import Problems, UsageError
 
 
@@ -33,6 +35,19 @@ def check_config(config: dict[str, Any], schema_path: str | os.PathLike) -> None
                            *_brace_lines(config)])  # in order, each once
     if lines:
         raise Problems([UsageError(line) for line in lines])
+
+
+def check_package_version(pyproject: str | os.PathLike) -> None:
+    """Raise UsageError unless the virnucpro package that runs is the version of the workflow
+    that uses it (`pyproject`: the workflow's pyproject.toml). The package comes from the
+    environment (pip), the workflow from a clone or a module's tag, and the two can drift
+    apart: the rules would call functions the package has not got, or has changed."""
+    wanted = tomllib.loads(Path(pyproject).read_text())["project"]["version"]
+    if virnucpro.__version__ != wanted:
+        raise UsageError(f"the virnucpro package here is version {virnucpro.__version__} "
+                         f"({Path(virnucpro.__file__).parent}), the workflow is version "
+                         f"{wanted}; install the workflow's version where Snakemake runs (pip "
+                         "install CLONE, or 'virnucpro @ git+URL@TAG'), then rerun")
 
 
 def check_config_files(paths: list[str | os.PathLike]) -> None:

@@ -322,6 +322,13 @@ class EmbeddingEngine:
     def identities(self) -> dict[str, dict[str, Any]]:
         return {"dnabert": self.dnabert.identity(), "esm": self.esm.identity()}
 
+    def hardware(self) -> dict[str, str | None]:
+        """What computed: the device type and, on a GPU, its model, for the report pages
+        (`embed.device: auto` says nothing of it). Not part of `settings`: the same numbers
+        from another GPU resume a shard's saved batches."""
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return {"device": self.device.type, "gpu": gpu}
+
     def settings(self) -> dict[str, Any]:
         """What, beyond the models, determines the numbers."""
         return {"dtype": self.precision.name,

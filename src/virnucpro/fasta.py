@@ -207,17 +207,21 @@ class ReadsReader:
                     return
                 yield data
 
-    def _only_blank_lines(self) -> InputError:
-        return self._error("contains no records (only blank lines)",
+    def _no_records(self, text: bytes) -> InputError:
+        """A file without a record: of blank lines, or (a plain file of no bytes is refused
+        when opened) a gzip file of no text."""
+        return self._error("contains no records (only blank lines)" if text else
+                           "is empty: a gzip file of no text",
                            "give a FASTA or FASTQ file with at least one record")
 
     def _first_text(self, pieces: Iterator[bytes]) -> bytes:
         """The first piece with text in it, without the blank lines before the text."""
-        for first in pieces:
-            first = self._records_start(first)
+        text = b""
+        for text in pieces:
+            first = self._records_start(text)
             if first:
                 return first
-        raise self._only_blank_lines()
+        raise self._no_records(text)
 
     def file_format(self) -> str:
         """FASTA or FASTQ, told as reading the file tells it (its first non-blank byte), from
@@ -248,7 +252,7 @@ class ReadsReader:
         text, used, whole = self._text_head(limit)
         records = self._records_start(text)
         if not records:
-            raise self._only_blank_lines()
+            raise self._no_records(text)
         fastq = self._is_fastq(records)
         if not whole:
             end = _last_record_end(records, fastq)
@@ -269,20 +273,25 @@ class ReadsReader:
                 return text, len(text), not raw.read(1)
             raw.seek(0)
             inflate = zlib.decompressobj(wbits=31)
-            pieces, size, used = [], 0, 0
+            pieces, size, used, ended = [], 0, 0, False
             try:
                 while size < limit and (data := raw.read(_HEAD_STEP)):
                     used += len(data)
                     while data:
+                        if ended:  # the next member of a multi-member file (bgzip, cat)
+                            inflate, ended = zlib.decompressobj(wbits=31), False
                         pieces.append(inflate.decompress(data))
                         size += len(pieces[-1])
                         if not inflate.eof:
                             break
-                        # The next member of a multi-member file (bgzip, concatenated gzip).
-                        data, inflate = inflate.unused_data, zlib.decompressobj(wbits=31)
+                        ended, data = True, inflate.unused_data
             except zlib.error as exc:
                 raise self._corrupt_gzip(exc) from None
-            return b"".join(pieces), used, not raw.read(1)
+            whole = not raw.read(1)
+            if whole and not ended:  # cut short: as gzip.GzipFile says it reading it all
+                raise self._corrupt_gzip(EOFError("Compressed file ended before the "
+                                                  "end-of-stream marker was reached"))
+            return b"".join(pieces), used, whole
 
     def _records_start(self, data: bytes) -> bytes:
         """The start of a file's text without what may precede its first record: a UTF-8

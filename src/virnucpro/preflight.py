@@ -4,7 +4,11 @@ Snakemake finds a missing input only when it plans the job that reads it, and a 
 embedding and scoring jobs appear only after its prepare checkpoint has run: a missing or
 damaged classifier passed `snakemake -n` and failed the real run after every sample was
 prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
-the reads files of every sample not yet prepared must exist and be readable, and every model
+the reads files of every sample not yet prepared must exist, be readable and start as prepare
+reads them (the whole records of their first MB, read once: a dry run's estimate scales the
+same counts), paired files must hold as many records each (counted in full up to
+PAIR_COUNT_BYTES; larger pairs are checked by prepare as it reads them, which stops at the
+end with one line), and every model
 must be there and be the kind of file it should be (checked by its structure,
 `virnucpro.models.formats`; its weights are read only by the job that loads it), with a
 classifier for the configured chunk size. A model that lies in a directory `virnucpro models
@@ -23,6 +27,7 @@ not run, with an estimate of how many there will be.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -32,8 +37,8 @@ from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
-from virnucpro.errors import (MissingInputError, ModelError, Problems, UsageError, VirNucProError,
-                              one_line)
+from virnucpro.errors import (InputError, MissingInputError, ModelError, Problems, UsageError,
+                              VirNucProError, one_line)
 from virnucpro.atomic import atomic_open
 from virnucpro.gpu import visible_devices
 from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_torch_file,
@@ -46,31 +51,41 @@ from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_tor
 from virnucpro.models.published import (DNABERT_S_PAGE, ESM_FILE, classifier_address,
                                         digest_problem, esm_address, manifest_entries,
                                         size_problem)
-from virnucpro.prepare import estimate
+from virnucpro.fasta import ReadsReader
+from virnucpro.prepare import HeadCounts, estimate, head_counts
+from virnucpro.reads import PAIRING_HINT
 
 # The models of a run (config `models`), by what each is called.
 MODEL_NAMES = {"esm": "ESM-2 model file", "dnabert": "DNABERT-S directory",
                "classifier": "classifier"}
 # The published classifiers' names say their chunk size (also once converted to safetensors).
 PUBLISHED_NAME = re.compile(r"(300|500)_model\.(pth|safetensors)")
-HEAD_BYTES = 1 << 20  # what a dry run reads of each reads file for its estimate
+HEAD_BYTES = 1 << 20  # what pre-flight reads of each reads file (and a dry run's estimate)
+# Paired files up to this size together (on disk) are counted in full before any job: the
+# package's reader counts 25-35 ms a MB of gzip FASTQ, 2-7 ms a MB of plain FASTQ or FASTA,
+# so a pair at the limit costs pre-flight 0.8 s gzip, 0.1 s plain (bench/preflight.py).
+# Larger pairs are checked by prepare, which reads them anyway.
+PAIR_COUNT_BYTES = 16 << 20
 
 
 def check(samples: dict[str, list[str]], training: dict[str, list[str]],
           models: dict[str, str], chunk_size: int, made: dict[str, str],
-          read: Collection[str] = (), device: str | None = None) -> list[str]:
+          read: Collection[str] = (), device: str | None = None, u_as_t: bool = False
+          ) -> list[str]:
     """Raise Problems unless the run can start: the reads of the samples and training files
     that jobs will still read (not those `read`: prepared, and for a sample its virus reads
     written; such reads may be gone), the models they need (the classifier only when there
     are samples to classify), and `embed.device` where the jobs run here (`device`; None
-    when they run elsewhere, on a cluster). `made` maps each file a rule makes to that rule.
-    Returns notes for the user: the models absent but made by a rule."""
+    when they run elsewhere, on a cluster). `made` maps each file a rule makes to that rule;
+    `u_as_t` is prepare's setting. Returns notes for the user: the models absent but made by
+    a rule."""
     problems: list[VirNucProError] = []
     if device is not None and (problem := device_problem(device)):
         problems.append(problem)
     for sample, files in {**samples, **training}.items():
         if sample not in read:
-            problems += [problem for path in files if (problem := reads_problem(sample, path))]
+            problems += sample_problems(sample, files, chunk_size, u_as_t=u_as_t,
+                                        drop_ambiguous=sample in training)
     needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
     made = {os.path.normpath(path): rule for path, rule in made.items()}
     notes = []
@@ -89,8 +104,62 @@ def check(samples: dict[str, list[str]], training: dict[str, list[str]],
     return notes
 
 
+def sample_problems(sample: str, files: list[str], chunk_size: int,
+                    **settings: bool) -> list[VirNucProError]:
+    """What is wrong with a sample's reads files, one problem a file, then for paired files
+    that are sound, their record counts (`pair_problem`). `settings` are prepare's."""
+    problems: list[VirNucProError] = []
+    heads = []
+    for path in files:
+        try:
+            problem = reads_problem(sample, path)
+            heads.append(None if problem else first_records(path, chunk_size, **settings))
+        except VirNucProError as found:
+            problem = found
+        if problem:
+            problems.append(problem)
+    if len(files) == 2 and not problems and (problem := pair_problem(files, heads)):
+        problems.append(problem)
+    return problems
+
+
+def first_records(path: str, chunk_size: int, **settings: bool) -> HeadCounts | None:
+    """`prepare.head_counts` of the file's first HEAD_BYTES (InputError if they are not
+    reads), read once while the workflow is planned: pre-flight checks the file with them and
+    a dry run's estimate scales the same counts. Remembered per version of the file."""
+    try:
+        found = os.stat(path)
+        version = (found.st_ino, found.st_size, found.st_mtime_ns)
+    except OSError:
+        version = None  # head_counts says what is wrong, in one line
+    return _first_records(path, version, chunk_size, tuple(sorted(settings.items())))
+
+
+@functools.cache
+def _first_records(path: str, version: tuple[int, int, int] | None, chunk_size: int,
+                   settings: tuple[tuple[str, bool], ...]) -> HeadCounts | None:
+    return head_counts(path, chunk_size, HEAD_BYTES, **dict(settings))
+
+
+def pair_problem(files: list[str], heads: list[HeadCounts | None]) -> InputError | None:
+    """Paired files whose record counts differ: an R2 cut short, or the files of two runs.
+    Counted by the package's reader (what prepare will read), from their first records when
+    those are the whole files, else in full up to PAIR_COUNT_BYTES together; larger pairs
+    are left to prepare, which stops at the end of the shorter file with one line."""
+    if all(head is not None and head.whole for head in heads):
+        counts = [head.reads for head in heads]
+    elif sum(map(os.path.getsize, files)) <= PAIR_COUNT_BYTES:
+        counts = [sum(map(len, ReadsReader(path))) for path in files]
+    else:
+        return None
+    if counts[0] == counts[1]:
+        return None
+    return InputError(files[0], f"has {counts[0]:,} records, its mate file {files[1]} has "
+                      f"{counts[1]:,}", PAIRING_HINT)
+
+
 def reads_problem(sample: str, path: str) -> MissingInputError | None:
-    """Why a sample's reads file cannot be read, or None. Its content is prepare's to check."""
+    """Why a sample's reads file cannot be read, or None (its content: `first_records`)."""
     what = f"reads file of sample '{sample}'"
     if not os.path.exists(path):
         return MissingInputError(path, f"{what} does not exist", "check its path in your config "
@@ -277,10 +346,12 @@ def unprepared(sample: str, reads: list[str], chunk_size: int, shard_size: int,
                **settings: bool) -> str:
     """What a dry run says of a sample whose prepare has not run: its embedding jobs are
     not planned yet (they come from a Snakemake checkpoint), and about how many there will
-    be, from the first MB of its reads (`prepare.estimate`; `settings` are prepare's)."""
+    be, from the first MB of its reads (`prepare.estimate` of the counts pre-flight read,
+    `first_records`; `settings` are prepare's)."""
     line = f"sample {sample}: prepare has not run yet; its embedding jobs appear after it"
     try:
-        counts = estimate(reads, chunk_size, shard_size, HEAD_BYTES, **settings)
+        counts = estimate([first_records(path, chunk_size, **settings) for path in reads],
+                          shard_size)
     except VirNucProError as problem:  # its prepare job will say so
         return f"{line} (no estimate: {problem.one_line()})"
     if counts is None:

@@ -227,24 +227,42 @@ class Estimate:
     exact: bool
 
 
-def estimate(reads: Reads, chunk_size: int, shard_size: int, head_bytes: int,
-             **settings: bool) -> Estimate | None:
-    """A sample's reads, frames and shards, without reading it all: prepare's own code on
-    the whole records in the first `head_bytes` of each file's text (so frames per read are
-    prepare's), scaled by the share of the file those records are on disk (for gzip, that
-    start's compression ratio). None when a file's first record is longer than that."""
-    paths = [reads] if isinstance(reads, (str, os.PathLike)) else list(reads)
+@dataclass
+class HeadCounts:
+    """What prepare makes of the whole records at the start of one reads file."""
+
+    reads: int
+    frames: int
+    share: float  # of the file's bytes on disk those records come from
+    whole: bool  # they are the whole file
+
+
+def head_counts(path: str | os.PathLike, chunk_size: int, head_bytes: int,
+                **settings: bool) -> HeadCounts | None:
+    """Prepare's own code on the whole records in the first `head_bytes` of a reads file's
+    text (so frames per read are prepare's; `settings` are prepare's). Reading them checks
+    the file as prepare would (not FASTA or FASTQ, empty, corrupt gzip: InputError). None
+    when its first record is longer than that."""
+    head = ReadsReader(path).head(head_bytes)
+    if not head.blocks:
+        return None
+    stats = PrepareStats(os.fspath(path), chunk_size, **settings)
+    for block in head.blocks:
+        prepare_block(block, chunk_size, stats)
+    return HeadCounts(stats.reads, stats.frames, head.share, head.whole)
+
+
+def estimate(heads: Iterable[HeadCounts | None], shard_size: int) -> Estimate | None:
+    """A sample's reads, frames and shards, without reading it all: the counts of the start
+    of each of its files (`head_counts`), scaled by the share of the file they are on disk
+    (for gzip, that start's compression ratio). None when a file has no whole record there."""
     total_reads = total_frames = 0.0
     exact = True
-    for path in paths:
-        head = ReadsReader(path).head(head_bytes)
-        if not head.blocks:
+    for head in heads:
+        if head is None:
             return None
-        stats = PrepareStats(os.fspath(path), chunk_size, **settings)
-        for block in head.blocks:
-            prepare_block(block, chunk_size, stats)
-        total_reads += stats.reads / head.share
-        total_frames += stats.frames / head.share
+        total_reads += head.reads / head.share
+        total_frames += head.frames / head.share
         exact = exact and head.whole
     return Estimate(total_reads, total_frames, math.ceil(total_frames / shard_size), exact)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from virnucpro.atomic import atomic_open
 from virnucpro.calls import CALLS, NO_CODING_FRAME, NON_VIRUS, VIRUS, describe_rule, percent_virus
-from virnucpro.classify import SUMMARY_COLUMNS
+from virnucpro.classify import SUMMARY_COLUMNS, merge_runs
 from virnucpro.plots import (LABELS, calls_plot, length_score_plot, samples_calls_plot,
                              samples_scores_plot, score_histogram_plot)
 from virnucpro.provenance import MODEL_ROLES
@@ -155,17 +155,45 @@ def _rules(threshold: float | None) -> str:
                                            for k, v in GLOSSARY.items()) + "</dl>")
 
 
-def _provenance(provenance: Mapping[str, Any], inputs: Mapping[str, Sequence[str]]) -> str:
-    """Version, date, inputs, every model file with its SHA-256, and the settings."""
+def _provenance(provenance: Mapping[str, Any], inputs: Mapping[str, Sequence[str]],
+                runs: Sequence[Mapping[str, Any]]) -> str:
+    """Version, date, inputs, every model file with its SHA-256, what computed the embeddings
+    (`runs`: classify.embedding_runs), and the settings, `auto` with what it resolved to."""
     run = _table(None, [("VirNucPro version", provenance["virnucpro_version"]),
                         ("Date of the run", _date(provenance))]
                  + [(f"Reads of {name}" if len(inputs) > 1 else "Reads", " + ".join(files))
                     for name, files in inputs.items()])
+    resolved = {"embed.device": [_device(r) for r in runs if r["device"]],
+                "embed.dtype": [r["precision"] for r in runs if r["precision"]]}
     settings = [(key, "null (original rule)" if value is None else
-                 json.dumps(value) if isinstance(value, bool) else str(value))
+                 json.dumps(value) if isinstance(value, bool) else
+                 f"auto: {', '.join(dict.fromkeys(resolved[key]))}"
+                 if value == "auto" and resolved.get(key) else str(value))
                 for key, value in provenance["settings"].items()]
     return ("<h2>Provenance</h2>" + run + "<h3>Models</h3>" + _models_table(provenance)
+            + "<h3>Embedding jobs</h3>" + _runs_table(runs)
             + "<h3>Settings</h3>" + _table(("setting", "value"), settings))
+
+
+def _device(run: Mapping[str, Any]) -> str:
+    """A device as the pages name it: cpu, or cuda (the GPU's model)."""
+    return f"{run['device']} ({run['gpu']})" if run["gpu"] else run["device"]
+
+
+def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One row per device, GPU model and precision that embedded shards (from the embedding
+    jobs' records)."""
+    if not runs:
+        return '<p class="note">Not recorded (results of an older virnucpro).</p>'
+    rows = [(_device(r) if r["device"] else "not recorded (an older virnucpro)",
+             "not recorded" if not r["precision"] else
+             f"mixed ({r['matmul_dtype']} matrix multiplications)" if r["precision"] == "mixed"
+             else r["precision"], _count(r["shards"]), _count(r["frames"]),
+             _count(r["rescored_in_float32"])) for r in runs]
+    return _table(("device", "precision", "shards", "frames", "rescored in float32"), rows,
+                  numeric=(2, 3, 4)) + \
+        '<p class="note">Frames rescored in float32: with mixed precision, the frames near a ' \
+        "decision boundary are embedded again in float32, so their calls are float32's.</p>"
 
 
 def _models_table(provenance: Mapping[str, Any]) -> str:
@@ -311,7 +339,7 @@ def write_sample_report(sample: str, counts_json: str | os.PathLike,
             + f"<h2>Top {len(top)} reads by best P(virus)</h2>"
             + (_top_reads_table(top) if top else "<p>No read has a stop-free frame.</p>")
             + _result_files(sample, counts, virus_reads) + _rules(threshold)
-            + _provenance(provenance, {sample: list(reads)}))
+            + _provenance(provenance, {sample: list(reads)}, counts.get("embedding", [])))
     page = _page(f"VirNucPro: sample {sample}",
                  f"{unit}. Run of {_date(provenance)}, VirNucPro "
                  f"{provenance['virnucpro_version']}.", provenance, body)
@@ -359,7 +387,10 @@ def write_overview(counts_files: Mapping[str, str | os.PathLike],
             + _figure(svgs["scores"], "Distribution of the best P(virus) of each sample's reads "
                       "with a stop-free frame (percent of those reads per bin of 0.02); the "
                       "dashed line is the decision threshold.")
-            + _rules(threshold) + _provenance(provenance, reads))
+            + _rules(threshold)
+            + _provenance(provenance, reads,
+                          merge_runs(run for c in counts.values()
+                                     for run in c.get("embedding", []))))
     page = _page("VirNucPro: overview", f"{len(counts)} samples. Run of {_date(provenance)}, "
                  f"VirNucPro {provenance['virnucpro_version']}.", provenance, body)
     with atomic_open(out, "w") as handle:

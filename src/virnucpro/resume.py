@@ -98,7 +98,7 @@ class FeatureRows:
         parts = (batch.load(validate=False) for batch in batches)
         assemble_features(self.out, parts, frames, engine.embed_dim, self.dtype,
                           models=engine.identities(), settings=engine.settings(),
-                          window_frames=window_frames)
+                          hardware=engine.hardware(), window_frames=window_frames)
         write_sentinel(layout.sentinel(self.out), f"{frames}\n")
 
 
@@ -180,7 +180,7 @@ class ScoreRows:
                 window_frames: int) -> None:
         rescored = sum(int(batch.load(validate=False).data[:, 2].sum()) for batch in batches)
         about = {"frames": frames, "models": engine.identities(), "settings": engine.settings(),
-                 "classifier": classifier_identity(self.classifier),
+                 "hardware": engine.hardware(), "classifier": classifier_identity(self.classifier),
                  "rescored_in_float32": rescored,
                  "rescore_margin": rescore_margin(engine) if engine.precision.autocast else None}
         with atomic_open(layout.scores_sidecar(self.out), "w") as handle:

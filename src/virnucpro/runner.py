@@ -160,3 +160,21 @@ def exit_status(log_file: str | os.PathLike) -> int | None:
         return None
     last = lines[-1] if lines else ""
     return int(last[len(STATUS_PREFIX):]) if last.startswith(STATUS_PREFIX) else None
+
+
+def failed_step_lines(log_dir: str | os.PathLike, since: float) -> list[str]:
+    """Why each step failed, from the logs under `log_dir` written since `since` (a run's
+    start) whose exit-status record is not 0: their `virnucpro: error:` (or interrupted)
+    lines, each once, or for a step that failed without one (a bug: its traceback is in the
+    log) a line naming the log. A failed run's output ends with these: Snakemake reports each
+    failed job with its script's CalledProcessError, around which the line is easy to miss."""
+    lines = []
+    for path in sorted(Path(log_dir).rglob("*.log")):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < since or not (status := exit_status(path)):
+                continue
+            said = [line for line in path.read_text(errors="replace").splitlines()
+                    if line.startswith(("virnucpro: error: ", "virnucpro: interrupted"))]
+            lines += said or [f"virnucpro: {path}: the step failed (exit status {status}); "
+                              "its log says why"]
+    return list(dict.fromkeys(lines))

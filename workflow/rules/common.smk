@@ -7,22 +7,49 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# The virnucpro package, installed or not: importable here and in every job's scripts.
-SRC = os.path.normpath(f"{workflow.basedir}/../src")
-sys.path.insert(0, SRC)
-from virnucpro import layout
-from virnucpro.config import check_config, check_config_files
-from virnucpro.runner import report_note, result_or_exit, share_package
+# Paths of the workflow's own files are relative to this file (workflow.source_path), never
+# to workflow.basedir: used as a module (README "Deploying as a module"), the main Snakefile
+# is the user's, and a module from GitHub has no files on disk until Snakemake fetches them.
+#
+# The virnucpro package comes from the environment that runs Snakemake, and so its jobs
+# (pip install, README "Deploying as a module"; envs/virnucpro.yaml for --sdm conda). Only
+# a clone whose package is not installed runs its own src/, saying so: a deployed module
+# has no src/ beside it, and its package must be the workflow's version.
+try:
+    import virnucpro
+except ModuleNotFoundError:
+    SRC = os.path.normpath(f"{workflow.current_basedir}/../../src")
+    if not os.path.isfile(f"{SRC}/virnucpro/__init__.py"):
+        print(
+            "virnucpro: error: the virnucpro package is not installed in the environment "
+            "that runs Snakemake; install it there (pip install CLONE, or pip install "
+            "'virnucpro @ git+URL@TAG': README \"Deploying as a module\"), then rerun",
+            file=sys.stderr,
+        )
+        raise SystemExit(64)  # virnucpro.errors.EXIT_USAGE, not importable here
+    sys.path.insert(0, SRC)
+    from virnucpro.runner import report_note, share_package
 
-share_package(SRC)
+    share_package(SRC)  # the jobs' scripts import it from there too
+    report_note(
+        f"the virnucpro package is not installed in this environment: running {SRC} "
+        "(pip install it to run the package from your environment)"
+    )
+from virnucpro import layout
+from virnucpro.config import check_config, check_config_files, check_package_version
+from virnucpro.runner import report_note, result_or_exit
 from virnucpro.layout import FASTA, FASTQ
 from virnucpro.results import virus_reads_format
 from virnucpro.samples import load_samples
 
+result_or_exit(check_package_version, workflow.source_path("../../pyproject.toml"))
+# Both schemas are fetched before either is read: the config's refers to the samples' beside it.
+CONFIG_SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+SAMPLES_SCHEMA = workflow.source_path("../schemas/samples.schema.yaml")
 # The config: each problem on one line, naming its key (virnucpro.config; Snakemake's own
 # message would bury it in the schema), then the schema's defaults filled in.
 result_or_exit(check_config_files, workflow.configfiles)
-result_or_exit(check_config, config, f"{workflow.basedir}/schemas/config.schema.yaml")
+result_or_exit(check_config, config, CONFIG_SCHEMA)
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 OUTDIR = config["outdir"].rstrip("/")
@@ -36,9 +63,7 @@ FEATURE_DONE = str(layout.sentinel(FEATURE_FILE))
 SCORES_FILE = f"{OUTDIR}/{layout.SCORES_PATTERN}"
 FAILED_REGISTRY = str(layout.registry(OUTDIR))
 # Sample name -> its reads files (one, or R1 and R2), from the config's map or sample sheet.
-SAMPLE_READS = result_or_exit(
-    load_samples, config["samples"], f"{workflow.basedir}/schemas/samples.schema.yaml"
-)
+SAMPLE_READS = result_or_exit(load_samples, config["samples"], SAMPLES_SCHEMA)
 SAMPLES = sorted(SAMPLE_READS)
 # Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
 PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
@@ -262,14 +287,20 @@ def preflight():
         made,
         [sample for sample in [*SAMPLES, *TRAINING] if reads_read(sample)],
         config["embed"]["device"] if workflow.local_exec else None,
+        config["u_as_t"],
     )
     for note in notes:
         report_note(note)
 
 
+# When this run's jobs started (onstart), for onerror.
+RUN = {"started": None}
+
+
 onstart:
     # One run per output directory, even from another working directory (virnucpro.runlock);
     # holding it, remove what interrupted runs left there (virnucpro.orphans).
+    import time
     from virnucpro.orphans import remove_orphans
     from virnucpro.runlock import claim_outdir
     from virnucpro.runner import call_reporting_errors
@@ -277,9 +308,20 @@ onstart:
     status = call_reporting_errors(claim_outdir, OUTDIR)
     if status:
         raise SystemExit(status)
+    RUN["started"] = time.time()
     count, size = remove_orphans(OUTDIR)
     if count:
         report_note(
             f"removed {count} temporary file(s) left in {OUTDIR} by an interrupted run "
             f"({size / 1e6:.1f} MB)"
         )
+
+
+onerror:
+    # The failed steps' lines again, last, where a failed run's output ends: Snakemake reports
+    # each failed job with its script's CalledProcessError, around which they are easy to miss.
+    from virnucpro.runner import failed_step_lines
+
+    if RUN["started"] is not None:
+        for line in failed_step_lines(f"{OUTDIR}/logs", RUN["started"]):
+            print(line, file=sys.stderr)
