@@ -462,7 +462,7 @@ def test_the_pages_show_what_ran_from_the_embedding_jobs_records(tmp_path, demo_
                      tmp_path / "provenance.json")
     plots = {name: tmp_path / f"{name}.svg" for name in ("calls", "scores", "length")}
     write_sample_report("gpu", gpu / "counts.json", tmp_path / "provenance.json", ["g.fa"],
-                        gpu / "report.html", plots, gpu / "top_reads.tsv")
+                        gpu / "report.html", plots, gpu / "top_reads.tsv", ["virus_reads.fa.gz"])
     page = (gpu / "report.html").read_text()
     row = ('<tr><td>cuda (NVIDIA H200)</td><td>mixed (float16 matrix multiplications)</td>'
            '<td class="num">1</td><td class="num">6</td><td class="num">2</td></tr>')
