@@ -4,13 +4,13 @@ Snakemake finds a missing input only when it plans the job that reads it, and a 
 embedding and scoring jobs appear only after its prepare checkpoint has run: a missing or
 damaged classifier passed `snakemake -n` and failed the real run after every sample was
 prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
-the reads files of every sample not yet prepared must exist and be readable, and every model
-must be there and be the kind of file it should be (checked by its structure,
-`virnucpro.models.formats`; its weights are read only by the job that loads it), with a
-classifier for the configured chunk size. A model that lies in a directory `virnucpro models
-fetch` wrote is first checked against that directory's manifest: its files of the size and
-SHA-256 fetched (virnucpro.models.published). All problems are reported together, one line
-each, and nothing starts (exit status 66).
+the reads files of every sample not yet prepared must exist and be readable (a BAM or CRAM
+opened, and given without an R2 file), and every model must be there and be the kind of
+file it should be (checked by its structure, `virnucpro.models.formats`; its weights are
+read only by the job that loads it), with a classifier for the configured chunk size. A
+model that lies in a directory `virnucpro models fetch` wrote is first checked against that
+directory's manifest: its files of the size and SHA-256 fetched (virnucpro.models.published).
+All problems are reported together, one line each, and nothing starts (exit status 66).
 
 A model that a rule of the workflow makes (ESM-2 and DNABERT-S by the download rules, the
 demo models by rule demo_models, a classifier that rule train writes) is no problem when it
@@ -32,9 +32,10 @@ from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
-from virnucpro.errors import (MissingInputError, ModelError, Problems, UsageError, VirNucProError,
-                              one_line)
+from virnucpro.errors import (InputError, MissingInputError, ModelError, Problems, UsageError,
+                              VirNucProError, one_line)
 from virnucpro.atomic import atomic_open
+from virnucpro.bam import BamReader, alignment_format
 from virnucpro.gpu import visible_devices
 from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_torch_file,
                                       dnabert_problems, dnabert_weights, esm_name_problem,
@@ -47,6 +48,8 @@ from virnucpro.models.published import (DNABERT_S_PAGE, ESM_FILE, classifier_add
                                         digest_problem, esm_address, manifest_entries,
                                         size_problem)
 from virnucpro.prepare import estimate
+from virnucpro.fasta import READS_FORMATS
+from virnucpro.reads import alignment_with_mate_file
 
 # The models of a run (config `models`), by what each is called.
 MODEL_NAMES = {"esm": "ESM-2 model file", "dnabert": "DNABERT-S directory",
@@ -70,7 +73,10 @@ def check(samples: dict[str, list[str]], training: dict[str, list[str]],
         problems.append(problem)
     for sample, files in {**samples, **training}.items():
         if sample not in read:
-            problems += [problem for path in files if (problem := reads_problem(sample, path))]
+            found = [problem for path in files if (problem := reads_problem(sample, path))]
+            if not found and (problem := alignment_with_mate_file(files)):
+                found.append(problem)
+            problems += found
     needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
     made = {os.path.normpath(path): rule for path, rule in made.items()}
     notes = []
@@ -89,8 +95,11 @@ def check(samples: dict[str, list[str]], training: dict[str, list[str]],
     return notes
 
 
-def reads_problem(sample: str, path: str) -> MissingInputError | None:
-    """Why a sample's reads file cannot be read, or None. Its content is prepare's to check."""
+def reads_problem(sample: str, path: str) -> InputError | None:
+    """Why a sample's reads file cannot be read, or None. Its content is prepare's to check,
+    but for a BAM or CRAM: it is opened (its header, end-of-file block and first read, which
+    tells whether its reads are paired, as the workflow needs to plan the run), so one
+    truncated or unreadable is named before any job."""
     what = f"reads file of sample '{sample}'"
     if not os.path.exists(path):
         return MissingInputError(path, f"{what} does not exist", "check its path in your config "
@@ -98,21 +107,26 @@ def reads_problem(sample: str, path: str) -> MissingInputError | None:
                                  "directory)")
     if os.path.isdir(path):
         return MissingInputError(path, f"{what} is a directory",
-                                 "give the path of a FASTA or FASTQ file")
+                                 f"give the path of a {READS_FORMATS} file")
     kind = os.stat(path).st_mode
     if not stat.S_ISREG(kind):
         # Opening a named pipe would wait for a writer, forever (dry runs too); and a pipe
         # or device cannot be read twice, as a dry run's estimate and prepare both read it.
         name = "a named pipe (FIFO)" if stat.S_ISFIFO(kind) else "not a regular file"
         return MissingInputError(path, f"{what} is {name}",
-                                 "give the path of a FASTA or FASTQ file on disk (write a "
-                                 "stream to a file first)")
+                                 f"give the path of a {READS_FORMATS} file on disk (write "
+                                 "a stream to a file first)")
     try:
         with open(path, "rb") as handle:
             handle.read(1)
     except OSError as exc:
         return MissingInputError(path, f"{what} cannot be read ({exc.strerror})",
                                  "make it readable to the user who runs the workflow")
+    if alignment := alignment_format(path):
+        try:
+            BamReader(path, alignment)
+        except InputError as problem:
+            return problem
     return None
 
 

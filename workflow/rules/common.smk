@@ -15,7 +15,7 @@ from virnucpro.config import check_config, check_config_files
 from virnucpro.runner import report_note, result_or_exit, share_package
 
 share_package(SRC)
-from virnucpro.samples import load_samples
+from virnucpro.samples import is_paired, load_samples
 
 # The config: each problem on one line, naming its key (virnucpro.config; Snakemake's own
 # message would bury it in the schema), then the schema's defaults filled in.
@@ -38,9 +38,12 @@ SAMPLE_READS = result_or_exit(
     load_samples, config["samples"], f"{workflow.basedir}/schemas/samples.schema.yaml"
 )
 SAMPLES = sorted(SAMPLE_READS)
-# Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
-PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
-SINGLE_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 1]
+# Paired samples (R1 and R2, or a BAM or CRAM of paired reads) get a pairs.tsv besides the
+# per-read results.
+PAIRED_SAMPLES = [
+    s for s in SAMPLES if is_paired(SAMPLE_READS[s], layout.prepare_dir(f"{OUTDIR}/{s}"))
+]
+SINGLE_SAMPLES = [s for s in SAMPLES if s not in PAIRED_SAMPLES]
 ENV = "../../envs/virnucpro.yaml"
 
 
