@@ -85,27 +85,15 @@ def with_nan_weight(source: Path, target: Path) -> Path:
     return target
 
 
-def fastq_reads(path: Path) -> list[tuple[str, str, str]]:
-    """(ID: the header up to its first whitespace, sequence, qualities) of a 4-line FASTQ."""
-    lines = path.read_text().splitlines()
-    return [(lines[i][1:].split()[0], lines[i + 1], lines[i + 3]) for i in range(0, len(lines), 4)]
-
-
 def unaligned_bam(out: Path, *fastqs: Path) -> Path:
-    """The reads of one FASTQ file, or the pairs of two (R1, R2), as the unaligned BAM Picard
-    FastqToSam writes (a CRAM when `out` ends in .cram): a record per read named by its ID,
-    flags 77 and 141 (paired, both unmapped, READ1 / READ2; the mates one after the other) or
-    4 (unmapped), bases and qualities as in the FASTQ."""
+    """The reads of one FASTQ file, or the pairs of two (R1, R2), as the unaligned BAM
+    `samtools import` (pysam's) writes (a CRAM when `out` ends in .cram): a record per read
+    named by its ID, flags 4 or, for pairs, 77 and 141 (READ1 then READ2), bases and qualities
+    as in the FASTQ."""
     import pysam
 
-    flags = [77, 141] if len(fastqs) == 2 else [4]
-    header = {"HD": {"VN": "1.6", "SO": "queryname"}, "RG": [{"ID": "A", "SM": "sample"}]}
-    with pysam.AlignmentFile(str(out), "wc" if out.suffix == ".cram" else "wb",
-                             header=header) as bam:
-        for reads in zip(*map(fastq_reads, fastqs)):
-            for (name, sequence, quality), flag in zip(reads, flags):
-                record = pysam.AlignedSegment(bam.header)
-                record.query_name, record.flag, record.query_sequence = name, flag, sequence
-                record.query_qualities = pysam.qualitystring_to_array(quality)
-                bam.write(record)
+    inputs = ["-0", str(fastqs[0])] if len(fastqs) == 1 else \
+        ["-1", str(fastqs[0]), "-2", str(fastqs[1])]
+    pysam.samtools.fqimport(*inputs, "-O", "cram" if out.suffix == ".cram" else "bam",
+                            "-o", str(out), catch_stdout=False)
     return out
