@@ -269,6 +269,23 @@ def test_a_truncated_file_is_one_line(tmp_path, suffix, cut):
         assert "the file is corrupt or truncated; re-create it or download it again" in line
 
 
+def test_an_aligned_cram_without_its_reference_says_so(tmp_path):
+    reads = [(name, 0, seq, QUALITY[:len(seq)]) for name, seq in READS]
+    bam = aligned_bam(tmp_path / "aligned.bam", reads)
+    reference = tmp_path / "chr1.fa"
+    reference.write_text(">chr1\n" + "".join(seq for _, seq in READS) * 100 + "\n")
+    cram = tmp_path / "aligned.cram"
+    pysam.samtools.view("-C", "-T", str(reference), "-o", str(cram), str(bam),
+                        catch_stdout=False)
+    reference.unlink()
+    assert prepare_error(tmp_path, cram) == (
+        f"virnucpro: error: {cram}: cannot be read as CRAM (truncated file); an aligned CRAM "
+        "(its header lists reference sequences) is decoded with its reference: make that "
+        "available where samtools finds it (REF_PATH, REF_CACHE) or convert the file to BAM "
+        "('samtools view -b -T REF.fa'); otherwise the file is corrupt or truncated; re-create "
+        "it or download it again")
+
+
 def test_a_bam_with_an_r2_file_is_refused(tmp_path):
     r1, r2 = paired_fastq(tmp_path, 5)
     bam = unaligned_bam(tmp_path / "pe.bam", r1, r2)

@@ -57,6 +57,10 @@ ORDER_HINT = ("a paired BAM or CRAM holds each pair's two mates one after the ot
 MIXED_HINT = ("a sample's reads are all paired or all single: split the file with 'samtools "
               "view -f 1' (paired) and 'samtools view -F 1' (single) and give two samples")
 DAMAGED_HINT = "the file is corrupt or truncated; re-create it or download it again"
+REFERENCE_HINT = ("an aligned CRAM (its header lists reference sequences) is decoded with its "
+                  "reference: make that available where samtools finds it (REF_PATH, "
+                  "REF_CACHE) or convert the file to BAM ('samtools view -b -T REF.fa'); "
+                  "otherwise " + DAMAGED_HINT)
 
 
 def alignment_format(path: str | os.PathLike) -> str | None:
@@ -150,9 +154,11 @@ class BamReader(ReadsReader):
         if self.kind == CRAM:
             self._check_cram_end()
         offset_shift = 16 if self.kind == BAM else 0  # BGZF virtual offsets: block << 16
+        references = 0
         try:
             with pysam.AlignmentFile(os.fspath(self.path), "rb" if self.kind == BAM else "rc",
                                      check_sq=False) as alignments:
+                references = alignments.nreferences
                 # fetch(until_eof=True): iterating the file itself refuses a CRAM without @SQ
                 # header lines, as an unaligned one may be (pysam issue #956).
                 for record in alignments.fetch(until_eof=True):
@@ -160,14 +166,17 @@ class BamReader(ReadsReader):
                     if not record.flag & NOT_A_READ:
                         yield record
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise self._damaged(exc) from None
+            raise self._damaged(exc, references) from None
 
-    def _damaged(self, exc: Exception) -> Exception:
+    def _damaged(self, exc: Exception, references: int = 0) -> Exception:
+        """A file htslib cannot read, in one line; an aligned CRAM's reference not found reads
+        as damage too (htslib says "truncated file"), so its hint names both."""
         reason = one_line(exc)
         if "EOF marker" in reason:
             return self._error(f"is truncated ({self.kind} files end with an end-of-file "
                                "block, this one does not)", DAMAGED_HINT)
-        return self._error(f"cannot be read as {self.kind} ({reason})", DAMAGED_HINT)
+        return self._error(f"cannot be read as {self.kind} ({reason})",
+                           REFERENCE_HINT if self.kind == CRAM and references else DAMAGED_HINT)
 
     def _check_cram_end(self) -> None:
         with open(self.path, "rb") as raw:
