@@ -1,12 +1,14 @@
 """Prepare throughput: the project's vectorised prepare vs a plain implementation,
-and FASTQ input vs FASTA input.
+FASTQ input vs FASTA input, and unaligned BAM input vs FASTQ input.
 
 Generates N reads (100-300 bp), runs both on one core in this run, checks that
 their three output files are byte-identical, and reports reads/s, the ratio,
 and the project's peak memory at two input sizes (it must not grow with input).
 The same reads are also written as FASTQ (random qualities) and prepared from it:
 `fastq_vs_fasta` is FASTQ prepare's speed over FASTA prepare's (best of
-`--repeats` fresh processes each; the outputs must be identical).
+`--repeats` fresh processes each; the outputs must be identical). The FASTQ is made an
+unaligned BAM with `samtools import` (pysam's) and prepared from it: `bam_vs_fastq` is BAM
+prepare's speed over FASTQ prepare's (same runs; outputs identical).
 
     .venv/bin/python bench/prepare.py [--reads 200000]
 
@@ -43,6 +45,13 @@ def make_reads(path: Path, n: int, seed: int, fastq: Path | None = None) -> None
             if fastq:
                 quality = "".join(rng.choices("#+5?FIJ", k=len(seq)))
                 out_fastq.write(f"@read{i} simulated\n{seq}\n+\n{quality}\n")
+
+
+def make_bam(fastq: Path, bam: Path) -> None:
+    """The reads of `fastq` as the unaligned BAM `samtools import` writes."""
+    import pysam
+
+    pysam.samtools.fqimport("-0", str(fastq), "-o", str(bam), catch_stdout=False)
 
 
 def run_plain(fasta: Path, size: int, outdir: Path) -> float:
@@ -114,13 +123,18 @@ def main() -> None:
         small, large, large_fastq = tmp / "small.fa", tmp / "large.fa", tmp / "large.fq"
         make_reads(large, args.reads, seed=1, fastq=large_fastq)
         make_reads(small, args.reads // 10, seed=2)
+        large_bam = tmp / "large.bam"
+        make_bam(large_fastq, large_bam)
 
-        best = best_of(args.repeats, {"ours": large, "ours-fastq": large_fastq}, args.chunk_size,
-                       tmp)
-        ours, fastq = best["ours"], best["ours-fastq"]
+        best = best_of(args.repeats, {"ours": large, "ours-fastq": large_fastq,
+                                      "ours-bam": large_bam}, args.chunk_size, tmp)
+        ours, fastq, bam = best["ours"], best["ours-fastq"], best["ours-bam"]
         plain_s = run_plain(large, args.chunk_size, tmp / "plain")
         same_outputs(tmp / "ours", tmp / "plain")
         same_outputs(tmp / "ours", tmp / "ours-fastq")
+        same_outputs(tmp / "ours-fastq", tmp / "ours-bam")
+        sizes_mb = {name: round(path.stat().st_size / 1e6, 1)
+                    for name, path in (("fastq", large_fastq), ("bam", large_bam))}
         ours_small = run_ours(small, args.chunk_size, tmp / "ours-small")
 
     result = {
@@ -134,9 +148,15 @@ def main() -> None:
         "fastq_reads_per_s": round(args.reads / fastq["seconds"]),
         "fastq_vs_fasta": round(ours["seconds"] / fastq["seconds"], 2),
         "fastq_outputs_identical": True,
+        "bam_reads_per_s": round(args.reads / bam["seconds"]),
+        "bam_vs_fastq": round(fastq["seconds"] / bam["seconds"], 2),
+        "bam_outputs_identical": True,
+        "input_mb": sizes_mb,
         "repeats": args.repeats,
         "max_rss_mb": {f"{args.reads // 10} reads": round(ours_small["max_rss_mb"], 1),
-                       f"{args.reads} reads": round(ours["max_rss_mb"], 1)},
+                       f"{args.reads} reads": round(ours["max_rss_mb"], 1),
+                       f"{args.reads} reads, FASTQ": round(fastq["max_rss_mb"], 1),
+                       f"{args.reads} reads, BAM": round(bam["max_rss_mb"], 1)},
         "cores": 1,
         "machine": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -83,3 +83,17 @@ def with_nan_weight(source: Path, target: Path) -> Path:
     tensors[name].view(-1)[0] = float("nan")
     torch.save(state, target)
     return target
+
+
+def unaligned_bam(out: Path, *fastqs: Path) -> Path:
+    """The reads of one FASTQ file, or the pairs of two (R1, R2), as the unaligned BAM
+    `samtools import` (pysam's) writes (a CRAM when `out` ends in .cram): a record per read
+    named by its ID, flags 4 or, for pairs, 77 and 141 (READ1 then READ2), bases and qualities
+    as in the FASTQ."""
+    import pysam
+
+    inputs = ["-0", str(fastqs[0])] if len(fastqs) == 1 else \
+        ["-1", str(fastqs[0]), "-2", str(fastqs[1])]
+    pysam.samtools.fqimport(*inputs, "-O", "cram" if out.suffix == ".cram" else "bam",
+                            "-o", str(out), catch_stdout=False)
+    return out

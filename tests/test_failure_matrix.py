@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import plain_prepare
-from conftest import fastq_text, flip_a_stored_bit, read_fasta, run_cli
+from conftest import fastq_text, flip_a_stored_bit, read_fasta, run_cli, unaligned_bam
 from virnucpro.runner import exit_status
 from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
                               snakemake, start_snakemake, write_config)
@@ -237,6 +237,10 @@ SAME_AS_CLEAN = ["Windows line endings", "lowercase", "soft-masked",
                  "FASTQ, gzip", "FASTQ with Windows line endings"]
 # Accepted paired samples: (R1, R2); compared with the interleaved mates' results.
 PAIRED = {"paired reads (R1 FASTQ, R2 gzipped FASTQ)": ("mates_R1.fq", "mates_R2.fq.gz")}
+# An unaligned BAM (conftest.unaligned_bam, as Picard FastqToSam writes one) of the paired
+# FASTQ row's pairs, whose results it must give. (Single-read BAMs, CRAM and the BAM errors:
+# tests/test_bam.py, through the package and the CLI.)
+BAM_ROW, BAM_FILE = "unaligned BAM of paired reads", "mates.bam"
 
 
 def sample_name(row: str) -> str:
@@ -270,6 +274,12 @@ def input_runs(tmp_path_factory) -> InputRuns:
         samples[sample_name(row)] = [r1, r2]
     (work / "mates.fa").write_text(MATES[2])
     samples[INTERLEAVED] = "mates.fa"
+    (work / "bam sources").mkdir()
+    sources = [work / "bam sources" / f"R{mate}.fq" for mate in (1, 2)]
+    for source, text in zip(sources, MATES):
+        source.write_text(text)
+    unaligned_bam(work / BAM_FILE, *sources)
+    samples[sample_name(BAM_ROW)] = BAM_FILE
     for row, (name, content) in ACCEPTED.items():
         path = work / name
         path.parent.mkdir(exist_ok=True)
@@ -463,6 +473,34 @@ def test_a_million_tiny_reads(input_runs):
     assert sum(r[-1] == "no_coding_frame" for r in rows) == 999_000
     for rule in ("prepare", "aggregate"):
         assert peak_memory_mb(input_runs.work, f"{rule}/{sample}.log") < 400, rule  # 148, 222
+
+
+def test_an_unaligned_bam_gives_the_results_of_its_reads_as_fastq(input_runs):
+    """Both tables of the original, summary.tsv, pairs.tsv and counts.json byte for byte."""
+    (row, _), = PAIRED.items()
+    sample, same = (input_runs.work / "out" / sample_name(r) for r in (BAM_ROW, row))
+    assert_same_results(sample, same)
+    for table in ("pairs.tsv", "counts.json"):
+        assert (sample / table).read_bytes() == (same / table).read_bytes(), table
+    stats = json.loads((sample / "prepare" / "stats.json").read_text())
+    assert (stats["input"], stats["input2"], stats["paired"]) == (BAM_FILE, None, True)
+
+
+def test_the_virus_reads_of_a_bam_are_named_as_samtools_fastq_names_them(input_runs):
+    """A paired BAM's virus reads as delivered: both mates of every pair called virus,
+    R1's in virus_R1.fq.gz and R2's in virus_R2.fq.gz, each record as `samtools fastq`
+    writes it (NAME/1, NAME/2: a BAM holds no FASTQ description; the qualities kept)."""
+    sample = input_runs.work / "out" / sample_name(BAM_ROW)
+    calls = [line.split("\t")[-1] for line in (sample / "pairs.tsv").read_text().splitlines()[1:]]
+    assert "virus" in calls
+    for mate, text in enumerate(MATES[:2], 1):
+        lines = text.splitlines()
+        expected = "".join(f"@{lines[i][1:].split()[0]}/{mate}\n{lines[i + 1]}\n+\n{lines[i + 3]}\n"
+                           for i, call in zip(range(0, len(lines), 4), calls, strict=True)
+                           if call == "virus")
+        assert gzip.decompress((sample / f"virus_R{mate}.fq.gz").read_bytes()).decode() == \
+            expected
+    assert not (sample / "virus_reads.fa.gz").exists()
 
 
 # --------------------------------------------------------------------------- broken models

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import fastq_text, flip_a_stored_bit
+from conftest import fastq_text, flip_a_stored_bit, unaligned_bam
 from virnucpro.config import check_config, check_config_files
 from virnucpro.demo_models import write_demo_models
 from virnucpro.errors import InputError, Problems, UsageError
@@ -58,13 +58,20 @@ def test_every_problem_is_listed_at_once(tmp_path, demo):
     (dnabert / "tokenizer.json").unlink()
     classifier = tmp_path / "500_model.pth"
     classifier.write_text("<html>Not Found</html>")  # what a failed download may leave
-    samples = {"a": [str(tmp_path / "r1.fq"), str(tmp_path / "r2.fq")], "b": [str(tmp_path)]}
+    bam = unaligned_bam(tmp_path / "r.bam", tmp_path / "r1.fq")
+    (tmp_path / "cut.bam").write_bytes(bam.read_bytes()[:-28])  # without its end-of-file block
+    samples = {"a": [str(tmp_path / "r1.fq"), str(tmp_path / "r2.fq")], "b": [str(tmp_path)],
+               "c": [str(tmp_path / "cut.bam")], "d": [str(bam), str(tmp_path / "r1.fq")]}
     assert problems(samples, {"train-virus-0": [str(tmp_path / "v.fa")]},
                     models_of(demo, esm=esm, dnabert=dnabert, classifier=classifier), 500, {}) == [
         f"{tmp_path}/r2.fq: reads file of sample 'a' does not exist; check its path in your "
         "config or sample sheet (a relative path is relative to the working directory)",
-        f"{tmp_path}: reads file of sample 'b' is a directory; give the path of a FASTA or "
-        "FASTQ file",
+        f"{tmp_path}: reads file of sample 'b' is a directory; give the path of a FASTA, "
+        "FASTQ, BAM or CRAM file",
+        f"{tmp_path}/cut.bam: is truncated (BAM files end with an end-of-file block, this one "
+        "does not); the file is corrupt or truncated; re-create it or download it again",
+        f"{bam}: a BAM file holds both mates of paired reads, so it is given alone, without an "
+        f"R2 file ({tmp_path}/r1.fq); give the BAM file as the sample's only reads file",
         f"{tmp_path}/v.fa: reads file of sample 'train-virus-0' does not exist; check its path "
         "in your config or sample sheet (a relative path is relative to the working directory)",
         f"{esm}: cannot read the file (File is not a zip file); it is truncated or not a "
@@ -83,7 +90,7 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path, demo):
     os.mkfifo(tmp_path / "reads.fq")
     assert problems({"s": [str(tmp_path / "reads.fq")]}, {}, models_of(demo), 500, {}) == [
         f"{tmp_path}/reads.fq: reads file of sample 's' is a named pipe (FIFO); give the path "
-        "of a FASTA or FASTQ file on disk (write a stream to a file first)"]
+        "of a FASTA, FASTQ, BAM or CRAM file on disk (write a stream to a file first)"]
 
 
 PDF = (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Length 64 /Filter /FlateDecode >>\nstream\n"
@@ -459,7 +466,7 @@ def test_the_dry_run_line(tmp_path):
     assert unprepared("b", [str(tmp_path / "binary.fa")], 500, 10_000) == (
         f"sample b: prepare has not run yet; its embedding jobs appear after it (no estimate: "
         f"{tmp_path}/binary.fa: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ text; "
-        "give nucleotide reads in FASTA or FASTQ format (plain or gzip))")
+        "give nucleotide reads in FASTA or FASTQ format (plain or gzip), or as BAM or CRAM)")
 
 
 

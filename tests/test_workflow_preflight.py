@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro.models.published import ADDRESSES
-from conftest import fastq_text, read_fasta
+from conftest import fastq_text, read_fasta, unaligned_bam
 from workflow_helpers import DEMO_MODELS, job_counts, orf_reads, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -117,12 +117,17 @@ def test_every_problem_is_listed_at_once(tmp_path):
     (tmp_path / "e.fq.gz").write_bytes(gzip.compress(b""))
     (tmp_path / "f_R1.fa").write_text(">r1\nACGT\n>r2\nACGT\n")
     (tmp_path / "f_R2.fa").write_text(">r1\nACGT\n")
+    (tmp_path / "a.fq").write_text(fastq_text(read_fasta(tmp_path / "a.fa")))
+    bam = unaligned_bam(tmp_path / "g.bam", tmp_path / "a.fq").read_bytes()
+    (tmp_path / "g.bam").write_bytes(bam[:len(bam) // 2])  # a download cut short
+    unaligned_bam(tmp_path / "h.bam", tmp_path / "a.fq")
     (tmp_path / "esm2_t36_3B_UR50D.pt").write_bytes(b"PK\x03\x04 cut short")
     (tmp_path / "DNABERT-S").mkdir()
     (tmp_path / "DNABERT-S" / "config.json").write_text("{}")
     config = write_config(tmp_path / "c.yaml",
                           samples={"a": "a.fa", "b": ["b_R1.fq", "b_R2.fq"], "c": "c.fa",
-                                   "d": "d.fq.gz", "e": "e.fq.gz", "f": ["f_R1.fa", "f_R2.fa"]},
+                                   "d": "d.fq.gz", "e": "e.fq.gz", "f": ["f_R1.fa", "f_R2.fa"],
+                                   "g": "g.bam", "h": ["h.bam", "a.fq"]},
                           outdir="out", models={"esm": "esm2_t36_3B_UR50D.pt",
                                                 "dnabert": "DNABERT-S",
                                                 "classifier": "500_model.pth"})
@@ -134,7 +139,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
         f"virnucpro: error: b_R1.fq: reads file of sample 'b' does not exist; {missing}",
         f"virnucpro: error: b_R2.fq: reads file of sample 'b' does not exist; {missing}",
         "virnucpro: error: c.fa: reads file of sample 'c' is a directory; give the path of a "
-        "FASTA or FASTQ file",
+        "FASTA, FASTQ, BAM or CRAM file",
         "virnucpro: error: d.fq.gz: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ "
         "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip)",
         "virnucpro: error: e.fq.gz: is empty: a gzip file of no text; give a FASTA or FASTQ "
@@ -142,6 +147,10 @@ def test_every_problem_is_listed_at_once(tmp_path):
         "virnucpro: error: f_R1.fa: has 2 records, its mate file f_R2.fa has 1; the two files "
         "must hold the same reads in the same order: give both files of one run, or re-pair "
         "them (e.g. with 'seqkit pair')",
+        "virnucpro: error: g.bam: is truncated (BAM files end with an end-of-file block, this "
+        "one does not); the file is corrupt or truncated; re-create it or download it again",
+        "virnucpro: error: h.bam: a BAM file holds both mates of paired reads, so it is given "
+        "alone, without an R2 file (a.fq); give the BAM file as the sample's only reads file",
         "virnucpro: error: esm2_t36_3B_UR50D.pt: cannot read the file (File is not a zip "
         "file); it is truncated or not a PyTorch file: download it again",
         "virnucpro: error: DNABERT-S: no model weights (model.safetensors or "

@@ -190,7 +190,8 @@ BAD_SHEETS = {
                        "reads1 and optionally reads2, separated by tabs"),
     "empty reads1": ("sample\treads1\treads2\na\tr.fa\t\nb\t\tr2.fq\n", 64,
                      "line 3, column reads1: is empty; give the path of the sample's reads "
-                     "(FASTA or FASTQ, plain or gzip; paired reads: R1)"),
+                     "(FASTA or FASTQ, plain or gzip, paired reads: R1; or a BAM or CRAM, which "
+                     "holds both mates of paired reads)"),
     "duplicate sample name": ("sample\treads1\na\tr.fa\nb\tr.fa\na\tq.fa\n", 64,
                               "line 4: sample 'a' is listed twice (first on line 2); give each "
                               "sample one line (paired reads: R1 in reads1, R2 in reads2)"),

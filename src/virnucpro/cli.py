@@ -291,10 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="chunk reads and select stop-free frames",
                        description="Write DIR/chunked.fa, DIR/nucleotide.fa and DIR/protein.faa "
                                    "as the original VirNucPro does (or, with --shard-size, the "
-                                   "workflow's shard layout). Paired reads: give R1 and R2; "
-                                   "each mate is a read (ID/1, ID/2), the mates interleaved.")
+                                   "workflow's shard layout). Paired reads: give R1 and R2, or "
+                                   "one BAM or CRAM of paired reads; each mate is a read (ID/1, "
+                                   "ID/2), the mates interleaved.")
     p.add_argument("input", metavar="READS",
-                   help="FASTA or FASTQ file, plain or gzip (paired reads: the R1 file)")
+                   help="FASTA or FASTQ file, plain or gzip, or a BAM or CRAM file (which holds "
+                        "both mates of paired reads); paired FASTA/FASTQ: the R1 file")
     p.add_argument("mates", metavar="MATES", nargs="?",
                    help="paired reads: the R2 file (record i pairs with record i of READS)")
     p.add_argument("--chunk-size", type=int, required=True, choices=CHUNK_SIZES)

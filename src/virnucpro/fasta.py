@@ -152,7 +152,9 @@ def display(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-FORMAT_HINT = "give nucleotide reads in FASTA or FASTQ format (plain or gzip)"
+#: Every format a reads file may have (BAM and CRAM: virnucpro.bam).
+READS_FORMATS = "FASTA, FASTQ, BAM or CRAM"
+FORMAT_HINT = "give nucleotide reads in FASTA or FASTQ format (plain or gzip), or as BAM or CRAM"
 FASTQ_LINES_HINT = ("a FASTQ record is exactly 4 lines (header, sequence, '+', qualities); "
                     "wrapped FASTQ is not supported: unwrap it with e.g. 'seqtk seq', or "
                     "re-create the file")
@@ -166,6 +168,9 @@ class ReadsReader:
         self.block_bytes = block_bytes
         self._piece_bytes = block_bytes  # read at a time; FASTQ: twice (see __iter__)
         self.bytes_read = 0
+        # Whether the file holds both mates of paired reads, interleaved (a paired BAM,
+        # virnucpro.bam); a FASTA or FASTQ file holds one read per record.
+        self.paired = False
         if not self.path.exists():
             raise MissingInputError(self.path, "input file does not exist",
                                     "check the path in your config or command line")

@@ -4,12 +4,12 @@ Snakemake finds a missing input only when it plans the job that reads it, and a 
 embedding and scoring jobs appear only after its prepare checkpoint has run: a missing or
 damaged classifier passed `snakemake -n` and failed the real run after every sample was
 prepared. So while Snakemake parses the workflow (dry runs too) the workflow calls `check`:
-the reads files of every sample not yet prepared must exist, be readable and start as prepare
-reads them (the whole records of their first MB, read once: a dry run's estimate scales the
-same counts), paired files must hold as many records each (counted in full up to
-PAIR_COUNT_BYTES; larger pairs are checked by prepare as it reads them, which stops at the
-end with one line), and every model
-must be there and be the kind of file it should be (checked by its structure,
+the reads files of every sample not yet prepared must exist, be readable (a BAM or CRAM
+opened, and given without an R2 file) and start as prepare reads them (the whole records of
+their first MB, read once: a dry run's estimate scales the same counts), paired files must
+hold as many records each (counted in full up to PAIR_COUNT_BYTES; larger pairs are checked by
+prepare as it reads them, which stops at the end with one line), and every model must be
+there and be the kind of file it should be (checked by its structure,
 `virnucpro.models.formats`; its weights are read only by the job that loads it), with a
 classifier for the configured chunk size. A model that lies in a directory `virnucpro models
 fetch` wrote is first checked against that directory's manifest: its files of the size and
@@ -40,6 +40,7 @@ from pathlib import Path
 from virnucpro.errors import (InputError, MissingInputError, ModelError, Problems, UsageError,
                               VirNucProError, one_line)
 from virnucpro.atomic import atomic_open
+from virnucpro.bam import BamReader, alignment_format
 from virnucpro.gpu import visible_devices
 from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_torch_file,
                                       dnabert_problems, dnabert_weights, esm_name_problem,
@@ -51,9 +52,9 @@ from virnucpro.models.formats import (CONFIG_NAME, PYTORCH_BIN_NAME, damaged_tor
 from virnucpro.models.published import (DNABERT_S_PAGE, ESM_FILE, classifier_address,
                                         digest_problem, esm_address, manifest_entries,
                                         size_problem)
-from virnucpro.fasta import ReadsReader
+from virnucpro.fasta import READS_FORMATS
 from virnucpro.prepare import HeadCounts, estimate, head_counts
-from virnucpro.reads import PAIRING_HINT
+from virnucpro.reads import PAIRING_HINT, alignment_with_mate_file, reads_reader
 
 # The models of a run (config `models`), by what each is called.
 MODEL_NAMES = {"esm": "ESM-2 model file", "dnabert": "DNABERT-S directory",
@@ -118,7 +119,9 @@ def sample_problems(sample: str, files: list[str], chunk_size: int,
             problem = found
         if problem:
             problems.append(problem)
-    if len(files) == 2 and not problems and (problem := pair_problem(files, heads)):
+    if not problems and (problem := alignment_with_mate_file(files)):
+        problems.append(problem)
+    elif len(files) == 2 and not problems and (problem := pair_problem(files, heads)):
         problems.append(problem)
     return problems
 
@@ -149,7 +152,7 @@ def pair_problem(files: list[str], heads: list[HeadCounts | None]) -> InputError
     if all(head is not None and head.whole for head in heads):
         counts = [head.reads for head in heads]
     elif sum(map(os.path.getsize, files)) <= PAIR_COUNT_BYTES:
-        counts = [sum(map(len, ReadsReader(path))) for path in files]
+        counts = [sum(map(len, reads_reader(path))) for path in files]
     else:
         return None
     if counts[0] == counts[1]:
@@ -158,8 +161,11 @@ def pair_problem(files: list[str], heads: list[HeadCounts | None]) -> InputError
                       f"{counts[1]:,}", PAIRING_HINT)
 
 
-def reads_problem(sample: str, path: str) -> MissingInputError | None:
-    """Why a sample's reads file cannot be read, or None (its content: `first_records`)."""
+def reads_problem(sample: str, path: str) -> InputError | None:
+    """Why a sample's reads file cannot be read, or None (its content: `first_records`). A BAM
+    or CRAM is opened (its header, end-of-file block and first read, which tells whether its
+    reads are paired, as the workflow needs to plan the run), so one truncated or unreadable
+    is named before any job."""
     what = f"reads file of sample '{sample}'"
     if not os.path.exists(path):
         return MissingInputError(path, f"{what} does not exist", "check its path in your config "
@@ -167,21 +173,26 @@ def reads_problem(sample: str, path: str) -> MissingInputError | None:
                                  "directory)")
     if os.path.isdir(path):
         return MissingInputError(path, f"{what} is a directory",
-                                 "give the path of a FASTA or FASTQ file")
+                                 f"give the path of a {READS_FORMATS} file")
     kind = os.stat(path).st_mode
     if not stat.S_ISREG(kind):
         # Opening a named pipe would wait for a writer, forever (dry runs too); and a pipe
         # or device cannot be read twice, as a dry run's estimate and prepare both read it.
         name = "a named pipe (FIFO)" if stat.S_ISFIFO(kind) else "not a regular file"
         return MissingInputError(path, f"{what} is {name}",
-                                 "give the path of a FASTA or FASTQ file on disk (write a "
-                                 "stream to a file first)")
+                                 f"give the path of a {READS_FORMATS} file on disk (write "
+                                 "a stream to a file first)")
     try:
         with open(path, "rb") as handle:
             handle.read(1)
     except OSError as exc:
         return MissingInputError(path, f"{what} cannot be read ({exc.strerror})",
                                  "make it readable to the user who runs the workflow")
+    if alignment := alignment_format(path):
+        try:
+            BamReader(path, alignment)
+        except InputError as problem:
+            return problem
     return None
 
 

@@ -1,5 +1,5 @@
-"""Prepare stage: reads (FASTA or FASTQ, one file or paired) -> chunks -> stop-free frames
--> shard files.
+"""Prepare stage: reads (FASTA, FASTQ, BAM or CRAM; one file or paired) -> chunks -> stop-free
+frames -> shard files.
 
 Two output layouts come from the same stream of prepared blocks:
 - `write_flat` (the CLI's stable interface): chunked.fa, nucleotide.fa and
@@ -35,11 +35,11 @@ import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.errors import InputError, UsageError
-from virnucpro.fasta import FastaBlock, ReadsReader
+from virnucpro.fasta import FastaBlock
 from virnucpro import layout
 from virnucpro.frames import Chunks, KeptFrames, ambiguous_chunks, chunk_layout, select_frames
 from virnucpro.progress import Progress
-from virnucpro.reads import DuplicateIdCheck, Reads, ReadSource
+from virnucpro.reads import DuplicateIdCheck, Reads, ReadSource, reads_reader
 from virnucpro.textblock import Field, Rows, const, decimal, from_buffer, lookup
 
 log = logging.getLogger("virnucpro")
@@ -243,7 +243,7 @@ def head_counts(path: str | os.PathLike, chunk_size: int, head_bytes: int,
     text (so frames per read are prepare's; `settings` are prepare's). Reading them checks
     the file as prepare would (not FASTA or FASTQ, empty, corrupt gzip: InputError). None
     when its first record is longer than that."""
-    head = ReadsReader(path).head(head_bytes)
+    head = reads_reader(path).head(head_bytes)
     if not head.blocks:
         return None
     stats = PrepareStats(os.fspath(path), chunk_size, **settings)

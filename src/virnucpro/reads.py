@@ -1,4 +1,8 @@
-"""A sample's reads: one FASTA/FASTQ file, or two paired files, as one stream of blocks.
+"""A sample's reads: one file, or two paired files, as one stream of blocks.
+
+A file is FASTA or FASTQ (virnucpro.fasta), or BAM or CRAM (virnucpro.bam), told by its
+content (`reads_reader`). A BAM or CRAM holds paired reads itself, both mates of each pair,
+and gives them as the interleaved mates described below: it is never given with an R2.
 
 Paired files (R1, R2) are read in lockstep, block by block, so memory does not grow with
 the input: record i of R1 pairs with record i of R2. Each mate is a read of its own, and
@@ -17,6 +21,7 @@ from typing import Union
 
 import numpy as np
 
+from virnucpro.bam import BamReader, alignment_format
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import (CODE_PADDING, DEFAULT_BLOCK_BYTES, NEWLINE_CODE, FastaBlock,
                              ReadsReader, display)
@@ -30,6 +35,25 @@ PAIRING_HINT = ("the two files must hold the same reads in the same order: give 
                 "one run, or re-pair them (e.g. with 'seqkit pair')")
 
 
+def reads_reader(path: str | os.PathLike, block_bytes: int = DEFAULT_BLOCK_BYTES
+                 ) -> ReadsReader:
+    """The reader of a reads file, by its content: BAM or CRAM, else FASTA or FASTQ."""
+    kind = alignment_format(path)
+    return BamReader(path, kind, block_bytes) if kind else ReadsReader(path, block_bytes)
+
+
+def alignment_with_mate_file(paths: Sequence[str | os.PathLike]) -> UsageError | None:
+    """A BAM or CRAM given as one of two paired files: it holds both mates of its pairs."""
+    if len(paths) == 2:
+        for path, other in (paths, paths[::-1]):
+            kind = alignment_format(path)
+            if kind:
+                return UsageError(f"{path}: a {kind} file holds both mates of paired reads, so "
+                                  f"it is given alone, without an R2 file ({other}); give the "
+                                  f"{kind} file as the sample's only reads file")
+    return None
+
+
 class ReadSource:
     """The reads of one sample, from one file or two paired files, as FastaBlocks."""
 
@@ -37,15 +61,15 @@ class ReadSource:
         paths = [reads] if isinstance(reads, (str, os.PathLike)) else list(reads)
         if not 1 <= len(paths) <= 2:
             raise UsageError(f"a sample has one reads file or two (R1, R2), not {len(paths)}")
-        self.readers = [ReadsReader(path, block_bytes) for path in paths]
+        self.readers = [reads_reader(path, block_bytes) for path in paths]
         self.paths = [os.fspath(path) for path in paths]  # as given (stats.json, messages)
-        if self.paired and os.path.samefile(*self.paths):
+        if len(paths) == 2 and os.path.samefile(*self.paths):
             raise UsageError(f"{self.paths[0]}: given as both R1 and R2; give the two files "
                              "of the paired reads")
-
-    @property
-    def paired(self) -> bool:
-        return len(self.readers) == 2
+        if problem := alignment_with_mate_file(paths):
+            raise problem
+        # Mates: from two files, or interleaved in one (a paired BAM).
+        self.paired = len(paths) == 2 or self.readers[0].paired
 
     @property
     def total_bytes(self) -> int:
@@ -60,11 +84,11 @@ class ReadSource:
 
     def blocks(self) -> Iterator[FastaBlock]:
         """The reads in order (mates interleaved); each iteration reads the files again."""
-        return self._paired_blocks() if self.paired else iter(self.readers[0])
+        return self._paired_blocks() if len(self.readers) == 2 else iter(self.readers[0])
 
     def where(self, block: FastaBlock, i: int) -> tuple[str, int]:
         """The file and 1-based record number that read i of `block` comes from."""
-        if not self.paired:
+        if len(self.readers) == 1:
             return self.paths[0], block.first_number + i
         return self.paths[i % 2], block.first_number + i // 2
 

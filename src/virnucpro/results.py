@@ -20,9 +20,9 @@ from virnucpro import layout
 from virnucpro.atomic import atomic_open
 from virnucpro.calls import CALLS, VIRUS, percent_virus
 from virnucpro.errors import InputError, UsageError, VirNucProError
-from virnucpro.fasta import FastaBlock, ReadsReader, display
+from virnucpro.fasta import FastaBlock, display
 from virnucpro.layout import FASTA, FASTQ
-from virnucpro.reads import MATE_SUFFIXES, Reads
+from virnucpro.reads import MATE_SUFFIXES, Reads, reads_reader
 from virnucpro.textblock import Field, Rows, const, gather_spans
 
 # gzip level of the virus reads files: level 1 wrote 200,000 150-bp FASTQ reads 5.1x as fast
@@ -44,7 +44,7 @@ def virus_reads_format(reads: Sequence[str | os.PathLike],
     formats: list[str | None] = []
     for path in reads:
         try:
-            formats.append(ReadsReader(path).file_format())
+            formats.append(reads_reader(path).file_format())
         except (VirNucProError, OSError):
             formats.append(None)
     if None in formats:
@@ -86,25 +86,28 @@ def _records(block: FastaBlock, rows: np.ndarray, file_format: str) -> np.ndarra
 
 
 def _write_called(path: str | os.PathLike, mate_suffix: bytes, calls_tsv: str | os.PathLike,
-                  file_format: str, out: IO[bytes]) -> int:
+                  file_format: str, out: IO[bytes], mate: int | None = None) -> int:
     """Write the records of one reads file whose row of `calls_tsv` (summary.tsv: a row per
     read; pairs.tsv: a row per pair, named by the mates' ID without `mate_suffix`) calls
     virus. The file and the table are read in step, block by block (both in input order),
-    so memory does not grow with the sample; every row must name its record."""
+    so memory does not grow with the sample; every row must name its record. `mate` (0 or 1)
+    takes one mate of each pair from a file holding both, interleaved (a paired BAM)."""
     calls = _calls(calls_tsv)
     unit = "pair" if mate_suffix else "read"
     written = row = 0
-    for block in ReadsReader(path):
-        rows = list(islice(calls, len(block)))
+    for block in reads_reader(path):
+        records = np.arange(len(block)) if mate is None else np.arange(mate, len(block), 2)
+        rows = list(islice(calls, len(records)))
+        ids = [block.record_id(i) for i in records.tolist()]
         expected = [rid[:-len(mate_suffix)] if mate_suffix and rid.endswith(mate_suffix) else rid
-                    for rid in block.ids]
+                    for rid in ids]
         named = [rid for rid, _ in rows]
         if named != expected:
             i = next(i for i, rid in enumerate(expected) if i >= len(named) or named[i] != rid)
             raise _stale(calls_tsv, f"row {row + i + 1} is not {unit} '{display(expected[i])}'")
-        virus = np.flatnonzero([call == _VIRUS for _, call in rows])
+        virus = records[[call == _VIRUS for _, call in rows]]
         out.write(_records(block, virus, file_format))
-        written, row = written + len(virus), row + len(block)
+        written, row = written + len(virus), row + len(records)
     if next(calls, None) is not None:
         raise _stale(calls_tsv, f"has more rows than the sample has {unit}s")
     return written
@@ -122,25 +125,32 @@ def write_virus_reads(reads: Reads, calls_tsv: str | os.PathLike,
     (.fq.gz, .fa.gz). Returns the records written (mates counted each)."""
     paths = [reads] if isinstance(reads, (str, os.PathLike)) else list(reads)
     outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
-    if len(outs) != len(paths):
-        raise UsageError(f"{len(paths)} reads files need {len(paths)} virus reads files, "
-                         f"not {len(outs)}")
-    file_format = FASTQ if all(ReadsReader(p).file_format() == FASTQ for p in paths) else FASTA
+    readers = [reads_reader(path) for path in paths]
+    # A BAM or CRAM of paired reads holds both mates, interleaved: each output takes one.
+    one_file_pairs = len(paths) == 1 and getattr(readers[0], "paired", False)
+    if len(outs) != (2 if one_file_pairs else len(paths)):
+        raise UsageError(f"{' and '.join(map(str, paths))} need "
+                         f"{2 if one_file_pairs else len(paths)} virus reads files, not "
+                         f"{len(outs)}")
+    file_format = FASTQ if all(r.file_format() == FASTQ for r in readers) else FASTA
     suffix = layout.GZIP_SUFFIXES[file_format]
     for path in outs:
         if not os.fspath(path).endswith(suffix):
             raise UsageError(f"{path}: the reads ({' and '.join(map(str, paths))}) are "
                              f"{file_format.upper()}, so their virus reads file's name must end "
                              f"in {suffix}")
-    suffixes = MATE_SUFFIXES if len(paths) == 2 else (b"",)
+    suffixes = MATE_SUFFIXES if len(outs) == 2 else (b"",)
+    mates = (0, 1) if one_file_pairs else (None, None)
     written = 0
     with contextlib.ExitStack() as stack:
-        for path, mate_suffix, target in zip(paths, suffixes, outs):
+        for path, mate_suffix, target, mate in zip(paths * len(outs) if one_file_pairs
+                                                   else paths, suffixes, outs, mates):
             raw = stack.enter_context(atomic_open(target, "wb"))
             # No time in the gzip header: the same records give the same bytes.
             with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL,
                                mtime=0) as handle:
-                written += _write_called(path, mate_suffix, calls_tsv, file_format, handle)
+                written += _write_called(path, mate_suffix, calls_tsv, file_format, handle,
+                                         mate)
     return written
 
 

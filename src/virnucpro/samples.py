@@ -9,18 +9,24 @@
 
 Paths are used as given: a relative path (of the sheet, or in it) is relative to the
 working directory, like every path in the config (Snakemake's --directory).
+
+A sample is paired when it has two files, or one BAM or CRAM file of paired reads
+(`is_paired`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from virnucpro import layout
 from virnucpro.config import BRACES_HINT, has_braces
-from virnucpro.errors import MissingInputError, UsageError
+from virnucpro.errors import MissingInputError, UsageError, VirNucProError
+from virnucpro.reads import reads_reader
 
 
 def load_samples(samples: dict[str, str | list[str]] | str,
@@ -30,6 +36,24 @@ def load_samples(samples: dict[str, str | list[str]] | str,
         return read_sample_sheet(samples, sheet_schema)
     return {name: [reads] if isinstance(reads, str) else list(reads)
             for name, reads in samples.items()}
+
+
+def is_paired(reads: list[str], prepare_dir: str | os.PathLike) -> bool:
+    """Whether a sample's reads are paired (its results include pairs.tsv): two files (R1,
+    R2), or one BAM or CRAM whose reads are flagged paired, told from its first read when the
+    workflow plans the run. A file that cannot tell (gone once the sample is prepared, or
+    unreadable: pre-flight or prepare names its problem) is taken as prepare recorded it in
+    the sample's stats.json, or as single when it was not prepared."""
+    if len(reads) == 2:
+        return True
+    try:
+        return reads_reader(reads[0]).paired
+    except (VirNucProError, OSError):
+        pass
+    try:
+        return bool(json.loads((Path(prepare_dir) / layout.STATS).read_text())["paired"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def read_sample_sheet(sheet: str | os.PathLike, schema_path: str | os.PathLike

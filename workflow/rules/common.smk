@@ -40,7 +40,7 @@ from virnucpro.config import check_config, check_config_files, check_package_ver
 from virnucpro.runner import report_note, result_or_exit
 from virnucpro.layout import FASTA, FASTQ
 from virnucpro.results import virus_reads_format
-from virnucpro.samples import load_samples
+from virnucpro.samples import is_paired, load_samples
 
 result_or_exit(check_package_version, workflow.source_path("../../pyproject.toml"))
 # Both schemas are fetched before either is read: the config's refers to the samples' beside it.
@@ -65,9 +65,12 @@ FAILED_REGISTRY = str(layout.registry(OUTDIR))
 # Sample name -> its reads files (one, or R1 and R2), from the config's map or sample sheet.
 SAMPLE_READS = result_or_exit(load_samples, config["samples"], SAMPLES_SCHEMA)
 SAMPLES = sorted(SAMPLE_READS)
-# Paired samples (R1 and R2) get a pairs.tsv besides the per-read results.
-PAIRED_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 2]
-SINGLE_SAMPLES = [s for s in SAMPLES if len(SAMPLE_READS[s]) == 1]
+# Paired samples (R1 and R2, or a BAM or CRAM of paired reads) get a pairs.tsv besides the
+# per-read results.
+PAIRED_SAMPLES = [
+    s for s in SAMPLES if is_paired(SAMPLE_READS[s], layout.prepare_dir(f"{OUTDIR}/{s}"))
+]
+SINGLE_SAMPLES = [s for s in SAMPLES if s not in PAIRED_SAMPLES]
 # The format of each sample's virus reads (FASTQ when all its reads files are), told from the
 # reads' first bytes as the run is planned, or from prepare's stats.json once they are gone:
 # it names the sample's virus reads files (virnucpro.results.virus_reads_format).
