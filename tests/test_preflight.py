@@ -118,7 +118,8 @@ def test_reads_that_are_not_reads_or_do_not_pair_are_named_before_any_job(tmp_pa
             "run, or re-pair them (e.g. with 'seqkit pair')")
     assert raised.value.lines() == [
         f"{tmp_path}/report.fastq.gz: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ "
-        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip)",
+        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip), or as BAM or "
+        "CRAM",
         f"{tmp_path}/empty.fq: file is empty; give a FASTA or FASTQ file with at least one "
         "record",
         f"{tmp_path}/empty.fq.gz: is empty: a gzip file of no text; give a FASTA or FASTQ file "

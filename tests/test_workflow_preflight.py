@@ -141,7 +141,8 @@ def test_every_problem_is_listed_at_once(tmp_path):
         "virnucpro: error: c.fa: reads file of sample 'c' is a directory; give the path of a "
         "FASTA, FASTQ, BAM or CRAM file",
         "virnucpro: error: d.fq.gz: not a FASTA or FASTQ file: is binary, not FASTA or FASTQ "
-        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip)",
+        "text; give nucleotide reads in FASTA or FASTQ format (plain or gzip), or as BAM or "
+        "CRAM",
         "virnucpro: error: e.fq.gz: is empty: a gzip file of no text; give a FASTA or FASTQ "
         "file with at least one record",
         "virnucpro: error: f_R1.fa: has 2 records, its mate file f_R2.fa has 1; the two files "

@@ -166,7 +166,7 @@ class PrepareStats:
         """Empty counts for preparing `source`, which they name (files and formats)."""
         formats = [reader.file_format() for reader in source.readers]
         return cls(source.paths[0], chunk_size, *source.paths[1:], paired=source.paired,
-                   format=formats[0], format2=formats[1] if source.paired else None,
+                   format=formats[0], format2=formats[1] if len(formats) == 2 else None,
                    **settings)
 
 
