@@ -26,8 +26,8 @@ import pytest
 import plain_prepare
 from conftest import fastq_text, flip_a_stored_bit, read_fasta, run_cli, unaligned_bam
 from virnucpro.runner import exit_status
-from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, job_process,
-                              snakemake, start_snakemake, write_config)
+from workflow_helpers import (DEMO_MODELS, STOP_FREE_CODONS, assert_same_results, error_lines,
+                              job_process, snakemake, start_snakemake, write_config)
 
 pytestmark = pytest.mark.slow
 CHUNK = 500
@@ -95,11 +95,6 @@ def failed_steps(outdir: Path, since: float = 0.0) -> dict[str, int]:
     """The steps that finished with a non-zero status since `since`."""
     return {log: status for log, status in step_statuses(outdir, since).items()
             if status not in (0, None)}
-
-
-def error_lines(output: str) -> list[str]:
-    return sorted({line.strip() for line in output.splitlines()
-                   if line.strip().startswith("virnucpro: error:")})
 
 
 def run_config(work: Path, samples: dict[str, str], **extra) -> Path:

@@ -39,6 +39,12 @@ def job_counts(output: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+def error_lines(output: str) -> list[str]:
+    """The distinct `virnucpro: error:` lines of a run's output (Snakemake may repeat one)."""
+    return sorted({line.strip() for line in output.splitlines()
+                   if line.strip().startswith("virnucpro: error:")})
+
+
 DEMO_MODELS = {"esm": "resources/demo-models/esm2_demo_t2_d32.pt",
                "dnabert": "resources/demo-models/dnabert2_demo",
                "classifier": "resources/demo-models/classifier.pth"}
