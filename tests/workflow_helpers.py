@@ -99,20 +99,33 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
                 "prepare/reads.tsv")
 
 
+def assert_same_file(ours: Path, theirs: Path) -> None:
+    """Byte-equal files; a failure shows the first lines that differ (a diff of text files)."""
+    import difflib
+
+    ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
+    if ours_bytes == theirs_bytes:
+        return
+    diff = difflib.unified_diff(theirs_bytes.decode(errors="replace").splitlines(),
+                                ours_bytes.decode(errors="replace").splitlines(),
+                                str(theirs), str(ours), n=0, lineterm="")
+    raise AssertionError(f"{ours.name} differs:\n" + "\n".join(list(diff)[:40]))
+
+
 def assert_same_results(sample_dir: Path, clean_dir: Path, intermediates: bool = True) -> None:
     """A sample's results equal a clean run's: result tables and scores, and unless told
     otherwise the intermediates too: prepared shards and feature tensors (IDs and values)."""
     import torch
 
     for name in RESULT_FILES:
-        assert (sample_dir / name).read_bytes() == (clean_dir / name).read_bytes(), name
+        assert_same_file(sample_dir / name, clean_dir / name)
     kinds = (("prepare/shards", "shard_*"), ("scores", "*.tsv")) if intermediates else \
         (("scores", "*.tsv"),)
     for kind, pattern in kinds:
         names = sorted(p.name for p in (clean_dir / kind).glob(pattern))
         assert names and sorted(p.name for p in (sample_dir / kind).glob(pattern)) == names, kind
         for name in names:
-            assert (sample_dir / kind / name).read_bytes() == (clean_dir / kind / name).read_bytes()
+            assert_same_file(sample_dir / kind / name, clean_dir / kind / name)
     if not intermediates:
         return
     clean_features = sorted((clean_dir / "features").glob("*.pt"))
