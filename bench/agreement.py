@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import platform
@@ -57,6 +58,7 @@ ESM_3B = {"layers": 36, "embed_dim": 2560, "heads": 40}
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
 PRECISIONS = ("bfloat16", "mixed", "mixed-fp16")
 SAFETY = 1.5  # a rescoring margin must be at least this many times the largest shift
+SLICE = 200  # frames embedded at a time by every precision in turn (and cached, with --cache)
 
 aten = torch.ops.aten
 
@@ -164,18 +166,45 @@ def build_engines(precisions: list[str], device: torch.device, esm_shape: dict,
     return engines
 
 
+def embed_all(engines: dict[str, EmbeddingEngine], nucleotides: list[str], proteins: list[str],
+              cache: Path | None, setup: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Each engine's features of the frames, SLICE frames at a time, every precision in turn
+    (so that an interrupted run has done as many frames in each). With `cache`, each slice's
+    features are kept there under a digest of what determines them (the frames, the shapes,
+    the precision) and taken from there by a later run: a run of hours resumes, and a
+    smaller --frames reports on the slices done."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in engines}
+    seconds, cached = dict.fromkeys(engines, 0.0), 0
+    for first in range(0, len(proteins), SLICE):
+        rows = slice(first, first + SLICE)
+        for name, engine in engines.items():
+            key = json.dumps([setup, name, nucleotides[rows], proteins[rows]]).encode()
+            path = cache and cache / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}.pt"
+            if path and path.exists():
+                parts[name].append(torch.load(path))
+                cached += 1
+                continue
+            begin = time.perf_counter()
+            parts[name].append(engine.embed(nucleotides[rows], proteins[rows]))
+            seconds[name] += time.perf_counter() - begin
+            if path:
+                torch.save(parts[name][-1], path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)
+    return ({name: torch.cat(features) for name, features in parts.items()},
+            {"embed_s": {name: round(value, 2) for name, value in seconds.items()},
+             "slices_from_cache": cached})
+
+
 def run(device: torch.device, frames: int, dry: bool, workdir: Path,
-        precisions: list[str]) -> dict:
+        precisions: list[str], cache: Path | None = None) -> dict:
     esm_shape, dnabert_shape = (TINY_ESM, TINY_DNABERT) if dry else (ESM_3B, DNABERT_S_SHAPE)
     ids, nucleotides, proteins = prepared_frames(frames, workdir)
     start = time.perf_counter()
     engines = build_engines(precisions, device, esm_shape, dnabert_shape, workdir)
     built = time.perf_counter() - start
-    features, seconds = {}, {}
-    for name, engine in engines.items():
-        begin = time.perf_counter()
-        features[name] = engine.embed(nucleotides, proteins)
-        seconds[name] = round(time.perf_counter() - begin, 2)
+    features, timing = embed_all(engines, nucleotides, proteins, cache,
+                                 {"esm": esm_shape, "dnabert": dnabert_shape, "device": str(device),
+                                  "torch": torch.__version__})
     classifier = calibrated_classifier(features["float32"])
     chunks = [frame_id[:-2] for frame_id in ids]  # '{read}_chunk_{k}' + strand + frame
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -183,7 +212,7 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path,
               "frames": frames, "chunks": len(set(chunks)),
               "reads": int(ids[-1].split("_chunk_")[0].removeprefix("read")) + 1,
               "float32_matmul_precision": torch.get_float32_matmul_precision(),
-              "build_s": round(built, 1), "embed_s": seconds,
+              "build_s": round(built, 1), **timing,
               **{name: agreement(features[name], features["float32"], classifier)
                  for name in precisions}}
     margins = {"mixed": rescore_margin(engines["mixed"]) if "mixed" in engines else None,
@@ -253,6 +282,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(PRECISIONS)} (default: "
                              "bfloat16,mixed); float32 always runs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "agreement.json")
+    parser.add_argument("--cache", type=Path, help="keep each slice's features in this "
+                        "directory: a rerun resumes, a smaller --frames reports on what is done")
     args = parser.parse_args()
     if not (args.dry or args.cpu) and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --dry for the CPU check of this script, or --cpu")
@@ -261,8 +292,10 @@ def main() -> None:
         parser.error(f"--precisions: comma-separated, of {', '.join(PRECISIONS)}")
     device = torch.device("cpu" if args.dry or args.cpu else "cuda")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.cache:
+            args.cache.mkdir(parents=True, exist_ok=True)
         result = run(device, args.frames or (300 if args.dry else 8000), args.dry, Path(tmp),
-                     precisions)
+                     precisions, args.cache)
     result.update(torch=torch.__version__, machine=platform.machine(),
                   date=time.strftime("%Y-%m-%d %H:%M:%S"))
     print(json.dumps(result, indent=2))
