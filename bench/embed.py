@@ -73,9 +73,10 @@ def random_reads(path: Path, count: int, seed: int = 0, description: str = "") -
             out.write(f">read{i}{description}\n{''.join(rng.choices('ACGT', k=150))}\n")
 
 
-def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str], int]:
-    """`count` frames of random 150-bp reads, through the project's prepare; and the number
-    of reads they came from (for reads/s)."""
+def prepared_frames(count: int, workdir: Path, seed: int = 0
+                    ) -> tuple[list[str], list[str], list[str]]:
+    """The first `count` frames of random 150-bp reads, through the project's prepare:
+    (IDs, nucleotide sequences, protein sequences)."""
     reads = workdir / "reads.fa"
     random_reads(reads, count * 2 + 1000, seed)
     write_flat(reads, 300, workdir / "prepared")
@@ -83,8 +84,15 @@ def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], li
                                              workdir / "prepared" / "protein.faa")
     if len(proteins) < count:
         raise SystemExit(f"only {len(proteins)} frames from the reads; need {count}")
-    last_read = int(ids[count - 1].split("_chunk_")[0].removeprefix("read"))
-    return nucleotides[:count], proteins[:count], last_read + 1
+    return ids[:count], nucleotides[:count], proteins[:count]
+
+
+def make_frames(count: int, workdir: Path, seed: int = 0) -> tuple[list[str], list[str], int]:
+    """`count` frames of random 150-bp reads, through the project's prepare; and the number
+    of reads they came from (for reads/s)."""
+    ids, nucleotides, proteins = prepared_frames(count, workdir, seed)
+    last_read = int(ids[-1].split("_chunk_")[0].removeprefix("read"))
+    return nucleotides, proteins, last_read + 1
 
 
 def esm_tokens(proteins: list[str]) -> int:

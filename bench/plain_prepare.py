@@ -2,12 +2,17 @@
 
 It is the baseline of bench/prepare.py and the independent reference the tests
 compare the vectorised implementation against. It deliberately does the
-obvious thing: a dict lookup per codon, string slicing per frame.
+obvious thing: a dict lookup per codon, string slicing per frame. As a process
+it writes the original's three files, as `virnucpro prepare` does:
+
+    python bench/plain_prepare.py READS.fa CHUNK_SIZE OUTDIR
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 CODONS = {
     a + b + c: aa
@@ -76,3 +81,22 @@ def prepare_text(text: str, size: int) -> Iterator[tuple[str, str, str]]:
         yield from list(prepare(handle.name, size))
     finally:
         os.unlink(handle.name)
+
+
+def write(path: str, size: int, outdir: str) -> None:
+    """OUTDIR/chunked.fa (60-column lines), nucleotide.fa and protein.faa, record by record."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "chunked.fa", "w") as chunked, open(out / "nucleotide.fa", "w") as nuc, \
+            open(out / "protein.faa", "w") as prot:
+        for record_id, seq in read_fasta(path):
+            for chunk_id, chunk in chunks(record_id, seq, size):
+                wrapped = "\n".join(chunk[i:i + 60] for i in range(0, len(chunk), 60))
+                chunked.write(f">{chunk_id}\n{wrapped}\n")
+                for frame_id, nucleotide, protein in frames(chunk_id, chunk):
+                    nuc.write(f">{frame_id}\n{nucleotide}\n")
+                    prot.write(f">{frame_id}\n{protein}\n")
+
+
+if __name__ == "__main__":
+    write(sys.argv[1], int(sys.argv[2]), sys.argv[3])

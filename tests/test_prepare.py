@@ -129,6 +129,15 @@ def test_equals_plain_implementation_on_random_reads(tmp_path, size):
     assert len(expected) > 50
 
 
+def test_gt_and_non_ascii_text_in_headers_are_read_as_the_original_reads_them(tmp_path):
+    # Only a '>' in a sequence line is refused (BAD_INPUTS); in a header it is text, and
+    # UTF-8 IDs and descriptions are kept byte for byte.
+    text = ">a x>y\nATGAAACCCGGGTTT\n>café desc é>\nATGCCCAAATTTGGG\n>b>c\nATG\nTTTGGGCCC\n"
+    expected = list(plain_prepare.prepare_text(text, 300))
+    assert frames_of(tmp_path, text, 300) == expected
+    assert {i.split("_chunk_")[0] for i, _, _ in expected} == {"a", "café", "b>c"}
+
+
 # Every IUPAC code and U, either case; ACGT weighted up so that stop-free frames occur.
 IUPAC_LETTERS = "ACGT" * 8 + "URYSWKMBDHVN" + "acgturyswkmbdhvn"
 random_sequences = st.lists(st.lists(st.sampled_from(IUPAC_LETTERS), min_size=1, max_size=700)

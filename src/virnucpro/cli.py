@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--u-as-t", action="store_true",
                    help="read U as T (RNA input); by default codons with U are skipped, as the "
                         "original does")
-    p.set_defaults(func=_prepare)
+    p.set_defaults(func=_prepare, flat_heap=False)  # see runner.keep_heap_flat
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)
     _add_train_parser(sub)
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.WARNING if args.quiet
                       else logging.DEBUG if args.verbose else logging.INFO)
     func: Callable[[argparse.Namespace], None] = args.func
-    return call_reporting_errors(func, args)
+    return call_reporting_errors(func, args, flat_heap=getattr(args, "flat_heap", True))
 
 
 if __name__ == "__main__":
