@@ -1,14 +1,15 @@
-"""bfloat16 and mixed precision against float32 on random models of the published shapes.
+"""bfloat16 and float16 against float32 on random models of the published shapes.
 
 The same random weights (ESM-2 3B: 36 layers, 2560 wide; DNABERT-S: 12 layers, 768 wide) run
-in float32, in bfloat16 and in mixed precision (bfloat16 matrix multiplications, float32
-elsewhere; no rescoring here) on frames of random 150-bp reads; a random MLP of the published
-shape (3,328 -> 512 -> 2), its batch norm fitted to the float32 features so that calls split
-both ways, scores them. Reported per precision: per-row cosine of the features, the fraction of
-identical frame calls, and how far it moves the decision margin P(virus) - P(others): what the
-mixed precision's float32 rescoring of near-boundary frames must cover (resume.RESCORE_MARGINS).
-Then the scoring job's own rule (resume.rescore_positions) on the mixed scores: the frames it
-rescores, and the calls after rescoring.
+in float32, in bfloat16 and in float16 (weights and activations; no rescoring here) on frames
+of random 150-bp reads; a random MLP of the published shape (3,328 -> 512 -> 2), its batch
+norm fitted to the float32 features so that calls split both ways, scores them. Reported per
+precision: per-row cosine of the features, the fraction of identical frame calls, and how far
+it moves the decision margin P(virus) - P(others): what float16's float32 rescoring of
+near-boundary frames must cover (precision.RESCORE_MARGINS). Then the scoring job's own rule
+(precision.rescore_positions) on the float16 scores: the frames it rescores, and the calls
+after rescoring. The precisions run one after the other, so that the CPU mode holds at most
+a float32 and a 16-bit copy of ESM-2 3B.
 
     PYTHONPATH=src python3 bench/agreement.py --out DIR/agreement.json [--frames 8000]
     .venv/bin/python bench/agreement.py --cpu --frames 100   # the published shapes, slowly
@@ -33,12 +34,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from embed import DNABERT_S_SHAPE, TINY_DNABERT, make_frames  # noqa: E402
-from virnucpro.embed import EmbeddingEngine  # noqa: E402
-from virnucpro.shards import FrameWindow  # noqa: E402
-from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.demo_models import random_esm2, write_demo_dnabert2  # noqa: E402
+from virnucpro.embed import EmbeddingEngine, store_in_16_bits  # noqa: E402
+from virnucpro.models.classifier import MLPClassifier  # noqa: E402
 from virnucpro.models.dnabert2 import load_dnabert2  # noqa: E402
-from virnucpro.resume import rescore_margin, rescore_positions  # noqa: E402
+from virnucpro.precision import PRECISIONS, rescore_margin, rescore_positions  # noqa: E402
+from virnucpro.shards import FrameWindow  # noqa: E402
 
 ESM_3B = {"layers": 36, "embed_dim": 2560, "heads": 40}
 TINY_ESM = {"layers": 2, "embed_dim": 32, "heads": 4}
@@ -81,43 +82,45 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path) -> dict:
     esm_shape, dnabert_shape = (TINY_ESM, TINY_DNABERT) if dry else (ESM_3B, DNABERT_S_SHAPE)
     nucleotides, proteins, reads = make_frames(frames, workdir)
     start = time.perf_counter()
-    esm32 = random_esm2(**esm_shape, device=device, dtype=torch.float32, seed=1)
-    esm16 = copy.deepcopy(esm32).to(torch.bfloat16)
+    esm = random_esm2(**esm_shape, device=device, dtype=torch.float32, seed=1)
     directory = write_demo_dnabert2(workdir / "dnabert", seed=2, **dnabert_shape)
-    dnabert32 = load_dnabert2(directory, device, torch.float32)
-    engines = {"float32": EmbeddingEngine(esm32, dnabert32),
-               "bfloat16": EmbeddingEngine(esm16, load_dnabert2(directory, device,
-                                                                torch.bfloat16)),
-               "mixed": EmbeddingEngine(esm32, dnabert32, mixed=True)}
+    dnabert = load_dnabert2(directory, device, torch.float32)
     built = time.perf_counter() - start
     features, seconds = {}, {}
-    for name, engine in engines.items():
+
+    def embed(name: str, engine: EmbeddingEngine) -> None:
         begin = time.perf_counter()
         features[name] = engine.embed(nucleotides, proteins)
         seconds[name] = round(time.perf_counter() - begin, 2)
+
+    embed("float32", EmbeddingEngine(esm, dnabert))
+    embed("bfloat16", EmbeddingEngine(copy.deepcopy(esm).to(torch.bfloat16),
+                                      load_dnabert2(directory, device, torch.bfloat16)))
+    store_in_16_bits(esm, dnabert, torch.float16)  # the float32 copy is done with
+    embed("float16", EmbeddingEngine(esm, dnabert))
     classifier = calibrated_classifier(features["float32"])
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
               "dry": dry, "esm_shape": esm_shape, "dnabert_shape": dnabert_shape,
               "frames": frames, "reads": reads, "build_s": round(built, 1), "embed_s": seconds,
               **{name: agreement(features[name], features["float32"], classifier)
-                 for name in ("bfloat16", "mixed")}}
-    result["mixed_rescored"] = after_rescoring(features, classifier, rescore_margin(
-        engines["mixed"]))
+                 for name in ("bfloat16", "float16")}}
+    result["float16_rescored"] = after_rescoring(features, classifier,
+                                                 rescore_margin(PRECISIONS["float16"]))
     return result
 
 
 def after_rescoring(features: dict[str, torch.Tensor], classifier: MLPClassifier,
                     margin: float) -> dict:
-    """The mixed scores with the scoring job's rule applied (one window, no chunk grouping:
+    """The float16 scores with the scoring job's rule applied (one window, no chunk grouping:
     every frame its own chunk): how many frames it rescores, and the calls after it."""
-    mixed = classifier.predict_proba(features["mixed"])
-    window = FrameWindow(1, [str(i) for i in range(len(mixed))], [], [], final=False)
-    need = rescore_positions(mixed, window, margin)
-    fixed = mixed.clone()
+    low = classifier.predict_proba(features["float16"])
+    window = FrameWindow(1, [str(i) for i in range(len(low))], [], [], final=False)
+    need = rescore_positions(low, window, margin)
+    fixed = low.clone()
     fixed[torch.from_numpy(need)] = classifier.predict_proba(features["float32"][need])
     truth = classifier.predict_proba(features["float32"])
     same = ((fixed[:, 1] > fixed[:, 0]) == (truth[:, 1] > truth[:, 0])).float().mean().item()
-    return {"margin": margin, "rescored_fraction": round(len(need) / len(mixed), 6),
+    return {"margin": margin, "rescored_fraction": round(len(need) / len(low), 6),
             "identical_calls": round(same, 6)}
 
 

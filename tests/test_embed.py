@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import (EmbeddingEngine, EmbeddingError, plan_batches, resolve_device,
-                             resolve_precision)
+from virnucpro.embed import EmbeddingEngine, EmbeddingError, plan_batches, resolve_device
+from virnucpro.precision import resolve_precision
 from virnucpro.errors import InputError, UsageError
 from virnucpro.features import read_features
 from virnucpro.shards import ShardFrames, in_windows, read_frames
@@ -69,12 +69,12 @@ class CountingEngine(EmbeddingEngine):
         self.oom_above = oom_above
         self.ran: dict[str, list[int]] = {"esm": [], "dnabert": []}
 
-    def forward_batch(self, model, inputs):
+    def forward_batch(self, model, inputs, float32=False):
         frames = inputs[0].shape[0]
         if self.oom_above is not None and frames > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         self.ran[model].append(frames)
-        return super().forward_batch(model, inputs)
+        return super().forward_batch(model, inputs, float32)
 
 
 def _engine_like(engine: EmbeddingEngine, **kwargs) -> CountingEngine:
@@ -237,10 +237,11 @@ def test_asking_for_cuda_without_it_is_a_usage_error():
         resolve_device("gpu")
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_precision("auto", torch.device("cpu")).name == "float32"
-    assert resolve_precision("auto", torch.device("cuda")).name == "mixed"
-    assert resolve_precision("mixed", torch.device("cpu")).weights == torch.float32
-    with pytest.raises(UsageError, match="not one of auto, float32, bfloat16, mixed"):
-        resolve_precision("float16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cuda")).name == "float16"
+    assert resolve_precision("float16", torch.device("cpu")).dtype == torch.float16
+    assert resolve_precision("float16", torch.device("cpu")).rescored
+    with pytest.raises(UsageError, match="not one of auto, float32, bfloat16, float16"):
+        resolve_precision("mixed", torch.device("cpu"))
 
 
 def test_cli_embeds_a_prepared_shard(reference, demo_models, engine, tmp_path):
