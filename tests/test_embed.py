@@ -309,3 +309,36 @@ def test_the_compute_thread_reads_no_value_from_the_device(engine, one_by_one):
     with HostReads() as reads:  # the check sees a read when there is one
         bool(torch.ones(2).any())
     assert reads.seen == ["aten._local_scalar_dense.default"]
+
+
+def _embed_cli(models: dict[str, Path], shard: Path, out: Path, compile: str,
+               env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "embed", "--nucleotide", f"{shard}.fna",
+         "--protein", f"{shard}.faa", "--esm-model", str(models["esm"]), "--dnabert-model",
+         str(models["dnabert"]), "--out", str(out), "--device", "cpu", "--compile", compile],
+        capture_output=True, text=True, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_compiled_layers_and_the_fallback_where_compiling_fails(demo_models, tmp_path):
+    """--compile true compiles the layers (here on the CPU, with the C++ compiler): the
+    features agree with uncompiled ones. Where compiling fails (no C++ compiler), one line
+    says so and the job runs uncompiled: the uncompiled features, exit status 0."""
+    shard = tmp_path / "s"
+    _write_fasta(Path(f"{shard}.fna"), [(f"f{i}", n) for i, n in enumerate(NUCLEOTIDES)])
+    _write_fasta(Path(f"{shard}.faa"), [(f"f{i}", p) for i, p in enumerate(PROTEINS)])
+    fresh = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled before
+    runs = {"false": {}, "true": fresh, "failing": {**fresh, "CXX": "/nonexistent/g++"}}
+    features = {}
+    for name, env in runs.items():
+        proc = _embed_cli(demo_models, shard, tmp_path / f"{name}.pt",
+                          "false" if name == "false" else "true", env)
+        assert proc.returncode == 0, proc.stderr
+        failed = [line for line in proc.stderr.splitlines() if "compiling the models failed" in line]
+        assert len(failed) == (name == "failing"), proc.stderr
+        table = read_features(tmp_path / f"{name}.pt")
+        assert table.meta["settings"]["compile"] == (name != "false")
+        features[name] = table.data
+    assert torch.equal(features["failing"], features["false"])
+    assert _max_diff(features["true"], features["false"]) <= 1e-4
