@@ -98,6 +98,12 @@ def test_plan_batches_covers_each_frame_once_within_budget():
         assert len(batch) * width <= 1000 or len(batch) == 1
         assert counts[batch[0]] == width  # longest first within a batch
     assert batches[0].tolist() == [7]
+    # Frames of similar length together: a batch holding a quarter of the budget stops before
+    # a frame shorter than 95% of its longest.
+    for batch in batches:
+        width = counts[batch[0]]
+        assert all(c >= 0.95 * width or i * width < 250 for i, c in enumerate(counts[batch]))
+    assert any(len(batch) * counts[batch[0]] < 750 for batch in batches[:-1])  # cut short
 
 
 def test_batched_windows_equal_frames_embedded_alone(engine, one_by_one):
