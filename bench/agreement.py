@@ -96,8 +96,8 @@ def run(device: torch.device, frames: int, dry: bool, workdir: Path) -> dict:
     embed("float32", EmbeddingEngine(esm, dnabert))
     embed("bfloat16", EmbeddingEngine(copy.deepcopy(esm).to(torch.bfloat16),
                                       load_dnabert2(directory, device, torch.bfloat16)))
-    store_in_16_bits(esm, dnabert, torch.float16)  # the float32 copy is done with
-    embed("float16", EmbeddingEngine(esm, dnabert))
+    kept = store_in_16_bits(esm, dnabert, torch.float16)  # the float32 copy is done with
+    embed("float16", EmbeddingEngine(esm, dnabert, float32_weights=kept))
     classifier = calibrated_classifier(features["float32"])
     result = {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
               "dry": dry, "esm_shape": esm_shape, "dnabert_shape": dnabert_shape,

@@ -385,9 +385,9 @@ def default_speed(args: argparse.Namespace, device: torch.device, esm_shape: dic
     sync = device.type == "cuda"
     esm = random_esm2(**esm_shape, device=device, dtype=torch.float32)
     dnabert = load_dnabert2(dnabert_dir, device, torch.float32)
-    store_in_16_bits(esm, dnabert, torch.float16)
+    kept = store_in_16_bits(esm, dnabert, torch.float16)
     budgets = {"esm_tokens": args.esm_tokens, "dnabert_tokens": args.dnabert_tokens}
-    engine = EmbeddingEngine(esm, dnabert, compile=sync, **budgets)
+    engine = EmbeddingEngine(esm, dnabert, compile=sync, float32_weights=kept, **budgets)
     warm = min(500, len(proteins))
     engine.embed(nucleotides[:warm], proteins[:warm])
     engine.embed(nucleotides[:warm], proteins[:warm], float32=True)

@@ -94,7 +94,8 @@ class Watched(EmbeddingEngine):
     that computes it and how many loader threads are running."""
 
     def __init__(self, base: EmbeddingEngine) -> None:
-        super().__init__(base.esm, base.dnabert, esm_tokens=base.budgets.esm)
+        super().__init__(base.esm, base.dnabert, esm_tokens=base.budgets.esm,
+                         float32_weights=base.float32_weights)
         self.passes: list[tuple[str, ...]] = []
         self.batches: set[tuple[str, int]] = set()
 

@@ -257,12 +257,12 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if compile == "auto" else compile == "true"
 
 
-def store_in_16_bits(esm: Esm2Encoder, dnabert: DnaBert2Encoder, dtype: torch.dtype) -> None:
-    """Convert both models' float32 weights to `dtype` in place, keeping what their float32
-    pass needs (virnucpro.precision.Float32Weights)."""
-    esm.float32_weights = Float32Weights(esm, dtype)
-    dnabert.model.float32_weights = Float32Weights(dnabert.model, dtype)
+def store_in_16_bits(esm: Esm2Encoder, dnabert: DnaBert2Encoder, dtype: torch.dtype
+                     ) -> dict[str, Float32Weights]:
+    """Convert both models' float32 weights to `dtype` in place; what their float32 pass
+    needs (virnucpro.precision.Float32Weights), per model, for the engine."""
     dnabert.dtype = dtype
+    return {"esm": Float32Weights(esm, dtype), "dnabert": Float32Weights(dnabert.model, dtype)}
 
 
 @dataclass
@@ -316,14 +316,15 @@ class Work:
 class EmbeddingEngine:
     """Both encoders on one device, batching, the loader thread and the OOM fallback.
 
-    The precision follows the weights' dtype: float32, bfloat16, or float16 (then both
-    models need their float32 weights: `store_in_16_bits`). Subclasses may override
-    `forward_batch` (tests use it to simulate running out of memory).
+    The precision follows the weights' dtype: float32, bfloat16, or float16 (then the
+    engine's float32 pass needs `float32_weights`, from `store_in_16_bits`). Subclasses may
+    override `forward_batch` (tests use it to simulate running out of memory).
     """
 
     def __init__(self, esm: Esm2Encoder, dnabert: DnaBert2Encoder, *,
                  esm_tokens: int | None = None, dnabert_tokens: int | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False,
+                 float32_weights: dict[str, Float32Weights] | None = None) -> None:
         self.esm, self.dnabert = esm, dnabert
         self.device = esm.embed_tokens.weight.device
         self.dtype = esm.embed_tokens.weight.dtype
@@ -334,10 +335,10 @@ class EmbeddingEngine:
             raise ValueError(f"ESM-2 is on {self.device} in {self.dtype}, DNABERT on "
                              f"{dnabert_weights.device} in {dnabert_weights.dtype}: "
                              "load both alike")
-        if self.precision.rescored and (esm.float32_weights is None
-                                        or dnabert.model.float32_weights is None):
+        if self.precision.rescored and set(float32_weights or ()) != {"esm", "dnabert"}:
             raise ValueError(f"{self.precision.name} needs both models' float32 weights for "
                              "its float32 pass: load them with store_in_16_bits")
+        self.float32_weights = float32_weights
         defaults = DEFAULT_BUDGETS["cuda" if self.device.type == "cuda" else "cpu"]
         self.budgets = TokenBudgets(esm=esm_tokens or defaults.esm,
                                     dnabert=dnabert_tokens or defaults.dnabert)
@@ -378,10 +379,10 @@ class EmbeddingEngine:
         loaded = torch.float32 if precision.rescored else precision.dtype
         esm = load_esm2(esm_location, device, loaded, repr_layer)
         dnabert = load_dnabert2(dnabert_dir, device, loaded)
-        kept = ""
+        kept, float32_weights = "", None
         if precision.rescored:
-            store_in_16_bits(esm, dnabert, precision.dtype)
-            weights = (esm.float32_weights, dnabert.model.float32_weights)
+            float32_weights = store_in_16_bits(esm, dnabert, precision.dtype)
+            weights = float32_weights.values()
             kept = (f" ({sum(w.kept for w in weights)} of {sum(w.converted for w in weights)} "
                     "weights also kept in float32: not exact in 16 bits)")
         log.info("models loaded in %.1f s: %s (layer %d) and DNABERT (%d layers) on %s, %s%s%s",
@@ -389,7 +390,7 @@ class EmbeddingEngine:
                  dnabert.config.num_hidden_layers, device, precision.name, kept,
                  ", compiled at the first batch" if compile else "")
         return cls(esm, dnabert, esm_tokens=esm_tokens, dnabert_tokens=dnabert_tokens,
-                   compile=compile)
+                   compile=compile, float32_weights=float32_weights)
 
     # ---- provenance
 
@@ -498,8 +499,10 @@ class EmbeddingEngine:
 
     def forward_batch(self, model: str, inputs: tuple[torch.Tensor | None, ...],
                       float32: bool = False) -> torch.Tensor:
-        """Mean embeddings [n, D] of one batch ('esm' or 'dnabert'), on the device."""
-        return self._models[model].forward_mean(*inputs, float32=float32)
+        """Mean embeddings [n, D] of one batch ('esm' or 'dnabert'), on the device; in float32
+        (`float32`) with 16-bit weights converted module by module."""
+        run = self.float32_weights[model].run if float32 and self.float32_weights else None
+        return self._models[model].forward_mean(*inputs, run=run)
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         """Start copying a device tensor to pinned host memory; it is complete once the host

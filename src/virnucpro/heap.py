@@ -29,7 +29,7 @@ MMAP_THRESHOLD = 256 * 1024
 # glibc's defaults, and the largest mmap threshold it accepts (HEAP_MAX_SIZE / 2 on 64 bits).
 TRIM_THRESHOLD = 128 * 1024
 REUSED_MMAP_THRESHOLD = 32 * 1024 * 1024
-REUSED_TRIM_THRESHOLD = 1 << 40
+REUSED_TRIM_THRESHOLD = 1 << 30  # (mallopt takes a C int)
 
 
 @cache

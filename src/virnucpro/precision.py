@@ -126,26 +126,11 @@ class Float32Weights:
 
     def run(self, module: nn.Module, *args: Any) -> Any:
         """module(*args) with float32 weights, uncompiled (a float32 pass is rare: it is not
-        worth a compilation of its own)."""
+        worth a compilation of its own). The models take this as their `run`."""
         weights = {name: self._kept[id(param)] if id(param) in self._kept else param.float()
                    for name, param in module.named_parameters()}
         with torch.compiler.set_stance("force_eager"):
             return functional_call(module, weights, args)
-
-
-def module_runner(model: nn.Module, float32_weights: Float32Weights | None, float32: bool
-                  ) -> Callable[..., Any]:
-    """How a model runs its modules: as they are, or (`float32`) with float32 weights, from
-    `float32_weights` when the model is stored in 16 bits."""
-    if not float32 or next(model.parameters()).dtype == torch.float32:
-        return _call
-    if float32_weights is None:
-        raise ValueError("a float32 pass of a 16-bit model needs its Float32Weights")
-    return float32_weights.run
-
-
-def _call(module: nn.Module, *args: Any) -> Any:
-    return module(*args)
 
 
 # --------------------------------------------------------------------------- rescoring

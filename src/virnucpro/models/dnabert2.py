@@ -31,6 +31,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,6 @@ from virnucpro.models.formats import (CONFIG_NAME, SAFETENSORS_NAME, TOKENIZER_N
                                       unreadable_dnabert_config, unreadable_weights)
 from virnucpro.models.published import DNABERT_S_PAGE
 from virnucpro.models.torchfile import load_weights_only, place
-from virnucpro.precision import Float32Weights, module_runner
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,6 @@ class DnaBert2Model(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.pooler = Pooler(config) if add_pooling_layer else None
-        # Set when the weights are stored in 16 bits for a float32 pass (virnucpro.precision).
-        self.float32_weights: Float32Weights | None = None
 
     def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """ALiBi plus -inf on padded keys: [N, heads, T, T] in the activations' dtype.
@@ -243,15 +241,15 @@ class DnaBert2Model(nn.Module):
         return (alibi[None] + padding[:, None, None, :]).to(dtype)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, float32: bool = False
-                ) -> torch.Tensor:
-        """Last hidden state [N, T, hidden]; padded positions are zero. In the weights' dtype,
-        or in float32 (`float32`: with `float32_weights` when they are stored in 16 bits)."""
+                token_type_ids: torch.Tensor | None = None,
+                run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Last hidden state [N, T, hidden]; padded positions are zero. `run(module, *args)`
+        runs the embeddings and each layer (see esm2.Esm2Encoder.forward)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        run = module_runner(self, self.float32_weights, float32)
+        run = run or nn.Module.__call__
         hidden = run(self.embeddings, input_ids, token_type_ids)
         bias = self.attention_bias(attention_mask, hidden.dtype)
         for layer in self.encoder.layer:
@@ -419,13 +417,13 @@ class DnaBert2Encoder:
 
     @torch.inference_mode()
     def forward_mean(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     float32: bool = False) -> torch.Tensor:
+                     run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Mean of the last hidden state over non-padding tokens (zero in it), summed in
         float32. Returns float32 [N, hidden] on the model's device.
         """
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
-        hidden = self.model(input_ids, attention_mask, float32=float32)
+        hidden = self.model(input_ids, attention_mask, run=run)
         counts = attention_mask.sum(dim=1, keepdim=True).to(torch.float32)
         return hidden.sum(dim=1, dtype=torch.float32) / counts
 

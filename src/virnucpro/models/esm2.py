@@ -36,9 +36,9 @@ from virnucpro.hashing import short_sha256
 from virnucpro.models.formats import esm_is_name, esm_model_location, esm_name_problem
 from virnucpro.models.published import esm_address
 from virnucpro.models.torchfile import load_weights_only, place
-from virnucpro.precision import Float32Weights, module_runner
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
+
 # fair-esm rescales embeddings in eval as if 15% x 80% of tokens had been masked in training.
 _MASK_RATIO_TRAIN = 0.15 * 0.8
 # fair-esm's upgrade of fairseq names ('encoder.sentence_encoder.layers.0...' -> 'layers.0...'),
@@ -178,8 +178,6 @@ class Esm2Encoder(nn.Module):
         # A plain attribute, not a buffer: it must stay fp32 when the module is cast to bf16.
         self.inv_freq = inv_freq.detach().to("cpu", torch.float32)
         self._rotary: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Set when the weights are stored in 16 bits for a float32 pass (virnucpro.precision).
-        self.float32_weights: Float32Weights | None = None
         self.requires_grad_(False)
 
     @classmethod
@@ -217,17 +215,18 @@ class Esm2Encoder(nn.Module):
         return ~padding[:, None, None, :] if bool(padding.any()) else None
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None | str = "auto",
-                float32: bool = False) -> torch.Tensor:
-        """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm),
-        in the weights' dtype, or in float32 (`float32`: with `float32_weights` when the model
-        is stored in 16 bits).
+                run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm).
 
         `key_mask` comes from `key_mask(tokens)`; "auto" computes it here (a host sync when
         the tokens are on a GPU: fine for a one-off call, not for a loop over batches).
+        `run(module, *args)` runs each module (the embedding, each layer, the final norm):
+        by default it calls it; a float32 pass of 16-bit weights gives its own
+        (virnucpro.precision.Float32Weights.run).
         """
         if isinstance(key_mask, str):
             key_mask = self.key_mask(tokens)
-        run = module_runner(self, self.float32_weights, float32)
+        run = run or nn.Module.__call__
         device = self.embed_tokens.weight.device
         tokens = tokens.to(device, non_blocking=True)
         padding = tokens.eq(self.padding_idx)
@@ -243,14 +242,14 @@ class Esm2Encoder(nn.Module):
 
     @torch.inference_mode()
     def forward_mean(self, tokens: torch.Tensor, lengths: torch.Tensor,
-                     key_mask: torch.Tensor | None | str = "auto", float32: bool = False
-                     ) -> torch.Tensor:
+                     key_mask: torch.Tensor | None | str = "auto",
+                     run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Mean representation over residue positions 1..length: float32 [N, D], model's device.
 
         The positions kept are multiplied by 1 and the others by 0 (exact in any dtype), then
         summed in float32 (an elementwise sum, not a matmul: TF32 settings cannot touch it).
         """
-        hidden = self(tokens, key_mask, float32)
+        hidden = self(tokens, key_mask, run)
         lengths = lengths.to(hidden.device, non_blocking=True)
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         keep = (positions >= 1) & (positions <= lengths[:, None])
