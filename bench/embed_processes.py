@@ -65,7 +65,8 @@ def main() -> None:
         work = Path(tmp)
         nucleotides, proteins, _ = make_frames(args.frames, work)
         for suffix, seqs in ((".fna", nucleotides), (".faa", proteins)):
-            (work / f"shard{suffix}").write_text("".join(f">f{i}\n{s}\n" for i, s in enumerate(seqs)))
+            (work / f"shard{suffix}").write_text("".join(f">f{i}\n{seq}\n"
+                                                         for i, seq in enumerate(seqs)))
         esm = write_demo_esm2(work / "esm2_t6_8M_UR50D.pt", seed=1, **ESM_8M_SHAPE)
         dnabert = write_demo_dnabert2(work / "dnabert", seed=2, **DNABERT_CPU_SHAPE)
         shard = [str(work / "shard.fna"), str(work / "shard.faa")]

@@ -341,7 +341,8 @@ def test_compiled_layers_and_the_fallback_where_compiling_fails(demo_models, tmp
         proc = _embed_cli(demo_models, shard, tmp_path / f"{name}.pt",
                           "false" if name == "false" else "true", env)
         assert proc.returncode == 0, proc.stderr
-        failed = [line for line in proc.stderr.splitlines() if "compiling the models failed" in line]
+        failed = [line for line in proc.stderr.splitlines()
+                  if "compiling the models failed" in line]
         assert len(failed) == (name == "failing"), proc.stderr
         table = read_features(tmp_path / f"{name}.pt")
         assert table.meta["settings"]["compile"] == (name != "false")
