@@ -56,6 +56,8 @@ dryrun: venv
 bench: venv
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/embed_processes.py
+	$(BIN)/python bench/ops.py
 	$(BIN)/python bench/kill_resume.py
 	$(BIN)/python bench/dag.py
 	$(BIN)/python bench/scale.py

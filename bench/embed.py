@@ -41,7 +41,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from virnucpro.embed import EmbeddingEngine  # noqa: E402
+from virnucpro.defaults import WINDOW_FRAMES  # noqa: E402
+from virnucpro.embed import DEFAULT_BUDGETS, EmbeddingEngine, store_in_16_bits  # noqa: E402
 from virnucpro.shards import read_frames  # noqa: E402
 from virnucpro.demo_models import (random_esm2, write_demo_dnabert2,  # noqa: E402
                                    write_demo_esm2)
@@ -109,9 +110,9 @@ class OnlyEngine(EmbeddingEngine):
         super().__init__(*args, **kwargs)
         self.only = only
 
-    def forward_batch(self, model, inputs):
+    def forward_batch(self, model, inputs, float32=False):
         if model == self.only:
-            return super().forward_batch(model, inputs)
+            return super().forward_batch(model, inputs, float32)
         width = self.esm.embed_dim if model == "esm" else self.dnabert.hidden_size
         return torch.zeros(inputs[0].shape[0], width, device=self.device)
 
@@ -251,7 +252,65 @@ def cpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
             "mean_nucleotides": round(statistics.mean(map(len, nucleotides)), 1),
             "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
             "esm": cpu_esm(workdir, proteins, nucleotides, args.repeats),
-            "dnabert": cpu_dnabert(workdir, proteins, nucleotides, args.repeats)}
+            "dnabert": cpu_dnabert(workdir, proteins, nucleotides, args.repeats),
+            "padding": padding(workdir, args.padding_frames)}
+
+
+# --------------------------------------------------------------------------- padding
+
+PADDING_TARGET = 0.95
+
+
+SENSE_CODONS = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+                if a + b + c not in ("TAA", "TAG", "TGA")]
+
+
+def long_read_frames(count: int, chunk: int, workdir: Path, seed: int = 1
+                     ) -> tuple[list[str], list[str]]:
+    """`count` frames of 300- or 500-bp chunks of reads of 1,000-5,000 bp, through the
+    project's prepare. Each read is an open reading frame of random codons (random DNA has
+    a stop codon every ~21 codons, so its 500-bp chunks would hardly ever give a frame);
+    each read's last chunk is shorter: what the batches must absorb."""
+    rng = random.Random(seed)
+    reads = workdir / f"long-{chunk}.fa"
+    with open(reads, "w") as out:
+        for i in range(count // 3):
+            codons = rng.choices(SENSE_CODONS, k=rng.randint(333, 1666))
+            out.write(f">long{i}\n{''.join(codons)}\n")
+    write_flat(reads, chunk, workdir / f"long-{chunk}")
+    _, nucleotides, proteins = read_frames(workdir / f"long-{chunk}" / "nucleotide.fa",
+                                           workdir / f"long-{chunk}" / "protein.faa")
+    return nucleotides[:count], proteins[:count]
+
+
+def padding(workdir: Path, frames: int) -> dict:
+    """Real tokens / padded tokens (frames x longest, batch by batch) as the engine counts
+    them (`EmbeddingEngine.work`), for each model, with each device's default budgets and the
+    default windows: frames of 150-bp reads, and of 300- and 500-bp chunks of longer reads.
+    The models are tiny (the counts do not depend on them); DNABERT's tokenizer is a 4,096-
+    token BPE as DNABERT-S's."""
+    esm = write_demo_esm2(workdir / "esm2_padding.pt", layers=1, embed_dim=32, heads=4)
+    dnabert = write_demo_dnabert2(workdir / "padding_dnabert", hidden=32, layers=1, heads=4,
+                                  intermediate=64, vocab_size=4096)
+    (workdir / "padding-150").mkdir()
+    inputs = {"150bp_reads": make_frames(frames, workdir / "padding-150", seed=3)[:2],
+              "300bp_chunks": long_read_frames(frames, 300, workdir),
+              "500bp_chunks": long_read_frames(frames, 500, workdir)}
+    result: dict = {"frames": frames, "window_frames": WINDOW_FRAMES, "target": PADDING_TARGET}
+    for device, budgets in DEFAULT_BUDGETS.items():
+        for name, (nucleotides, proteins) in inputs.items():
+            engine = EmbeddingEngine(load_esm2(esm), load_dnabert2(dnabert),
+                                     esm_tokens=budgets.esm, dnabert_tokens=budgets.dnabert)
+            engine.embed(nucleotides, proteins)
+            counted = engine.work.summary()["tokens"]
+            result[f"{device}_budgets_{name}"] = {
+                model: counted[model]["pass"]["padding_efficiency"] for model in counted}
+    result["met"] = all(value >= PADDING_TARGET for key, figures in result.items()
+                        if isinstance(figures, dict) for value in figures.values())
+    print(f"padding efficiency (real/padded, target >= {PADDING_TARGET}): " + "; ".join(
+        f"{key}: " + ", ".join(f"{m} {v:.3f}" for m, v in figures.items())
+        for key, figures in result.items() if isinstance(figures, dict)))
+    return result
 
 
 # --------------------------------------------------------------------------- GPU mode
@@ -316,36 +375,38 @@ def gpu_mode(args: argparse.Namespace, workdir: Path) -> dict:
         "budgets": {"esm": engines["both"].budgets.esm,
                     "dnabert": engines["both"].budgets.dnabert},
     }
-    result.update(mixed_speed(args, device, esm_shape, directory, nucleotides, proteins,
-                              seconds["both"]))
+    result.update(default_speed(args, device, esm_shape, directory, nucleotides, proteins,
+                                seconds["both"]))
     if args.load:
         del esm, engines
         result.update(timed_load(workdir, device, esm_shape))
     return result
 
 
-def mixed_speed(args: argparse.Namespace, device: torch.device, esm_shape: dict,
-                dnabert_dir: Path, nucleotides: list[str], proteins: list[str],
-                bfloat16_s: float) -> dict:
-    """The default GPU precision (mixed: float32 weights, 16-bit matrix multiplications) and
-    float32, both models together, against bfloat16's time: with the rescored fraction of
-    bench/agreement.py, what the default costs (time = mixed + fraction x float32)."""
+def default_speed(args: argparse.Namespace, device: torch.device, esm_shape: dict,
+                  dnabert_dir: Path, nucleotides: list[str], proteins: list[str],
+                  bfloat16_s: float) -> dict:
+    """The default GPU precision (float16: 16-bit weights and activations, compiled layers
+    on CUDA) and its float32 pass (what each rescored frame costs), both models together,
+    against bfloat16's time: with the rescored fraction of bench/agreement.py, what the
+    default costs (time = float16 + fraction x float32)."""
     sync = device.type == "cuda"
     esm = random_esm2(**esm_shape, device=device, dtype=torch.float32)
     dnabert = load_dnabert2(dnabert_dir, device, torch.float32)
+    kept = store_in_16_bits(esm, dnabert, torch.float16)
     budgets = {"esm_tokens": args.esm_tokens, "dnabert_tokens": args.dnabert_tokens}
-    mixed = EmbeddingEngine(esm, dnabert, mixed=True, **budgets)
-    exact = EmbeddingEngine(esm, dnabert, **budgets)
+    engine = EmbeddingEngine(esm, dnabert, compile=sync, float32_weights=kept, **budgets)
     warm = min(500, len(proteins))
-    mixed.embed(nucleotides[:warm], proteins[:warm])
-    exact.embed(nucleotides[:warm], proteins[:warm])
-    mixed_s = timed(lambda: mixed.embed(nucleotides, proteins), sync=sync)[0]
+    engine.embed(nucleotides[:warm], proteins[:warm])
+    engine.embed(nucleotides[:warm], proteins[:warm], float32=True)
+    float16_s = timed(lambda: engine.embed(nucleotides, proteins), sync=sync)[0]
     subset = min(len(proteins), max(warm, len(proteins) // 10))  # float32 is slow on a GPU
-    exact_s = timed(lambda: exact.embed(nucleotides[:subset], proteins[:subset]), sync=sync)[0]
+    exact_s = timed(lambda: engine.embed(nucleotides[:subset], proteins[:subset], float32=True),
+                    sync=sync)[0]
     float32_s = exact_s * len(proteins) / subset
-    return {"mixed_matmul_dtype": str(mixed.precision.matmul_dtype(device)).removeprefix("torch."),
-            "both_mixed_s": round(mixed_s, 3), "both_float32_s_estimated": round(float32_s, 3),
-            "mixed_vs_bfloat16": round(bfloat16_s / mixed_s, 3),
+    return {"default_precision": engine.precision.name, "compiled": engine._compiled,
+            "both_float16_s": round(float16_s, 3), "both_float32_s_estimated": round(float32_s, 3),
+            "float16_vs_bfloat16": round(bfloat16_s / float16_s, 3),
             "float32_vs_bfloat16": round(bfloat16_s / float32_s, 3)}
 
 
@@ -360,6 +421,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None,
                         help="frames to embed (default 2000 on CPU, 60000 on GPU)")
     parser.add_argument("--repeats", type=int, default=3, help="CPU mode: interleaved repeats")
+    parser.add_argument("--padding-frames", type=int, default=20_000,
+                        help="CPU mode: frames of each kind for the padding efficiency")
+    parser.add_argument("--padding", action="store_true",
+                        help="the padding efficiency alone (saved to padding.json)")
     parser.add_argument("--esm-tokens", type=int, default=None,
                         help="GPU mode: ESM-2 token budget (default: the engine's)")
     parser.add_argument("--dnabert-tokens", type=int, default=None,
@@ -370,11 +435,15 @@ def main() -> None:
         raise SystemExit("--gpu: no CUDA device (--gpu --dry checks the script on the CPU)")
     args.frames = args.frames or (300 if args.dry else 60_000 if args.gpu else 2_000)
     with tempfile.TemporaryDirectory() as tmp:
-        result = (gpu_mode if args.gpu else cpu_mode)(args, Path(tmp))
+        if args.padding:
+            result = padding(Path(tmp), args.padding_frames)
+        else:
+            result = (gpu_mode if args.gpu else cpu_mode)(args, Path(tmp))
     result.update(torch=torch.__version__, machine=platform.processor() or platform.machine(),
                   date=time.strftime("%Y-%m-%d %H:%M:%S"))
     print(json.dumps(result, indent=2))
-    out = args.out or HERE / "results" / ("embed_gpu.json" if args.gpu else "embed.json")
+    out = args.out or HERE / "results" / ("padding.json" if args.padding else
+                                          "embed_gpu.json" if args.gpu else "embed.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -228,8 +228,8 @@ import json, sys, time
 import torch
 sys.path.insert(0, sys.argv[4])
 from virnucpro.models.esm2 import load_esm2
-from virnucpro.runner import keep_heap_flat
-keep_heap_flat()  # as in every virnucpro step
+from virnucpro.heap import keep_flat
+keep_flat()  # as in every virnucpro step
 dtype = getattr(torch, sys.argv[2])
 start = time.perf_counter()
 if sys.argv[3] == "lean":

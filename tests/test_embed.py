@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import run_cli
 from virnucpro.demo_models import write_demo_models
-from virnucpro.embed import (EmbeddingEngine, EmbeddingError, plan_batches, resolve_device,
-                             resolve_precision)
+from virnucpro.embed import EmbeddingEngine, EmbeddingError, plan_batches, resolve_device
+from virnucpro.precision import resolve_precision
 from virnucpro.errors import InputError, UsageError
 from virnucpro.features import read_features
 from virnucpro.shards import ShardFrames, in_windows, read_frames
@@ -69,12 +69,12 @@ class CountingEngine(EmbeddingEngine):
         self.oom_above = oom_above
         self.ran: dict[str, list[int]] = {"esm": [], "dnabert": []}
 
-    def forward_batch(self, model, inputs):
+    def forward_batch(self, model, inputs, float32=False):
         frames = inputs[0].shape[0]
         if self.oom_above is not None and frames > self.oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         self.ran[model].append(frames)
-        return super().forward_batch(model, inputs)
+        return super().forward_batch(model, inputs, float32)
 
 
 def _engine_like(engine: EmbeddingEngine, **kwargs) -> CountingEngine:
@@ -98,6 +98,12 @@ def test_plan_batches_covers_each_frame_once_within_budget():
         assert len(batch) * width <= 1000 or len(batch) == 1
         assert counts[batch[0]] == width  # longest first within a batch
     assert batches[0].tolist() == [7]
+    # Frames of similar length together: a batch holding a quarter of the budget stops before
+    # a frame shorter than 95% of its longest.
+    for batch in batches:
+        width = counts[batch[0]]
+        assert all(c >= 0.95 * width or i * width < 250 for i, c in enumerate(counts[batch]))
+    assert any(len(batch) * counts[batch[0]] < 750 for batch in batches[:-1])  # cut short
 
 
 def test_batched_windows_equal_frames_embedded_alone(engine, one_by_one):
@@ -237,10 +243,11 @@ def test_asking_for_cuda_without_it_is_a_usage_error():
         resolve_device("gpu")
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_precision("auto", torch.device("cpu")).name == "float32"
-    assert resolve_precision("auto", torch.device("cuda")).name == "mixed"
-    assert resolve_precision("mixed", torch.device("cpu")).weights == torch.float32
-    with pytest.raises(UsageError, match="not one of auto, float32, bfloat16, mixed"):
-        resolve_precision("float16", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cuda")).name == "float16"
+    assert resolve_precision("float16", torch.device("cpu")).dtype == torch.float16
+    assert resolve_precision("float16", torch.device("cpu")).rescored
+    with pytest.raises(UsageError, match="not one of auto, float32, bfloat16, float16"):
+        resolve_precision("mixed", torch.device("cpu"))
 
 
 def test_cli_embeds_a_prepared_shard(reference, demo_models, engine, tmp_path):
@@ -308,3 +315,37 @@ def test_the_compute_thread_reads_no_value_from_the_device(engine, one_by_one):
     with HostReads() as reads:  # the check sees a read when there is one
         bool(torch.ones(2).any())
     assert reads.seen == ["aten._local_scalar_dense.default"]
+
+
+def _embed_cli(models: dict[str, Path], shard: Path, out: Path, compile: str,
+               env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "virnucpro.cli", "embed", "--nucleotide", f"{shard}.fna",
+         "--protein", f"{shard}.faa", "--esm-model", str(models["esm"]), "--dnabert-model",
+         str(models["dnabert"]), "--out", str(out), "--device", "cpu", "--compile", compile],
+        capture_output=True, text=True, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_compiled_layers_and_the_fallback_where_compiling_fails(demo_models, tmp_path):
+    """--compile true compiles the layers (here on the CPU, with the C++ compiler): the
+    features agree with uncompiled ones. Where compiling fails (no C++ compiler), one line
+    says so and the job runs uncompiled: the uncompiled features, exit status 0."""
+    shard = tmp_path / "s"
+    _write_fasta(Path(f"{shard}.fna"), [(f"f{i}", n) for i, n in enumerate(NUCLEOTIDES)])
+    _write_fasta(Path(f"{shard}.faa"), [(f"f{i}", p) for i, p in enumerate(PROTEINS)])
+    fresh = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled before
+    runs = {"false": {}, "true": fresh, "failing": {**fresh, "CXX": "/nonexistent/g++"}}
+    features = {}
+    for name, env in runs.items():
+        proc = _embed_cli(demo_models, shard, tmp_path / f"{name}.pt",
+                          "false" if name == "false" else "true", env)
+        assert proc.returncode == 0, proc.stderr
+        failed = [line for line in proc.stderr.splitlines()
+                  if "compiling the models failed" in line]
+        assert len(failed) == (name == "failing"), proc.stderr
+        table = read_features(tmp_path / f"{name}.pt")
+        assert table.meta["settings"]["compile"] == (name != "false")
+        features[name] = table.data
+    assert torch.equal(features["failing"], features["false"])
+    assert _max_diff(features["true"], features["false"]) <= 1e-4

@@ -1,22 +1,28 @@
-"""Mixed precision: bfloat16 matrix multiplications over float32 weights, and the scoring job's
-float32 rescoring of frames and chunks near the decision boundary, so that calls are float32's.
+"""float16, the GPU default: weights and activations in float16 (no weight cast per batch),
+and the scoring job's float32 rescoring of frames and chunks near the decision boundary,
+gathered over windows, so that calls are float32's; a resumed job rescores as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 
+import pytest
 import torch
 
 from virnucpro.classify import aggregate
 from virnucpro.demo_models import write_demo_models
 from virnucpro.embed import EmbeddingEngine
-from virnucpro.shards import FrameWindow, ShardFrames
-from virnucpro.models.classifier import load_classifier
+from virnucpro.layout import partial_dir
+from virnucpro.models.classifier import load_classifier, save_classifier
+from virnucpro.precision import rescore_positions
 from virnucpro.prepare import write_shards
-from virnucpro.resume import (CheckpointSettings, ScoreRows, embed_shard_resumable,
-                              rescore_positions)
+from virnucpro.resume import CheckpointSettings, ScoreRows, embed_shard_resumable
+from virnucpro.shards import FrameWindow, ShardFrames, read_frames
+from agreement import calibrated_classifier
 from workflow_helpers import STOP_FREE_CODONS
 
 
@@ -54,22 +60,26 @@ def test_rescoring_picks_frames_and_chunks_near_the_boundary():
     assert rescore_positions(_scores([0.5, 0.015, -0.3]), plain, margin=0.02).tolist() == [1]
 
 
-def test_mixed_precision_is_closer_to_float32_than_bfloat16(tmp_path):
+def test_float16_is_closer_to_float32_than_bfloat16(tmp_path):
     models = write_demo_models(tmp_path / "models")
     rng = random.Random(2)
     proteins = ["".join(rng.choices("ACDEFGHIKLMNPQRSTVWY", k=rng.randint(20, 90)))
                 for _ in range(200)]
     nucleotides = ["".join(rng.choices("ACGT", k=3 * len(p) + 1)) for p in proteins]
     engines = {name: EmbeddingEngine.from_config(models["esm"], models["dnabert"], "cpu", name)
-               for name in ("float32", "bfloat16", "mixed")}
-    assert engines["mixed"].settings()["dtype"] == "mixed"
-    assert engines["mixed"].esm.embed_tokens.weight.dtype == torch.float32
+               for name in ("float32", "bfloat16", "float16")}
+    assert engines["float16"].settings()["dtype"] == "float16"
+    # Weights stored in 16 bits: no cast per batch.
+    assert {p.dtype for p in engines["float16"].esm.parameters()} == {torch.float16}
+    assert {p.dtype for p in engines["float16"].dnabert.model.parameters()} == {torch.float16}
     exact = engines["float32"].embed(nucleotides, proteins)
     error = {name: (engines[name].embed(nucleotides, proteins) - exact).abs().max().item()
-             for name in ("bfloat16", "mixed")}
-    assert 0 < error["mixed"] < error["bfloat16"], error  # bfloat16 matmuls on a CPU
-    # exact=True: the mixed engine's own float32 numbers, those of a float32 engine.
-    assert torch.equal(engines["mixed"].embed(nucleotides, proteins, exact=True), exact)
+             for name in ("bfloat16", "float16")}
+    assert 0 < error["float16"] < error["bfloat16"], error
+    # float32=True: the float16 engine's own float32 numbers, those of a float32 engine (the
+    # demo ESM-2 file is float16, so its weights convert back exactly; DNABERT's float32
+    # originals are kept).
+    assert torch.equal(engines["float16"].embed(nucleotides, proteins, float32=True), exact)
 
 
 def _reads(path, n=120, seed=3):
@@ -79,17 +89,54 @@ def _reads(path, n=120, seed=3):
             out.write(f">r{i}\n{''.join(rng.choices(STOP_FREE_CODONS, k=rng.randint(60, 300)))}\n")
 
 
-def test_a_mixed_scoring_job_gives_float32_calls(tmp_path):
-    models = write_demo_models(tmp_path / "models")
-    classifier = load_classifier(models["classifier"])
-    _reads(tmp_path / "reads.fa")
-    prepared = tmp_path / "prepare"
-    write_shards(tmp_path / "reads.fa", 500, 10**6, prepared)
+class Watched(EmbeddingEngine):
+    """Records each float32 rescoring pass's frames, and for each of its batches the thread
+    that computes it and how many loader threads are running."""
+
+    def __init__(self, base: EmbeddingEngine) -> None:
+        super().__init__(base.esm, base.dnabert, esm_tokens=base.budgets.esm,
+                         float32_weights=base.float32_weights)
+        self.passes: list[tuple[str, ...]] = []
+        self.batches: set[tuple[str, int]] = set()
+
+    def embed_now(self, nucleotides, proteins, float32=True):
+        self.passes.append(tuple(proteins))
+        return super().embed_now(nucleotides, proteins, float32)
+
+    def forward_batch(self, model, inputs, float32=False):
+        if float32:
+            loaders = [t for t in threading.enumerate() if t.name == "virnucpro-loader"]
+            self.batches.add((threading.current_thread().name, len(loaders)))
+        return super().forward_batch(model, inputs, float32)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A prepared shard, demo models, and a classifier whose batch norm is fitted to the
+    shard's float32 features, so that its scores crowd the decision boundary (a worst case:
+    many frames to rescore, in most windows)."""
+    where = tmp_path_factory.mktemp("scored")
+    models = write_demo_models(where / "models")
+    _reads(where / "reads.fa")
+    prepared = where / "prepare"
+    write_shards(where / "reads.fa", 500, 10**6, prepared)
     shard = prepared / "shards" / "shard_000000"
-    calls = {}
-    for precision in ("float32", "mixed"):
+    engine = EmbeddingEngine.from_config(models["esm"], models["dnabert"], "cpu", "float32")
+    features = engine.embed(*read_frames(shard.with_suffix(".fna"), shard.with_suffix(".faa"))[1:])
+    save_classifier(calibrated_classifier(features), where / "crowded.safetensors", {})
+    return where, {**models, "classifier": where / "crowded.safetensors"}, prepared
+
+
+def test_a_float16_scoring_job_gives_float32_calls(scored):
+    where, models, prepared = scored
+    classifier = load_classifier(models["classifier"])
+    shard = prepared / "shards" / "shard_000000"
+    calls, watched = {}, None
+    for precision in ("float32", "float16"):
         engine = EmbeddingEngine.from_config(models["esm"], models["dnabert"], "cpu", precision)
-        out = tmp_path / precision / "scores" / "shard_000000.tsv"
+        if precision == "float16":
+            engine = Watched(engine)
+        out = where / precision / "scores" / "shard_000000.tsv"
         out.parent.mkdir(parents=True)
         result = ScoreRows(out, shard.with_suffix(".index.tsv"), classifier)
         embed_shard_resumable(ShardFrames(shard.with_suffix(".fna"), shard.with_suffix(".faa")),
@@ -101,11 +148,77 @@ def test_a_mixed_scoring_job_gives_float32_calls(tmp_path):
             name: [line.split("\t")[:2] if name == "prediction_results.txt" else line
                    for line in (out.parent.parent / name).read_text().splitlines()]
             for name in ("prediction_results.txt", "prediction_results_highestscore.csv")}
-    rescored, mixed = calls["mixed"]
-    frames = len(mixed["prediction_results.txt"]) - 1
+        work = about["work"]
+        assert work["frames"] == about["frames"]
+        assert work["frames_rescored"] == about["rescored_in_float32"]
+        for model in ("esm", "dnabert"):
+            counted = work["tokens"][model]["pass"]
+            assert 0 < counted["real"] <= counted["padded"] and work["tokens_per_s"][model] > 0
+        if precision == "float16":
+            watched = engine
+    rescored, float16 = calls["float16"]
+    frames = len(float16["prediction_results.txt"]) - 1
     assert calls["float32"][0] == 0 and 0 < rescored < frames
-    assert mixed == calls["float32"][1]  # every frame call and every chunk call
+    assert float16 == calls["float32"][1]  # every frame call and every chunk call
     summary = {p: [line.split("\t")[-1] for line in
-                   (tmp_path / p / "summary.tsv").read_text().splitlines()]
-               for p in ("float32", "mixed")}
-    assert summary["mixed"] == summary["float32"]  # and every read call
+                   (where / p / "summary.tsv").read_text().splitlines()]
+               for p in ("float32", "float16")}
+    assert summary["float16"] == summary["float32"]  # and every read call
+    # The rescoring: gathered over windows (fewer passes than windows), computed in the job's
+    # own thread beside the engine's one loader thread at most (none started for it).
+    windows = -(-frames // 64)
+    assert sum(map(len, watched.passes)) == rescored and 0 < len(watched.passes) < windows
+    threads = {thread for thread, _ in watched.batches}
+    assert threads == {threading.main_thread().name}
+    assert watched.batches and max(loaders for _, loaders in watched.batches) <= 1
+
+
+class Dying(Watched):
+    """Raises after `windows` windows, as a crash in the middle of a shard would."""
+
+    def __init__(self, base: EmbeddingEngine, windows: int) -> None:
+        super().__init__(base)
+        self.left = windows
+
+    def embed_windows(self, *args, **kwargs):
+        for item in super().embed_windows(*args, **kwargs):
+            if self.left == 0:
+                raise InterruptedError
+            self.left -= 1
+            yield item
+
+
+def test_a_resumed_float16_scoring_job_equals_an_uninterrupted_one(scored):
+    """Saved batches end where rescoring groups end: the resumed job gathers the same groups
+    after them (the same float32 batches: their numbers can depend on what else a batch
+    holds), so its scores are the uninterrupted job's, byte for byte."""
+    where, models, prepared = scored
+    classifier = load_classifier(models["classifier"])
+    shard = prepared / "shards" / "shard_000000"
+    engine = EmbeddingEngine.from_config(models["esm"], models["dnabert"], "cpu", "float16")
+    # Groups of up to 4 windows of 16 frames; saving every 40 frames would cut one in two.
+    settings = CheckpointSettings(frames=40, seconds=3600, window_frames=16)
+
+    def run(engine, name):
+        out = where / name / "scores" / "shard_000000.tsv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = ScoreRows(out, shard.with_suffix(".index.tsv"), classifier)
+        return out, embed_shard_resumable(ShardFrames(shard.with_suffix(".fna"),
+                                                      shard.with_suffix(".faa")),
+                                          result, engine, settings)
+
+    uninterrupted, resuming = Watched(engine), Watched(engine)
+    clean, frames = run(uninterrupted, "clean")
+    dying = Dying(engine, windows=7)
+    with pytest.raises(InterruptedError):
+        run(dying, "resumed")
+    resumed = where / "resumed" / "scores" / "shard_000000.tsv"
+    assert list(partial_dir(resumed).glob("batch_*.done")) and not resumed.exists()
+    # Killed in the middle of a group (its pass, or the next, had not finished when it died).
+    assert len(dying.passes) < len(uninterrupted.passes)
+    _, redone = run(resuming, "resumed")
+    assert 0 < redone < frames
+    assert resuming.passes == uninterrupted.passes[-len(resuming.passes):]
+    assert resumed.read_text() == clean.read_text()
+    assert json.loads(resumed.with_suffix(".json").read_text())["rescored_in_float32"] == \
+        json.loads(clean.with_suffix(".json").read_text())["rescored_in_float32"] > 0

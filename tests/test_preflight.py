@@ -343,7 +343,7 @@ def test_a_zip_that_is_not_a_torch_file(tmp_path, demo):
     ({"embed": {"dtpye": "bfloat16"}}, ["config: unknown key 'embed.dtpye'; did you mean "
                                         "embed.dtype?"]),
     ({"embed": {"dtype": "fp16"}}, ["config: embed.dtype: 'fp16' is not one of auto, float32, "
-                                    "bfloat16, mixed"]),
+                                    "bfloat16, float16"]),
     ({"embed": {"device": "gpu"}}, ["config: embed.device: 'gpu' is not valid; give auto, cpu, "
                                     "cuda or cuda:N"]),
     ({"shard_size": "many", "colour": "blue"}, [

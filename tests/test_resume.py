@@ -208,12 +208,12 @@ def damaged(models, tmp_path_factory):
 
 @pytest.mark.parametrize("result, dtype, broken", [
     ("scores", "float32", "esm"), ("scores", "float32", "dnabert"),
-    ("scores", "float32", "classifier"), ("scores", "mixed", "esm"),
+    ("scores", "float32", "classifier"), ("scores", "float16", "esm"),
     ("features", "float32", "esm"), ("features", "float32", "dnabert")])
 def test_a_model_computing_nan_stops_the_job_naming_it(tmp_path, models, damaged, result, dtype,
                                                        broken):
     """Damaged weights give NaN: the job stops with one line naming the model before any
-    row is saved or anything published (with mixed precision, once float32 says so too);
+    row is saved or anything published (in float16, once float32 says so too);
     nothing blames a feature file."""
     from virnucpro.errors import ModelError
     from virnucpro.models.classifier import load_classifier

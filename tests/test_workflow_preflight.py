@@ -190,7 +190,7 @@ def test_models_the_download_rules_fetch_are_a_note_not_an_error(tmp_path):
     (["shard_size=many"], "config: shard_size: 'many' is not of type 'integer'"),
     (["embed={dtpye: bfloat16}"], "config: unknown key 'embed.dtpye'; did you mean embed.dtype?"),
     (["embed={dtype: fp16}"], "config: embed.dtype: 'fp16' is not one of auto, float32, "
-                              "bfloat16, mixed"),
+                              "bfloat16, float16"),
 ])
 def test_a_config_problem_is_one_line_naming_its_key(tmp_path, override, line):
     orf_reads(tmp_path / "a.fa", 20)

@@ -92,10 +92,11 @@ def _float32_text(values: np.ndarray) -> list[str]:
 def score_rows(classifier: MLPClassifier, features: torch.Tensor) -> torch.Tensor:
     """[P(others), P(virus)] per feature row, float32 [n, 2].
 
-    Both ways of scoring a shard (inside its embedding job, or from its kept feature file)
-    call this on the same blocks of rows, the embedding windows, so they give the same bits.
-    Finite features that score NaN or inf are the classifier's fault (damaged weights load
-    without complaint): ModelError, before any score is saved. Non-finite features are the
+    Both ways of scoring a shard (inside its embedding job, on the engine's device, or from
+    its kept feature file) score the same blocks of rows, the embedding windows, with the
+    classifier's `predict_proba`: on the CPU they give the same bits. Finite features that
+    score NaN or inf are the classifier's fault (damaged weights load without complaint):
+    ModelError (`classifier_fault`), before any score is saved. Non-finite features are the
     caller's to judge (a 16-bit overflow is rescored in float32).
     """
     scores = classifier.predict_proba(features.float())
@@ -104,10 +105,16 @@ def score_rows(classifier: MLPClassifier, features: torch.Tensor) -> torch.Tenso
                   .to(torch.int8).argmax())
         if bool(torch.isfinite(features[row]).all()) and not bool(
                 torch.isfinite(scores[row]).all()):
-            raise ModelError(f"{classifier.source or 'the classifier'}: the classifier computed "
-                             "NaN or infinite scores from finite features; its weights are "
-                             "damaged: download or convert it again (nothing was published)")
+            raise classifier_fault(classifier)
     return scores
+
+
+def classifier_fault(classifier: MLPClassifier) -> ModelError:
+    """The classifier scored finite features NaN or inf: its weights are damaged (they load
+    without complaint)."""
+    return ModelError(f"{classifier.source or 'the classifier'}: the classifier computed NaN or "
+                      "infinite scores from finite features; its weights are damaged: download "
+                      "or convert it again (nothing was published)")
 
 
 def write_scores(out: str | os.PathLike, index: str | os.PathLike,

@@ -37,7 +37,8 @@ def _embed(args: argparse.Namespace) -> None:
     scanned = frames.scan()  # the shard is checked before the models load
     engine = EmbeddingEngine.from_config(args.esm_model, args.dnabert_model, device=args.device,
                                          dtype=args.dtype, esm_tokens=args.esm_tokens,
-                                         dnabert_tokens=args.dnabert_tokens)
+                                         dnabert_tokens=args.dnabert_tokens,
+                                         compile=args.compile)
     settings = CheckpointSettings(args.checkpoint_frames, args.checkpoint_seconds,
                                   force_resume=args.force_resume)
     out = Path(args.out)
@@ -223,9 +224,11 @@ def _add_embed_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dnabert-model", required=True, help="DNABERT-S model directory")
     p.add_argument("--out", required=True, help="feature file to write (.pt)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "mixed"),
-                   help="auto: mixed on CUDA (bfloat16 matrix multiplications, float32 "
-                        "elsewhere), float32 on the CPU")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: float16 on CUDA (weights and activations in float16, sums in "
+                        "float32), float32 on the CPU (README \"Precision\")")
+    p.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
+                   help="compile the models' layers (torch.compile); auto: on CUDA only")
     p.add_argument("--features-dtype", default="float32", choices=("float32", "float16"),
                    help="dtype of the written features (float16 halves the file)")
     p.add_argument("--esm-tokens", type=_positive, default=None,
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--u-as-t", action="store_true",
                    help="read U as T (RNA input); by default codons with U are skipped, as the "
                         "original does")
-    p.set_defaults(func=_prepare, flat_heap=False)  # see runner.keep_heap_flat
+    p.set_defaults(func=_prepare, flat_heap=False)  # see runner.call_reporting_errors
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)
     _add_train_parser(sub)

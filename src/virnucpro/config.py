@@ -146,7 +146,8 @@ def _lines(error: jsonschema.ValidationError) -> Iterator[str]:
             if name not in error.instance:
                 yield f"config: {_key([*path, name])}: is missing; add it (see config/README.md)"
     elif error.validator == "enum":
-        choices = ", ".join(map(str, error.validator_value))
+        choices = ", ".join(str(v).lower() if isinstance(v, bool) else str(v)
+                            for v in error.validator_value)
         yield f"config: {_key(path)}: {error.instance!r} is not one of {choices}"
     elif error.validator in _SAYS_WHAT_IS_VALID:
         give = f"; give {' '.join(error.schema['description'].split())}" \

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import resource
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from virnucpro.errors import VirNucProError, storage_error
+from virnucpro.heap import keep_flat
 
 log = logging.getLogger("virnucpro")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -51,35 +51,16 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 256 * 1024
-
-
-def keep_heap_flat() -> None:
-    """Serve buffers of 256 KB and more from mmap, returned to the system when freed.
-
-    glibc raises its mmap threshold each time such a buffer is freed, after which the large
-    buffers of varying size that a step churns through (tokenised windows, activations,
-    scores) come from the heap instead, where freed space fragments and the process's memory
-    creeps up with the work done (+78 MB over 300,000 frames of an embedding job, measured;
-    flat with a fixed threshold). Setting the threshold fixes it and stops that adjustment.
-    A no-op where the C library is not glibc.
-
-    Not for prepare (`flat_heap=False` below): its large buffers are the same few sizes block
-    after block, which glibc's adaptive threshold serves from the heap and reuses, while a
-    fixed one maps each anew and the kernel zeroes its pages every time: +1.9 s of system
-    time per million reads, 1.55x its CPU time (measured), for a peak a few MB lower.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
 def call_reporting_errors(func: Callable[..., Any], *args: Any, flat_heap: bool = True) -> int:
     """Call func; an expected failure or an interruption becomes one line and an exit status.
 
-    `flat_heap`: with keep_heap_flat (every step but prepare: see there)."""
+    `flat_heap`: with heap.keep_flat, as every step but prepare. Prepare's large buffers are
+    the same few sizes block after block, which glibc's adaptive threshold serves from the heap
+    and reuses, while a fixed one maps each anew and the kernel zeroes its pages every time:
+    +1.9 s of system time per million reads, 1.55x its CPU time (measured), for a peak a few MB
+    lower."""
     if flat_heap:
-        keep_heap_flat()
+        keep_flat()
     previous = {sig: signal.signal(sig, _raise_interrupted)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -38,6 +38,17 @@ class FrameWindow:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def joined(cls, windows: Sequence[FrameWindow]) -> FrameWindow:
+        """Consecutive windows as one."""
+        if len(windows) == 1:
+            return windows[0]
+        chunks = (None if windows[0].chunks is None
+                  else [chunk for window in windows for chunk in window.chunks or []])
+        return cls(windows[0].start, [i for w in windows for i in w.ids],
+                   [n for w in windows for n in w.nucleotides],
+                   [p for w in windows for p in w.proteins], windows[-1].final, chunks)
+
 
 class ShardFrames:
     """A shard's frames, streamed from its nucleotide and protein FASTA files.

@@ -203,6 +203,7 @@ RUN_SETTINGS = {
     "features_dtype": config["features_dtype"],
     "embed.device": config["embed"]["device"],
     "embed.dtype": config["embed"]["dtype"],
+    "embed.compile": config["embed"]["compile"],
     **{f"models.{role}": path for role, path in config["models"].items()},
 }
 

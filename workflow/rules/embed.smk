@@ -102,6 +102,7 @@ rule embed:
         # (rerun-triggers). Batch sizes, memory and checkpoint intervals do not;
         # the script reads them from the config.
         dtype=config["embed"]["dtype"],
+        compile=config["embed"]["compile"],
         features_dtype=config["features_dtype"],
         registry=FAILED_REGISTRY,
     script:
@@ -134,6 +135,7 @@ if not KEEP_FEATURES:
             runtime=config["embed"]["runtime"],
         params:
             dtype=config["embed"]["dtype"],
+            compile=config["embed"]["compile"],
             registry=FAILED_REGISTRY,
         script:
             "../scripts/embed.py"

@@ -34,7 +34,7 @@ def embed_on_device(sm):
     e, c = sm.config["embed"], sm.config["checkpoint"]
     engine = EmbeddingEngine.from_config(sm.input.esm, sm.input.dnabert, e["device"],
                                          sm.params.dtype, e["esm_tokens"] or None,
-                                         e["dnabert_tokens"] or None)
+                                         e["dnabert_tokens"] or None, compile=sm.params.compile)
     if sm.rule == "embed_classify":
         classifier.expected_input(engine.embed_dim)
     settings = CheckpointSettings(c["frames"], c["seconds"], c["window_frames"], c["force_resume"])

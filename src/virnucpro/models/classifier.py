@@ -100,7 +100,8 @@ class MLPClassifier(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(self, features: torch.Tensor, batch_size: int = BATCH_ROWS) -> torch.Tensor:
-        """Softmax scores [N, num_class] (float32, CPU) of feature rows [N, D]; column 1 = virus.
+        """Softmax scores [N, num_class] (float32, on the classifier's device) of feature rows
+        [N, D]; column 1 = virus.
 
         Always computed in eval mode (batch norm's running statistics, no dropout), as the
         original predicts; the module's own mode is left as it was.
@@ -113,7 +114,7 @@ class MLPClassifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            scores = [F.softmax(self(batch.to(weight.device, weight.dtype)), dim=1).float().cpu()
+            scores = [F.softmax(self(batch.to(weight.device, weight.dtype)), dim=1).float()
                       for batch in features.split(batch_size)]
         finally:
             self.train(was_training)

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ from torch import nn
 
 from virnucpro.errors import ModelError, one_line
 from virnucpro.hashing import short_sha256
-from virnucpro.models.attention import attention
 from virnucpro.models.formats import (CONFIG_NAME, SAFETENSORS_NAME, TOKENIZER_NAME,
                                       dnabert_weights, missing_dnabert_file,
                                       unreadable_dnabert_config, unreadable_weights)
@@ -149,8 +149,10 @@ class SelfAttention(nn.Module):
         batch, length, _ = hidden.shape
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, T, d]
-        # SDPA's default scale is 1/sqrt(head_dim), as in the original.
-        attended = attention(query, key, value, bias)
+        # SDPA's default scale is 1/sqrt(head_dim), as in the original. The bias (ALiBi and
+        # the padding) is additive, in the activations' dtype: the fused memory-efficient
+        # kernel takes it.
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         return attended.transpose(1, 2).reshape(batch, length, -1)
 
 
@@ -198,14 +200,11 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The layers (`DnaBert2Model.forward` runs them, one module at a time)."""
+
     def __init__(self, config: DnaBert2Config) -> None:
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            hidden = layer(hidden, bias)
-        return hidden
 
 
 class Pooler(nn.Module):
@@ -242,15 +241,26 @@ class DnaBert2Model(nn.Module):
         return (alibi[None] + padding[:, None, None, :]).to(dtype)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden state [N, T, hidden]; padded positions are zero."""
+                token_type_ids: torch.Tensor | None = None,
+                run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Last hidden state [N, T, hidden]; padded positions are zero. `run(module, *args)`
+        runs the embeddings and each layer (see esm2.Esm2Encoder.forward)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        hidden = self.embeddings(input_ids, token_type_ids)
-        hidden = self.encoder(hidden, self.attention_bias(attention_mask, hidden.dtype))
+        run = run or nn.Module.__call__
+        hidden = run(self.embeddings, input_ids, token_type_ids)
+        bias = self.attention_bias(attention_mask, hidden.dtype)
+        for layer in self.encoder.layer:
+            hidden = run(layer, hidden, bias)
         return hidden * attention_mask[..., None].to(hidden.dtype)
+
+    def compile_layers(self) -> None:
+        """Compile the layers (torch.compile, dynamic shapes): each layer's elementwise work
+        fused into a few kernels, one compiled graph shared by all layers."""
+        for layer in self.encoder.layer:
+            layer.compile(dynamic=True)
 
 
 # --- loading ----------------------------------------------------------------
@@ -406,16 +416,16 @@ class DnaBert2Encoder:
         return input_ids, attention_mask
 
     @torch.inference_mode()
-    def forward_mean(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of the last hidden state over non-padding tokens.
-
-        Returns float32 [N, hidden] on the model's device.
+    def forward_mean(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean of the last hidden state over non-padding tokens (zero in it), summed in
+        float32. Returns float32 [N, hidden] on the model's device.
         """
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
-        hidden = self.model(input_ids, attention_mask).float()  # padded positions are zero
+        hidden = self.model(input_ids, attention_mask, run=run)
         counts = attention_mask.sum(dim=1, keepdim=True).to(torch.float32)
-        return hidden.sum(dim=1) / counts
+        return hidden.sum(dim=1, dtype=torch.float32) / counts
 
     @cached_property
     def _file_hashes(self) -> tuple[str, str]:

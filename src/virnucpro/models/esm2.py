@@ -27,17 +27,18 @@ from pathlib import Path
 import esm
 import numpy as np
 import torch
+import torch.nn.functional as F
 from esm.model.esm2 import ESM2
 from torch import nn
 
 from virnucpro.errors import ModelError, one_line
 from virnucpro.hashing import short_sha256
-from virnucpro.models.attention import attention
 from virnucpro.models.formats import esm_is_name, esm_model_location, esm_name_problem
 from virnucpro.models.published import esm_address
 from virnucpro.models.torchfile import load_weights_only, place
 
 MAX_RESIDUES = 1022  # the original's truncation: 1024 tokens including BOS and EOS
+
 # fair-esm rescales embeddings in eval as if 15% x 80% of tokens had been masked in training.
 _MASK_RATIO_TRAIN = 0.15 * 0.8
 # fair-esm's upgrade of fairseq names ('encoder.sentence_encoder.layers.0...' -> 'layers.0...'),
@@ -134,8 +135,9 @@ class _Layer(nn.Module):
         q, k = _rotate(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).permute(2, 0, 3, 1, 4)
         v = qkv[:, :, 2].transpose(1, 2)  # each of q, k, v: [N, H, T, head_dim]
         # fair-esm scales q by head_dim**-0.5 before the rotation; rotation is linear, so
-        # SDPA's default scale on the rotated q is the same thing.
-        attn = attention(q, k, v, key_mask)
+        # SDPA's default scale on the rotated q is the same thing. In 16 bits, a fused kernel
+        # (flash without a mask, memory-efficient with one) sums the softmax in float32.
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         x += self.out_proj(attn.transpose(1, 2).reshape(n, t, d))
         hidden = self.fc1(self.final_layer_norm(x))
         x += self.fc2(torch.ops.aten.gelu_(hidden))
@@ -143,7 +145,7 @@ class _Layer(nn.Module):
 
 
 class Esm2Encoder(nn.Module):
-    """ESM-2 inference on fair-esm weights: batched, SDPA attention, fp32 or bf16.
+    """ESM-2 inference on fair-esm weights: batched, SDPA attention, in float32 or 16 bits.
 
     Build it with `load_esm2` (a model file) or `Esm2Encoder.from_esm_state_dict` (fair-esm
     `ESM2` parameter names); demo_models.random_esm2 builds random ones for benchmarks.
@@ -212,39 +214,54 @@ class Esm2Encoder(nn.Module):
         padding = tokens.eq(self.padding_idx)
         return ~padding[:, None, None, :] if bool(padding.any()) else None
 
-    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None | str = "auto"
-                ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None | str = "auto",
+                run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """Representation [N, T, D] of layer `repr_layer` (the last one with its final norm).
 
         `key_mask` comes from `key_mask(tokens)`; "auto" computes it here (a host sync when
         the tokens are on a GPU: fine for a one-off call, not for a loop over batches).
+        `run(module, *args)` runs each module (the embedding, each layer, the final norm):
+        by default it calls it; a float32 pass of 16-bit weights gives its own
+        (virnucpro.precision.Float32Weights.run).
         """
         if isinstance(key_mask, str):
             key_mask = self.key_mask(tokens)
+        run = run or nn.Module.__call__
         device = self.embed_tokens.weight.device
         tokens = tokens.to(device, non_blocking=True)
         padding = tokens.eq(self.padding_idx)
         if key_mask is not None:
             key_mask = key_mask.to(device, non_blocking=True)
-        x = self._embed(tokens, padding)
+        x = self._embed(run(self.embed_tokens, tokens), tokens, padding)
         cos, sin = self._cos_sin(tokens.shape[1], device, x.dtype)
         for layer in self.layers[:self.repr_layer]:
-            x = layer(x, cos, sin, key_mask)
+            x = run(layer, x, cos, sin, key_mask)
         if self.repr_layer == self.num_layers:
-            x = self.emb_layer_norm_after(x)
+            x = run(self.emb_layer_norm_after, x)
         return x
 
     @torch.inference_mode()
     def forward_mean(self, tokens: torch.Tensor, lengths: torch.Tensor,
-                     key_mask: torch.Tensor | None | str = "auto") -> torch.Tensor:
-        """Mean representation over residue positions 1..length: float32 [N, D], model's device."""
-        hidden = self(tokens, key_mask)
+                     key_mask: torch.Tensor | None | str = "auto",
+                     run: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean representation over residue positions 1..length: float32 [N, D], model's device.
+
+        The positions kept are multiplied by 1 and the others by 0 (exact in any dtype), then
+        summed in float32 (an elementwise sum, not a matmul: TF32 settings cannot touch it).
+        """
+        hidden = self(tokens, key_mask, run)
         lengths = lengths.to(hidden.device, non_blocking=True)
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         keep = (positions >= 1) & (positions <= lengths[:, None])
-        # An elementwise fp32 sum, not a matmul: TF32 matmul settings cannot touch it.
-        sums = (hidden.float() * keep.unsqueeze(-1)).sum(1)
+        sums = (hidden * keep.unsqueeze(-1)).sum(1, dtype=torch.float32)
         return sums / lengths[:, None].float()
+
+    def compile_layers(self) -> None:
+        """Compile the layers (torch.compile, dynamic shapes): each layer's elementwise work
+        fused into a few kernels. All layers share one compiled graph (one class, the weights
+        are its inputs), made at the first batch."""
+        for layer in self.layers:
+            layer.compile(dynamic=True)
 
     def identity(self) -> dict[str, object]:
         """What produced an embedding, for provenance records."""
@@ -254,9 +271,10 @@ class Esm2Encoder(nn.Module):
                 "checkpoint_sha256": (None if self.model_file is None
                                       else short_sha256(self.model_file))}
 
-    def _embed(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with fair-esm's eval-time token-dropout rescaling, padding zeroed."""
-        x = self.embed_tokens(tokens)
+    def _embed(self, x: torch.Tensor, tokens: torch.Tensor, padding: torch.Tensor
+               ) -> torch.Tensor:
+        """Token embeddings `x` with fair-esm's eval-time token-dropout rescaling, padding
+        zeroed."""
         if self.token_dropout:
             is_mask = tokens.eq(self.mask_idx)
             x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
