@@ -451,12 +451,11 @@ def test_the_pages_show_what_ran_from_the_embedding_jobs_records(tmp_path, demo_
     gpu.mkdir(), old.mkdir()
     reads, scores = threshold_sample(gpu)
     (gpu / "0.json").write_text(json.dumps({
-        "frames": 6, "settings": {"dtype": "mixed", "matmul_dtype": "float16"},
+        "frames": 6, "settings": {"dtype": "float16", "compile": True},
         "hardware": {"device": "cuda", "gpu": "NVIDIA H200"}, "rescored_in_float32": 2}))
     aggregate(reads, scores, gpu)
     assert json.loads((gpu / "counts.json").read_text())["embedding"] == [
-        {"device": "cuda", "gpu": "NVIDIA H200", "precision": "mixed", "matmul_dtype": "float16",
-         "shards": 1, "frames": 6, "rescored_in_float32": 2}]
+        {"device": "cuda", "gpu": "NVIDIA H200", "precision": "float16", "shards": 1, "frames": 6, "rescored_in_float32": 2}]
     aggregate(*threshold_sample(old), old)  # scores of a virnucpro that kept no record
     write_provenance(models_of(demo_models), {"embed.device": "auto", "embed.dtype": "auto"},
                      tmp_path / "provenance.json")
@@ -464,11 +463,11 @@ def test_the_pages_show_what_ran_from_the_embedding_jobs_records(tmp_path, demo_
     write_sample_report("gpu", gpu / "counts.json", tmp_path / "provenance.json", ["g.fa"],
                         gpu / "report.html", plots, gpu / "top_reads.tsv", ["virus_reads.fa.gz"])
     page = (gpu / "report.html").read_text()
-    row = ('<tr><td>cuda (NVIDIA H200)</td><td>mixed (float16 matrix multiplications)</td>'
+    row = ('<tr><td>cuda (NVIDIA H200)</td><td>float16</td>'
            '<td class="num">1</td><td class="num">6</td><td class="num">2</td></tr>')
     assert row in page
     assert "<tr><td>embed.device</td><td>auto: cuda (NVIDIA H200)</td></tr>" in page
-    assert "<tr><td>embed.dtype</td><td>auto: mixed</td></tr>" in page
+    assert "<tr><td>embed.dtype</td><td>auto: float16</td></tr>" in page
     write_overview({"gpu": gpu / "counts.json", "old": old / "counts.json"},
                    {"gpu": ["g.fa"], "old": ["o.fa"]}, tmp_path / "provenance.json",
                    tmp_path / "overview.html",

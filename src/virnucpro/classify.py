@@ -175,7 +175,7 @@ def score_shard(features: str | os.PathLike, index: str | os.PathLike, classifie
     return write_scores(out, index, parts, features)
 
 
-RUN_KEYS = ("device", "gpu", "precision", "matmul_dtype")
+RUN_KEYS = ("device", "gpu", "precision")
 RUN_COUNTS = ("shards", "frames", "rescored_in_float32")
 
 
@@ -191,8 +191,7 @@ def embedding_runs(score_files: Iterable[str | os.PathLike]) -> list[dict]:
         about = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         hardware, settings = about.get("hardware") or {}, about.get("settings") or {}
         shards.append({"device": hardware.get("device"), "gpu": hardware.get("gpu"),
-                       "precision": settings.get("dtype"),
-                       "matmul_dtype": settings.get("matmul_dtype"), "shards": 1,
+                       "precision": settings.get("dtype"), "shards": 1,
                        "frames": about.get("frames") or 0,
                        "rescored_in_float32": about.get("rescored_in_float32") or 0})
     return merge_runs(shards)

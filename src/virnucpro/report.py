@@ -186,13 +186,11 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return '<p class="note">Not recorded (results of an older virnucpro).</p>'
     rows = [(_device(r) if r["device"] else "not recorded (an older virnucpro)",
-             "not recorded" if not r["precision"] else
-             f"mixed ({r['matmul_dtype']} matrix multiplications)" if r["precision"] == "mixed"
-             else r["precision"], _count(r["shards"]), _count(r["frames"]),
+             r["precision"] or "not recorded", _count(r["shards"]), _count(r["frames"]),
              _count(r["rescored_in_float32"])) for r in runs]
     return _table(("device", "precision", "shards", "frames", "rescored in float32"), rows,
                   numeric=(2, 3, 4)) + \
-        '<p class="note">Frames rescored in float32: with mixed precision, the frames near a ' \
+        '<p class="note">Frames rescored in float32: with float16, the frames near a ' \
         "decision boundary are embedded again in float32, so their calls are float32's.</p>"
 
 
