@@ -503,9 +503,11 @@ def test_the_rules_environment_installs_the_workflows_package_and_no_snakemake()
 def test_the_schema_defaults_are_the_packages_defaults():
     """The workflow's defaults (the schema, which fills the config) and the CLI's (the
     package's constants) are the same numbers: one default per setting."""
-    from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
+    from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, DEDUP, WINDOW_FRAMES
 
-    checkpoint = yaml.safe_load(SCHEMA.read_text())["properties"]["checkpoint"]["properties"]
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    checkpoint = schema["checkpoint"]["properties"]
     assert (checkpoint["frames"]["default"], checkpoint["seconds"]["default"],
             checkpoint["window_frames"]["default"]) == (CHECKPOINT_FRAMES, CHECKPOINT_SECONDS,
                                                         WINDOW_FRAMES)
+    assert schema["dedup"]["default"] is DEDUP

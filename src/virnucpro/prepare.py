@@ -41,6 +41,7 @@ import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
 from virnucpro.dedup import DistinctFrames
+from virnucpro.defaults import DEDUP
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import FastaBlock
 from virnucpro import layout
@@ -487,7 +488,7 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
 
 def write_shards(reads: Reads, chunk_size: int, shard_size: int,
                  outdir: str | os.PathLike, u_as_t: bool = False,
-                 drop_ambiguous: bool = False, dedup: bool = True) -> PrepareStats:
+                 drop_ambiguous: bool = False, dedup: bool = DEDUP) -> PrepareStats:
     """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
 
     `reads` is one file or the two files (R1, R2) of paired reads. `outdir` appears
