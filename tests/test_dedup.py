@@ -5,7 +5,6 @@ byte those of every frame embedded."""
 import hashlib
 import json
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,12 @@ from virnucpro.preflight import unprepared
 from workflow_helpers import STOP_FREE_CODONS
 
 
-def test_the_hash_table_is_a_map_of_its_keys(monkeypatch):
-    """Keys added in blocks, runs merged up to a size (small here, so that many runs stay
-    unmerged too): every lookup gives a dict's answer."""
+def test_the_hash_table_is_a_map_of_its_keys(monkeypatch, tmp_path):
+    """Keys added in blocks, runs merged up to a size (small here, so that many runs go to
+    disk): every lookup gives a dict's answer, and the memory held stays below a few runs."""
     monkeypatch.setattr(dedup, "MERGED_RUN_KEYS", 300)
     rng = np.random.default_rng(0)
-    table, expected = SeenHashes(), {}
+    table, expected = SeenHashes(tmp_path), {}
     for size in [0, *rng.integers(1, 200, 120)]:
         keys = np.unique(rng.integers(0, 1 << 63, size, dtype=np.uint64))
         keys = keys[[int(k) not in expected for k in keys]]
@@ -36,8 +35,10 @@ def test_the_hash_table_is_a_map_of_its_keys(monkeypatch):
         asked = np.concatenate([keys, rng.integers(0, 1 << 63, 50, dtype=np.uint64),
                                 np.fromiter(expected, np.uint64)[:40]])
         assert table.get(asked).tolist() == [expected.get(int(k), -1) for k in asked]
+        assert table.in_memory <= 16 * 3 * 300
     assert len(table) == len(expected) > 5000
     assert 1 < table.runs < 120  # merged, but not into one run beyond the limit
+    assert list(tmp_path.iterdir()) == []  # the runs on disk are unlinked files
 
 
 def chunk_blocks(rng: random.Random, blocks: int = 25, per_block: int = 60):
@@ -56,8 +57,7 @@ def find_all(hash_spans=dedup.hash_spans, seed=1):
     DistinctChunks with `hash_spans`, each chunk's value its (block, position)."""
     found = []
     remembered = {}
-    with tempfile.TemporaryFile() as store:
-        chunks = DistinctChunks(store, hash_spans)
+    with DistinctChunks(None, hash_spans) as chunks:
         for block, (data, start, length, sequences) in enumerate(chunk_blocks(random.Random(seed))):
             seen = chunks.find(data, start, length)
             values = block * 1000 + np.arange(len(sequences))

@@ -12,17 +12,21 @@ chunks sits in different chunk contexts, and such frames are rare, as a frame sp
 whole chunk.
 
 Memory: `SeenHashes`, a table of 64-bit hashes in sorted numpy runs, 16 bytes a distinct chunk
-(no Python object per chunk). Each distinct chunk's bytes go to a store on disk (an unlinked
-temporary file), and a hash found again is confirmed against those bytes before a chunk is
-taken for a duplicate: a collision (equal hashes, different sequences) is never merged, it is
-simply embedded as a distinct chunk.
+(no Python object per chunk), whose large runs are moved to disk and memory-mapped, so the
+memory it holds is bounded however large the sample. Each distinct chunk's bytes go to a store
+on disk, and a hash found again is confirmed against those bytes before a chunk is taken for a
+duplicate: a collision (equal hashes, different sequences) is never merged, it is simply
+embedded as a distinct chunk. The files are unlinked temporary files: nothing is left behind
+however the process ends.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import TracebackType
 
 import numpy as np
 
@@ -36,7 +40,7 @@ HashSpans = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 MERGED_RUN_KEYS = 1 << 22
 """Runs of SeenHashes are merged up to this many keys (64 MB): beyond it, merging would copy
 ever larger arrays (and need their size again while it does), and a lookup in one more run
-costs a binary search."""
+costs a binary search. A run that large is not merged again: it is moved to disk."""
 
 _RECORD_HEADER = 16  # a stored chunk: its value and length (two int64), then its bytes
 
@@ -45,9 +49,13 @@ class SeenHashes:
     """A map of distinct uint64 keys to int64 values, 16 bytes a key, for lookups of whole
     arrays of keys at a time: sorted runs, each added array one run, runs of similar sizes
     merged (as a log-structured merge tree does), so an addition costs a sort of what it adds
-    and a merge now and then, and a lookup a binary search per run."""
+    and a merge now and then, and a lookup a binary search per run. A run of more than
+    MERGED_RUN_KEYS keys is written to an unlinked temporary file in `directory` and
+    memory-mapped: the kernel keeps what lookups read of it in its page cache, which it
+    reclaims, so the memory the table holds stays below a few such runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = directory
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, their values)
 
     def __len__(self) -> int:
@@ -76,6 +84,24 @@ class SeenHashes:
                 len(self._runs[-1][0]) >= len(self._runs[-2][0]) // 2:
             newer = self._runs.pop()
             self._runs[-1] = _merge(self._runs[-1], newer)
+        if len(self._runs[-1][0]) > MERGED_RUN_KEYS:
+            self._runs[-1] = self._on_disk(*self._runs[-1])
+
+    def _on_disk(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A run as memory maps of a file (which the maps keep until they go)."""
+        with tempfile.TemporaryFile(dir=self.directory) as handle:
+            handle.write(keys.tobytes())
+            handle.write(values.tobytes())
+            handle.flush()
+            return (np.memmap(handle, dtype=np.uint64, mode="r", shape=keys.shape),
+                    np.memmap(handle, dtype=np.int64, mode="r", offset=keys.nbytes,
+                              shape=values.shape))
+
+    @property
+    def in_memory(self) -> int:
+        """Bytes of the runs held in memory (not memory-mapped)."""
+        return sum(keys.nbytes + values.nbytes for keys, values in self._runs
+                   if not isinstance(keys, np.memmap))
 
 
 def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]
@@ -113,15 +139,24 @@ class DistinctChunks:
     gives it (the number of its first frame), so that a later chunk of the same sequence is
     found with that value.
 
-    `store` is a file opened for reading and writing where every remembered sequence is kept
-    (16 bytes of header, then its bytes) to confirm a hash found again; `hash_spans` hashes
-    the chunks (any function will do: equality is always confirmed on the bytes)."""
+    Every remembered sequence is kept in a store (16 bytes of header, then its bytes), an
+    unlinked temporary file in `directory` (the system's temporary directory by default), to
+    confirm a hash found again; `hash_spans` hashes the chunks (any function will do: equality
+    is always confirmed on the bytes). A context manager: the store is closed at its end."""
 
-    def __init__(self, store: BinaryIO, hash_spans: HashSpans = hash_spans) -> None:
-        self.seen = SeenHashes()
+    def __init__(self, directory: str | os.PathLike | None = None,
+                 hash_spans: HashSpans = hash_spans) -> None:
+        self.seen = SeenHashes(directory)
         self.hash_spans = hash_spans
-        self._store = store
+        self._store = tempfile.TemporaryFile(dir=directory)
         self._stored = 0
+
+    def __enter__(self) -> DistinctChunks:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._store.close()
 
     def find(self, data: np.ndarray, start: np.ndarray, length: np.ndarray) -> Found:
         """For chunks data[start:start+length] (in stream order): which repeat a sequence of
@@ -203,11 +238,20 @@ class DistinctFrames:
     """The frames to embed of a sample, block by block: those of the first chunk of each
     sequence. Embedded frames are numbered from 0 in stream order (shard by shard, as prepare
     writes them); every other frame is the repeat of one of them, the frame at the same place
-    in the first chunk of its sequence."""
+    in the first chunk of its sequence. Its files are in `directory` (DistinctChunks); a
+    context manager."""
 
-    def __init__(self, store: BinaryIO, hash_spans: HashSpans = hash_spans) -> None:
-        self.chunks = DistinctChunks(store, hash_spans)
+    def __init__(self, directory: str | os.PathLike | None = None,
+                 hash_spans: HashSpans = hash_spans) -> None:
+        self.chunks = DistinctChunks(directory, hash_spans)
         self.embedded = 0  # frames to embed so far
+
+    def __enter__(self) -> DistinctFrames:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.chunks.__exit__(kind, error, traceback)
 
     def same_as(self, data: np.ndarray, chunks: Chunks, frames: KeptFrames) -> np.ndarray:
         """For each of a block's kept frames (chunks of `data`): -1 when it is to be embedded,

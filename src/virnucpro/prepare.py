@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -222,13 +221,13 @@ class PrepareStats:
 def distinct_frames(stats: PrepareStats, directory: str | os.PathLike | None = None
                     ) -> Iterator[DistinctFrames | None]:
     """What finds the repeated chunks of a stream when `stats.dedup` says to (else None), with
-    its store of chunk sequences in an unlinked temporary file in `directory` (the system's
-    temporary directory by default): nothing is left behind however the process ends."""
+    its files (unlinked temporary files: nothing is left behind however the process ends) in
+    `directory` (the system's temporary directory by default)."""
     if not stats.dedup:
         yield None
         return
-    with tempfile.TemporaryFile(dir=directory) as store:
-        yield DistinctFrames(store)
+    with DistinctFrames(directory) as distinct:
+        yield distinct
 
 
 def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats,
