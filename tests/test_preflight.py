@@ -348,8 +348,8 @@ def test_a_zip_that_is_not_a_torch_file(tmp_path, demo):
                                     "cuda or cuda:N"]),
     ({"shard_size": "many", "colour": "blue"}, [
         "config: unknown key 'colour'; the keys are samples, outdir, chunk_size, shard_size, "
-        "u_as_t, virus_threshold, keep_features, features_dtype, models, embed, checkpoint, "
-        "train (see config/README.md)",
+        "u_as_t, dedup, virus_threshold, keep_features, features_dtype, models, embed, "
+        "checkpoint, train (see config/README.md)",
         "config: shard_size: 'many' is not of type 'integer'"]),
     ({"train": {"virus": ["v.fa", 3]}}, ["config: train.virus[1]: 3 is not of type 'string'"]),
     ({"samples": {"s": ["only_r1.fq"]}}, ["config: samples.s: ['only_r1.fq'] is not valid; give "

@@ -519,8 +519,9 @@ def write_shards(reads: Reads, chunk_size: int, shard_size: int,
     return stats
 
 
-SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "distinct_frames", "saved",
-                   "reads_without_frames", "shards", "seconds")
+# The columns of a version before dedup first, where they were.
+SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "shards",
+                   "seconds", "distinct_frames", "saved")
 
 
 def write_prepare_summary(prepared: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
