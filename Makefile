@@ -63,6 +63,7 @@ bench: venv
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/virus_reads.py
 	$(BIN)/python bench/preflight.py
+	$(BIN)/python bench/dedup.py
 
 clean:
 	rm -rf results .snakemake .test/results

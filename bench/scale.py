@@ -326,8 +326,8 @@ def labelled_dir(directory: Path, frames: int, seed: int, shard_frames: int = 50
         name = f"shard_{number:06d}"
         ids = [f"r{i}_chunk_1F1" for i in range(start, min(frames, start + shard_frames))]
         (shards / f"{name}.index.tsv").write_text(
-            "frame_id\tread_index\tchunk\tframe\n" +
-            "".join(f"{frame_id}\t{start + i}\t1\tF1\n" for i, frame_id in enumerate(ids)))
+            "frame_id\tread_index\tchunk\tframe\trepresentative\n" +
+            "".join(f"{frame_id}\t{start + i}\t1\tF1\t\n" for i, frame_id in enumerate(ids)))
         write_sentinel(shards / f"{name}.done", f"{len(ids)}\n")
         data = torch.randn(len(ids), DEMO_WIDTH, generator=generator) + (0.3 if seed else -0.3)
         save_features(features / f"{name}.pt", ids, data)
@@ -411,7 +411,7 @@ def synthetic_sample(directory: Path, reads: int, shard_frames: int = DEFAULT_SH
                 virus = rng.integers(1, 10**8, stop - start).tolist()
                 out.write("".join(
                     f"read{f // 2}_chunk_1{'R2' if f % 2 else 'F1'}\t{f // 2}\t1\t"
-                    f"0.{10**8 - v:08d}\t0.{v:08d}\n" for f, v in zip(range(start, stop), virus)))
+                    f"0.{10**8 - v:08d}\t0.{v:08d}\t\n" for f, v in zip(range(start, stop), virus)))
         scores.append(path)
     return fasta, reads_tsv, scores
 

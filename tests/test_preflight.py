@@ -348,8 +348,8 @@ def test_a_zip_that_is_not_a_torch_file(tmp_path, demo):
                                     "cuda or cuda:N"]),
     ({"shard_size": "many", "colour": "blue"}, [
         "config: unknown key 'colour'; the keys are samples, outdir, chunk_size, shard_size, "
-        "u_as_t, virus_threshold, keep_features, features_dtype, models, embed, checkpoint, "
-        "train (see config/README.md)",
+        "u_as_t, dedup, virus_threshold, keep_features, features_dtype, models, embed, "
+        "checkpoint, train (see config/README.md)",
         "config: shard_size: 'many' is not of type 'integer'"]),
     ({"train": {"virus": ["v.fa", 3]}}, ["config: train.virus[1]: 3 is not of type 'string'"]),
     ({"samples": {"s": ["only_r1.fq"]}}, ["config: samples.s: ['only_r1.fq'] is not valid; give "
@@ -503,9 +503,11 @@ def test_the_rules_environment_installs_the_workflows_package_and_no_snakemake()
 def test_the_schema_defaults_are_the_packages_defaults():
     """The workflow's defaults (the schema, which fills the config) and the CLI's (the
     package's constants) are the same numbers: one default per setting."""
-    from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, WINDOW_FRAMES
+    from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, DEDUP, WINDOW_FRAMES
 
-    checkpoint = yaml.safe_load(SCHEMA.read_text())["properties"]["checkpoint"]["properties"]
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    checkpoint = schema["checkpoint"]["properties"]
     assert (checkpoint["frames"]["default"], checkpoint["seconds"]["default"],
             checkpoint["window_frames"]["default"]) == (CHECKPOINT_FRAMES, CHECKPOINT_SECONDS,
                                                         WINDOW_FRAMES)
+    assert schema["dedup"]["default"] is DEDUP

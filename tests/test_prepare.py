@@ -214,15 +214,16 @@ def test_shards_partition_the_frames_in_order(tmp_path):
         nuc += read_fasta(fna)
         prot += read_fasta(stem.with_suffix(".faa"))
         rows = stem.with_suffix(".index.tsv").read_text().splitlines()
-        assert rows[0] == "frame_id\tread_index\tchunk\tframe"
+        assert rows[0] == "frame_id\tread_index\tchunk\tframe\trepresentative"
         index += [r.split("\t") for r in rows[1:]]
     assert nuc == read_fasta(tmp_path / "flat" / "nucleotide.fa")
     assert prot == read_fasta(tmp_path / "flat" / "protein.faa")
     reads = [r.split("\t") for r in (tmp_path / "prep" / "reads.tsv").read_text().splitlines()[1:]]
     assert [r[1] for r in reads] == [f"read{i}" for i in range(120)]
-    for frame_id, read_index, chunk, tag in index:
+    for frame_id, read_index, chunk, tag, representative in index:
         assert frame_id == f"{reads[int(read_index)][1]}_chunk_{chunk}{tag}"
-    assert sum(int(r[4]) for r in reads) == len(index) == stats.frames
+        assert representative == ""  # random reads: no chunk repeats another
+    assert sum(int(r[4]) for r in reads) == len(index) == stats.frames == stats.distinct_frames
     assert stats.reads_without_frames == sum(int(r[4]) == 0 for r in reads)
     saved = json.loads((tmp_path / "prep" / "stats.json").read_text())
     assert saved["frames"] == stats.frames and saved["shards"] == stats.shards

@@ -9,8 +9,12 @@ from virnucpro.prepare import write_shards
 
 
 def make_run(tmp_path, reference):
+    """A sample of 4 distinct frames in 4 shards of one frame, and 4 frames that repeat them
+    (the same reads again under other names)."""
     sample = tmp_path / "results" / "s"
-    write_shards(reference / "prepare" / "test_fixed_500bp.fa", 500, 1, sample / "prepare")
+    text = (reference / "prepare" / "test_fixed_500bp.fa").read_text()
+    (tmp_path / "reads.fa").write_text(text + text.replace(">", ">again_"))
+    write_shards(tmp_path / "reads.fa", 500, 1, sample / "prepare")
     features = sample / "features"
     features.mkdir()
     save_features(features / "shard_000000.pt", ["a"], torch.zeros(1, 4))
@@ -26,8 +30,8 @@ def make_run(tmp_path, reference):
 def test_status_counts_shards_and_checkpointed_frames(tmp_path, reference):
     outdir = make_run(tmp_path, reference)
     proc = run_cli("status", outdir, check=True)
-    assert proc.stdout == ("s: 4 shards: 1 embedded, 0 scored, 2 frames saved in unfinished "
-                           "shards; results not aggregated yet\n")
+    assert proc.stdout == ("s: 4 shards of 4 distinct frames (8 frames): 1 embedded, 0 scored, "
+                           "2 frames saved in unfinished shards; results not aggregated yet\n")
     # The default run's embedding job writes scores (no feature file); then aggregation.
     sample = outdir / "s"
     (sample / "scores").mkdir()
@@ -40,8 +44,8 @@ def test_status_counts_shards_and_checkpointed_frames(tmp_path, reference):
     writer.close()
     (sample / "summary.tsv").write_text("read_id\n")
     proc = run_cli("status", outdir, check=True)
-    assert proc.stdout == ("s: 4 shards: 3 embedded, 3 scored, 1 frames saved in unfinished "
-                           "shards; results aggregated\n")
+    assert proc.stdout == ("s: 4 shards of 4 distinct frames (8 frames): 3 embedded, 3 scored, "
+                           "1 frames saved in unfinished shards; results aggregated\n")
     (sample / "scores" / "shard_000003.tsv").write_text("frame_id\n")
     assert run_cli("status", outdir, check=True).stdout.endswith("4 scored, 0 frames saved in "
                                                                   "unfinished shards; complete\n")

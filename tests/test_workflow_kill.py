@@ -1,8 +1,11 @@
 """A real SIGKILL in the middle of a workflow run: resume redoes at most one
 checkpoint interval, and the results equal an uninterrupted run (the default run, whose
-embedding job scores its shard and keeps no feature file)."""
+embedding job scores its shard and keeps no feature file; a quarter of the reads repeat
+others, so the shard holds the distinct frames only)."""
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,6 +31,10 @@ def config_for(tmp_path, fasta):
 def test_sigkill_during_embedding_then_resume(tmp_path):
     fasta = tmp_path / "reads.fa"
     orf_reads(fasta, 6000)
+    reads = fasta.read_text().splitlines()
+    again = random.Random(1).sample(range(0, len(reads), 2), 2000)
+    with open(fasta, "a") as out:  # 2,000 reads again under new IDs
+        out.writelines(f">again{i}\n{reads[line + 1]}\n" for i, line in enumerate(again))
     work, clean = tmp_path / "killed", tmp_path / "clean"
     work.mkdir()
     clean.mkdir()
@@ -76,7 +83,11 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
                  "prediction_results_highestscore.csv"):
         killed = (work / "out" / "s" / name).read_text()
         assert killed == (clean / "out" / "s" / name).read_text(), name
-    scored = [line.split("\t")[0] for line in
+    scored = [line.split("\t") for line in
               (work / "out" / "s" / "scores" / "shard_000000.tsv").read_text().splitlines()[1:]]
-    assert len(scored) == len(set(scored)) == frames  # every frame once
+    stats = json.loads((work / "out" / "s" / "prepare" / "stats.json").read_text())
+    assert len(scored) == len({row[0] for row in scored}) == stats["frames"]  # every frame once
+    # embedded once each: the frames of the 2,000 reads again were not
+    assert sum(not row[5] for row in scored) == stats["distinct_frames"] == frames
+    assert {row[0].split("_")[0] for row in scored if row[5]} == {f"again{i}" for i in range(2000)}
     assert not partial.exists() and not (work / "out" / "s" / "features").exists()

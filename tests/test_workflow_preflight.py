@@ -234,9 +234,10 @@ def test_the_dry_run_says_what_it_cannot_list_before_prepare(tmp_path):
     said = lines(dry.stdout, "sample")
     assert said == [
         "virnucpro: sample big: prepare has not run yet; its embedding jobs appear after it: "
-        "~30,000 reads, ~39,000 frames, ~4 shards (estimated from the first 1 MB)",
+        "~30,000 reads, ~39,000 frames (~39,000 distinct), ~4 shards (estimated from the first "
+        "1 MB)",
         "virnucpro: sample small: prepare has not run yet; its embedding jobs appear after it: "
-        "50 reads, 75 frames, 1 shard (counted in full)"]
+        "50 reads, 75 frames (75 distinct), 1 shard (counted in full)"]
     assert "embed_classify" not in job_counts(dry.stdout)
     # The estimate is close to what prepare makes.
     assert snakemake(tmp_path, "out/prepare_summary.tsv", "--configfile", config).returncode == 0

@@ -60,9 +60,9 @@ def test_run_writes_shards_equal_to_the_cli_output(tmp_path, config, reference):
     (["--config", "chunk_size=400"], "chunk_size: 400 is not one of 300, 500"),
     (["--config", "shard_size=many"], "shard_size: 'many' is not of type 'integer'"),
     (["--config", "colour=blue"], "unknown key 'colour'; the keys are samples, outdir, "
-                                  "chunk_size, shard_size, u_as_t, virus_threshold, keep_features, "
-                                  "features_dtype, models, embed, checkpoint, train (see "
-                                  "config/README.md)"),
+                                  "chunk_size, shard_size, u_as_t, dedup, virus_threshold, "
+                                  "keep_features, features_dtype, models, embed, checkpoint, "
+                                  "train (see config/README.md)"),
 ])
 def test_invalid_config_is_refused_before_anything_runs(tmp_path, config, override, message):
     proc = snakemake(tmp_path, "-n", "--configfile", config, *override)

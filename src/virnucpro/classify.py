@@ -1,8 +1,11 @@
 """Classify shard features with the MLP, and aggregate scores per frame, chunk and read.
 
 Data flow: one scores file per shard (frame_id, read_index, chunk, score1,
-score2), then one streaming pass per sample over reads.tsv and the scores files
-(both in input order) writes:
+score2, representative: a row for every frame of the shard's index; a frame that repeats an
+embedded one, named by its number, has no scores of its own), then one streaming pass per
+sample over reads.tsv and the scores files (both in input order) writes, each repeated frame
+with the scores of its representative (`EmbeddedScores`), so every file is what it would be
+had every frame been embedded:
 
 - prediction_results.txt: the original's per-frame table (Sequence_ID,
   Prediction, score1 = P(others), score2 = P(virus)); scores printed as the
@@ -51,7 +54,7 @@ from virnucpro.reads import pair_id
 
 log = logging.getLogger("virnucpro")
 
-SCORES_HEADER = "frame_id\tread_index\tchunk\tscore1\tscore2\n"
+SCORES_HEADER = "frame_id\tread_index\tchunk\tscore1\tscore2\trepresentative\n"
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_FILE = "prediction_results_highestscore.csv"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
@@ -121,7 +124,11 @@ def write_scores(out: str | os.PathLike, index: str | os.PathLike,
                  parts: Iterable[tuple[list[str], torch.Tensor]], source: str | os.PathLike
                  ) -> int:
     """Write a shard's scores file atomically from (frame IDs, scores [n, 2]) parts in shard
-    order, each frame matched with its row of the shard index; return the frame count."""
+    order, each frame matched with its row of the shard index; return the frame count.
+
+    Every row of the index gets a row: a frame that repeats an embedded one (which may lie in
+    another shard) gets no scores here but the number of that frame, its representative;
+    aggregation, which reads the sample's scores in order, gives it that frame's scores."""
     scored = ((frame_id, s1, s2) for ids, scores in parts
               for frame_id, s1, s2 in zip(ids, _float32_text(scores[:, 0].numpy()),
                                           _float32_text(scores[:, 1].numpy())))
@@ -129,9 +136,9 @@ def write_scores(out: str | os.PathLike, index: str | os.PathLike,
     count = 0
     with atomic_open(out, "w") as handle:
         handle.write(SCORES_HEADER)
-        for row, (_, s1, s2) in zip(index_rows(index, (f for f, _, _ in checked), source),
-                                    scored):
-            handle.write(f"{row[0]}\t{row[1]}\t{row[2]}\t{s1}\t{s2}\n")
+        for row in index_rows(index, (f for f, _, _ in checked), source):
+            _, s1, s2 = next(scored) if not row[4] else ("", "", "")
+            handle.write(f"{row[0]}\t{row[1]}\t{row[2]}\t{s1}\t{s2}\t{row[4]}\n")
             count += 1
     return count
 
@@ -225,12 +232,68 @@ class FrameScore:
         return self.virus > self.others
 
 
-def _frames(score_files: list[str | os.PathLike]) -> Iterator[FrameScore]:
+class EmbeddedScores:
+    """The score texts of a sample's embedded frames by number (the order of the scores files),
+    kept in a file in `scratch` as they stream by (32 bytes a frame, on disk: memory does not
+    grow with the sample), so that a frame repeating one of them gets its scores, text for
+    text, however far apart the two are. The representative always comes first."""
+
+    WIDTH = 16  # bytes of a score's text (str() of a float32 takes at most 13)
+    BLOCK = 1 << 16  # frames written to the file at a time
+
+    def __init__(self, scratch: Path) -> None:
+        self.path = scratch / "embedded_scores"
+        self.count = 0  # embedded frames seen
+        self._written = 0  # of which in the file
+        self._pending: list[tuple[str, str]] = []
+        self._table = np.zeros((0, 2), dtype=f"S{self.WIDTH}")
+
+    def add(self, score1: str, score2: str) -> None:
+        self._pending.append((score1, score2))
+        self.count += 1
+        if len(self._pending) == self.BLOCK:
+            self._write()
+
+    def _write(self) -> None:
+        texts = np.array(self._pending, dtype="S")  # ASCII, as the scores files hold them
+        if texts.dtype.itemsize > self.WIDTH:
+            raise InputError(self.path, f"a score has more than {self.WIDTH} characters",
+                             "the scores are not virnucpro's; delete them and rerun")
+        if self._written + len(texts) > len(self._table):
+            rows = max(2 * len(self._table), self._written + len(texts))
+            with open(self.path, "ab") as handle:
+                handle.truncate(rows * 2 * self.WIDTH)
+            self._table = np.memmap(self.path, dtype=f"S{self.WIDTH}", mode="r+",
+                                    shape=(rows, 2))
+        self._table[self._written:self._written + len(texts)] = texts
+        self._written += len(texts)
+        self._pending = []
+
+    def get(self, number: int, source: str | os.PathLike) -> tuple[str, str]:
+        """The scores of embedded frame `number`, which a frame of `source` repeats."""
+        if not 0 <= number < self.count:
+            raise InputError(source, f"a frame repeats embedded frame {number}, but only "
+                             f"{self.count} came before it", "the scores are stale; delete "
+                             "them and rerun")
+        if number >= self._written:
+            return self._pending[number - self._written]
+        score1, score2 = self._table[number]
+        return score1.decode(), score2.decode()
+
+
+def _frames(score_files: list[str | os.PathLike], embedded: EmbeddedScores
+            ) -> Iterator[FrameScore]:
+    """Every frame's scores, in order; a repeated frame's are its representative's."""
     for path in score_files:
         with open(path) as handle:
             next(handle)
             for line in handle:
-                f, r, c, s1, s2 = line.rstrip("\n").split("\t")
+                # Scores files written before repeats were found have no sixth column.
+                f, r, c, s1, s2, *representative = line.rstrip("\n").split("\t")
+                if any(representative):
+                    s1, s2 = embedded.get(int(representative[0]), path)
+                else:
+                    embedded.add(s1, s2)
                 yield FrameScore(f, int(r), int(c), s1, s2, float(s1), float(s2))
 
 
@@ -315,10 +378,10 @@ def _highest_score_rows(chunks: Iterable[ChunkRow]) -> Iterator[str]:
         yield f"{key}\t{max(r[2] for r in rows) >= max(r[1] for r in rows)}\n"
 
 
-def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
-               ) -> Iterator[tuple[list[str], list[FrameScore]]]:
+def _read_rows(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
+               embedded: EmbeddedScores) -> Iterator[tuple[list[str], list[FrameScore]]]:
     """Each read's reads.tsv fields with its frames (both streams are in input order)."""
-    frames = _frames(score_files)
+    frames = _frames(score_files, embedded)
     pending = next(frames, None)
     with open(reads_tsv) as handle:
         next(handle)
@@ -372,10 +435,11 @@ def _pair_fields(mate1: list[str], mate2: list[str], evidence: Evidence,
 
 def _write_read_tables(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike],
                        outdir: Path, threshold: float | None, paired: bool, tally: SampleTally,
-                       chunks: SortedChunks) -> None:
+                       chunks: SortedChunks, embedded: EmbeddedScores) -> None:
     """prediction_results.txt, summary.tsv (and pairs.tsv when `paired`), written read by read
-    as the reads and their frames stream by; each read also goes to `tally` (counts.json) and
-    its chunks to `chunks` (the per-chunk table, sorted once all are in)."""
+    as the reads and their frames stream by (a repeated frame with the scores of its
+    representative, from `embedded`); each read also goes to `tally` (counts.json) and its
+    chunks to `chunks` (the per-chunk table, sorted once all are in)."""
     with contextlib.ExitStack() as files:
         prediction, summary = (files.enter_context(atomic_open(outdir / name, "w"))
                                for name in ("prediction_results.txt", "summary.tsv"))
@@ -384,7 +448,7 @@ def _write_read_tables(reads_tsv: str | os.PathLike, score_files: list[str | os.
         summary.write("\t".join(SUMMARY_COLUMNS) + "\n")
         if pairs:
             pairs.write("\t".join(PAIRS_COLUMNS) + "\n")
-        for fields, frames in _read_rows(reads_tsv, score_files):
+        for fields, frames in _read_rows(reads_tsv, score_files, embedded):
             for f in frames:
                 prediction.write(f"{f.frame_id}\t{'virus' if f.is_virus else 'others'}\t"
                                  f"{f.score1}\t{f.score2}\n")
@@ -411,16 +475,20 @@ def aggregate(reads_tsv: str | os.PathLike, score_files: list[str | os.PathLike]
     reads and their scores; return counts.json's content. `threshold` is virus_threshold
     (None: the original's rule). Memory does not grow with the sample: rows are written as
     they come, except the per-chunk table's, which are sorted on disk in a scratch directory
-    beside the results (removed however the step ends)."""
+    beside the results (removed however the step ends), where the embedded frames' scores are
+    kept too, for the frames that repeat them. counts.json counts the frames and, of them, the
+    distinct frames (those embedded)."""
     outdir = Path(outdir)
     tally = SampleTally(paired, threshold, SUMMARY_COLUMNS)
     with scratch_directory(outdir / HIGHEST_FILE) as scratch:
-        chunks = SortedChunks(scratch)
-        _write_read_tables(reads_tsv, score_files, outdir, threshold, paired, tally, chunks)
+        chunks, embedded = SortedChunks(scratch), EmbeddedScores(scratch)
+        _write_read_tables(reads_tsv, score_files, outdir, threshold, paired, tally, chunks,
+                           embedded)
         with atomic_open(outdir / HIGHEST_FILE, "w") as highest:
             highest.write(HIGHEST_HEADER)
             highest.writelines(_highest_score_rows(chunks.merged()))
-    counts = {**tally.as_dict(), "embedding": embedding_runs(score_files)}
+    counts = {**tally.as_dict(), "distinct_frames": embedded.count,
+              "embedding": embedding_runs(score_files)}
     with atomic_open(outdir / "counts.json", "w") as handle:
         json.dump(counts, handle, indent=2)
     return counts

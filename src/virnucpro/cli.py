@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virnucpro import __version__
-from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS
+from virnucpro.defaults import CHECKPOINT_FRAMES, CHECKPOINT_SECONDS, DEDUP
 from virnucpro.errors import UsageError
 from virnucpro.prepare import CHUNK_SIZES, write_flat, write_shards
 from virnucpro.runner import call_reporting_errors, configure_logging
@@ -17,12 +17,15 @@ from virnucpro.runner import call_reporting_errors, configure_logging
 
 def _prepare(args: argparse.Namespace) -> None:
     reads = [args.input] + ([args.mates] if args.mates else [])
+    distinct = ""
     if args.shard_size:
-        stats = write_shards(reads, args.chunk_size, args.shard_size, args.outdir, args.u_as_t)
+        stats = write_shards(reads, args.chunk_size, args.shard_size, args.outdir, args.u_as_t,
+                             dedup=args.dedup)
+        distinct = f", {stats.distinct_frames:,} distinct to embed" if args.dedup else ""
     else:
         stats = write_flat(reads, args.chunk_size, args.outdir, args.u_as_t)
     print(f"{stats.reads:,} reads, {stats.chunks:,} chunks, {stats.frames:,} stop-free frames "
-          f"({stats.reads_without_frames:,} reads without one) -> {args.outdir}")
+          f"({stats.reads_without_frames:,} reads without one){distinct} -> {args.outdir}")
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -309,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--u-as-t", action="store_true",
                    help="read U as T (RNA input); by default codons with U are skipped, as the "
                         "original does")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", default=DEDUP,
+                   help="with --shard-size: write every frame to the shards; by default a chunk "
+                        "whose sequence came before is written to the index only, its frames "
+                        "taking the scores of the first chunk of that sequence (the results are "
+                        "the same)")
     p.set_defaults(func=_prepare, flat_heap=False)  # see runner.call_reporting_errors
     _add_embed_parsers(sub)
     _add_convert_model_parser(sub)

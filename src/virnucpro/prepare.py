@@ -4,16 +4,21 @@ frames -> shard files.
 Two output layouts come from the same stream of prepared blocks:
 - `write_flat` (the CLI's stable interface): chunked.fa, nucleotide.fa and
   protein.faa, byte for byte as the original tool writes them.
-- `write_shards` (the workflow): frames split into shards of `shard_size`
+- `write_shards` (the workflow): the frames to embed split into shards of `shard_size`
   frames, each shard a nucleotide FASTA, a protein FASTA and an index, with a
   `.done` sentinel written last (the frame count, then each file's name and size, so a
   file deleted or truncated later is noticed: `damaged_shard`); plus reads.tsv (one row per
-  input read) and stats.json.
+  input read) and stats.json. With `dedup` (the default), a chunk whose sequence came before
+  in the sample is not embedded again (virnucpro.dedup): its frames are in the index only.
 
-Shard index (`shard_NNNNNN.index.tsv`): frame_id, read_index (0-based position
-of the read in the input; paired reads: 2k and 2k+1 are the mates of pair k), chunk
-(1-based), frame (F1..R3). Aggregation back to reads uses it instead of parsing IDs,
-which users control.
+Shard index (`shard_NNNNNN.index.tsv`): a row for every frame, in input order: frame_id,
+read_index (0-based position of the read in the input; paired reads: 2k and 2k+1 are the
+mates of pair k), chunk (1-based), frame (F1..R3), representative (empty for a frame the
+shard's FASTA files hold; for a repeated chunk's frame, the number of the embedded frame whose
+scores are its own: embedded frames are numbered from 0 across the sample's shards, in order,
+so frame g is record g % shard_size of shard g // shard_size). A repeated frame's row lies in
+the shard that was being written when it came. Aggregation back to reads uses the index instead
+of parsing IDs, which users control.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import BinaryIO
 import numpy as np
 
 from virnucpro.atomic import atomic_directory, atomic_open, fsync_dir, write_sentinel
+from virnucpro.dedup import DistinctFrames
+from virnucpro.defaults import DEDUP
 from virnucpro.errors import InputError, UsageError
 from virnucpro.fasta import FastaBlock
 from virnucpro import layout
@@ -47,7 +54,7 @@ log = logging.getLogger("virnucpro")
 CHUNK_SIZES = (300, 500)
 FLAT_FILES = ("chunked.fa", "nucleotide.fa", "protein.faa")
 SHARD_FILES = tuple(layout.SHARD_SUFFIXES.values())  # nucleotides, proteins, index
-INDEX_HEADER = b"frame_id\tread_index\tchunk\tframe\n"
+INDEX_HEADER = b"frame_id\tread_index\tchunk\tframe\trepresentative\n"
 READS_HEADER = b"read_index\tread_id\tlength\tchunks\tframes\n"
 
 _GT, _NL, _TAB = const(b">"), const(b"\n"), const(b"\t")
@@ -68,6 +75,16 @@ class PreparedBlock:
     chunks: Chunks
     frames: KeptFrames
     read_index0: int  # 0-based index of the block's first read in the input
+    # Per kept frame: -1 when it is embedded, else the number of the embedded frame it repeats
+    # (virnucpro.dedup); None: every frame is embedded.
+    same_as: np.ndarray | None = None
+
+    @cached_property
+    def embedded(self) -> np.ndarray:
+        """Positions of the frames to embed among the kept frames."""
+        if self.same_as is None:
+            return np.arange(len(self.frames))
+        return np.flatnonzero(self.same_as < 0)
 
     @cached_property
     def _read_id(self) -> Field:
@@ -111,7 +128,11 @@ class PreparedBlock:
                     len(self.chunks))
 
     def _frames_fasta(self, sequences: Field) -> Rows:
-        return Rows([*self._frame_header, sequences, _NL], len(self.frames))
+        """The frames to embed as FASTA records (every frame unless deduplicated)."""
+        fields = [*self._frame_header, sequences, _NL]
+        if len(self.embedded) < len(self.frames):
+            fields = [field.take(self.embedded) for field in fields]
+        return Rows(fields, len(self.embedded))
 
     def nucleotide_fasta(self) -> Rows:
         return self._frames_fasta(from_buffer(self.frames.nucleotide, self.frames.nucleotide_ends))
@@ -120,9 +141,17 @@ class PreparedBlock:
         return self._frames_fasta(from_buffer(self.frames.protein, self.frames.protein_ends))
 
     def index_tsv(self) -> Rows:
-        return Rows([self._frame_read_id, self._frame_text(b"_chunk_%d%s\t"),
-                     decimal(self.read_index0 + self._frame_read), self._frame_text(b"\t%d\t%s\n")],
-                    len(self.frames))
+        """A row for every kept frame (the shard index's columns, INDEX_HEADER)."""
+        fields = [self._frame_read_id, self._frame_text(b"_chunk_%d%s\t"),
+                  decimal(self.read_index0 + self._frame_read)]
+        if self.same_as is None:
+            fields.append(self._frame_text(b"\t%d\t%s\t\n"))
+        else:
+            number = decimal(np.maximum(self.same_as, 0))
+            fields += [self._frame_text(b"\t%d\t%s\t"),
+                       Field(number.source, number.start, np.where(self.same_as < 0, 0,
+                                                                   number.length)), _NL]
+        return Rows(fields, len(self.frames))
 
     def reads_tsv(self) -> Rows:
         n = len(self.reads)
@@ -130,6 +159,17 @@ class PreparedBlock:
         return Rows([decimal(self.read_index0 + np.arange(n)), _TAB, self._read_id, _TAB,
                      decimal(self.reads.lengths), _TAB, decimal(chunks), _TAB,
                      decimal(self.frames_per_read), _NL], n)
+
+
+def saved_share(frames: int, distinct_frames: int) -> float:
+    """The share of the frames that repeat an embedded one, so are not embedded."""
+    return 1 - distinct_frames / frames if frames else 0.0
+
+
+def distinct_frames_of(stats: dict) -> int:
+    """The frames to embed that a stats.json records (a sample prepared before repeats were
+    found has none of its own: every frame was embedded)."""
+    return stats.get("distinct_frames", stats["frames"])
 
 
 @dataclass
@@ -153,13 +193,20 @@ class PrepareStats:
     u_bases: int = 0  # U/u bases in the sequences (read as T when u_as_t)
     drop_ambiguous: bool = False  # training data: chunks with non-ACGT letters give no frame
     ambiguous_chunks: int = 0
+    dedup: bool = False  # a chunk whose sequence came before is not embedded again
+    distinct_frames: int = 0  # the frames to embed: all frames, less those of repeated chunks
 
     def count(self, block: PreparedBlock) -> None:
         self.reads += len(block.reads)
         self.bases += int(block.reads.lengths.sum())
         self.chunks += len(block.chunks)
         self.frames += len(block.frames)
+        self.distinct_frames += len(block.embedded)
         self.reads_without_frames += int((block.frames_per_read == 0).sum())
+
+    @property
+    def saved(self) -> float:
+        return saved_share(self.frames, self.distinct_frames)
 
     @classmethod
     def of(cls, source: ReadSource, chunk_size: int, **settings: bool) -> PrepareStats:
@@ -170,9 +217,23 @@ class PrepareStats:
                    **settings)
 
 
-def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
-                   ) -> Iterator[PreparedBlock]:
-    """Stream the reads as prepared blocks, counting into `stats`.
+@contextlib.contextmanager
+def distinct_frames(stats: PrepareStats, directory: str | os.PathLike | None = None
+                    ) -> Iterator[DistinctFrames | None]:
+    """What finds the repeated chunks of a stream when `stats.dedup` says to (else None), with
+    its files (unlinked temporary files: nothing is left behind however the process ends) in
+    `directory` (the system's temporary directory by default)."""
+    if not stats.dedup:
+        yield None
+        return
+    with DistinctFrames(directory) as distinct:
+        yield distinct
+
+
+def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats,
+                   distinct: DistinctFrames | None = None) -> Iterator[PreparedBlock]:
+    """Stream the reads as prepared blocks, counting into `stats`; with `distinct`, each
+    block's frames of repeated chunks are marked (PreparedBlock.same_as).
 
     Duplicate read IDs are detected when the stream ends (InputError), so a
     consumer must treat its output as incomplete until the iterator is exhausted.
@@ -186,7 +247,7 @@ def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
                         source.total_bytes)
     for block in source.blocks():
         duplicates.add(block)
-        yield prepare_block(block, chunk_size, stats)
+        yield prepare_block(block, chunk_size, stats, distinct)
         progress.update(source.bytes_read, reads=stats.reads, frames=stats.frames)
     duplicates.check(source)
     if stats.u_bases and not stats.u_as_t:
@@ -197,9 +258,11 @@ def prepare_blocks(source: ReadSource, chunk_size: int, stats: PrepareStats
     progress.close(reads=stats.reads, frames=stats.frames)
 
 
-def prepare_block(block: FastaBlock, chunk_size: int, stats: PrepareStats) -> PreparedBlock:
+def prepare_block(block: FastaBlock, chunk_size: int, stats: PrepareStats,
+                  distinct: DistinctFrames | None = None) -> PreparedBlock:
     """One block of reads with its chunks and kept frames, counted into `stats`, whose
-    settings it follows (U as T, chunks with ambiguous bases dropped)."""
+    settings it follows (U as T, chunks with ambiguous bases dropped); with `distinct`, the
+    frames of chunks whose sequence came before are marked as repeats."""
     u_positions = block.u_positions()
     if len(u_positions):
         stats.u_bases += len(u_positions)
@@ -211,7 +274,8 @@ def prepare_block(block: FastaBlock, chunk_size: int, stats: PrepareStats) -> Pr
         dropped = ambiguous_chunks(block.codes[:len(block.data)], chunks)
         stats.ambiguous_chunks += int(dropped.sum())
         frames = frames.without_chunks(dropped)
-    prepared = PreparedBlock(block, chunks, frames, stats.reads)
+    same_as = distinct.same_as(block.data, chunks, frames) if distinct else None
+    prepared = PreparedBlock(block, chunks, frames, stats.reads, same_as)
     stats.count(prepared)
     return prepared
 
@@ -223,6 +287,7 @@ class Estimate:
 
     reads: float
     frames: float
+    distinct_frames: float  # to embed (`dedup`), at the rate of repeats within each start
     shards: int
     exact: bool
 
@@ -233,6 +298,7 @@ class HeadCounts:
 
     reads: int
     frames: int
+    distinct_frames: int
     share: float  # of the file's bytes on disk those records come from
     whole: bool  # they are the whole file
 
@@ -240,31 +306,37 @@ class HeadCounts:
 def head_counts(path: str | os.PathLike, chunk_size: int, head_bytes: int,
                 **settings: bool) -> HeadCounts | None:
     """Prepare's own code on the whole records in the first `head_bytes` of a reads file's
-    text (so frames per read are prepare's; `settings` are prepare's). Reading them checks
-    the file as prepare would (not FASTA or FASTQ, empty, corrupt gzip: InputError). None
-    when its first record is longer than that."""
+    text (so frames per read, and distinct frames among them, are prepare's; `settings` are
+    prepare's). Reading them checks the file as prepare would (not FASTA or FASTQ, empty,
+    corrupt gzip: InputError). None when its first record is longer than that."""
     head = reads_reader(path).head(head_bytes)
     if not head.blocks:
         return None
     stats = PrepareStats(os.fspath(path), chunk_size, **settings)
-    for block in head.blocks:
-        prepare_block(block, chunk_size, stats)
-    return HeadCounts(stats.reads, stats.frames, head.share, head.whole)
+    with distinct_frames(stats) as distinct:
+        for block in head.blocks:
+            prepare_block(block, chunk_size, stats, distinct)
+    return HeadCounts(stats.reads, stats.frames, stats.distinct_frames, head.share, head.whole)
 
 
 def estimate(heads: Iterable[HeadCounts | None], shard_size: int) -> Estimate | None:
-    """A sample's reads, frames and shards, without reading it all: the counts of the start
-    of each of its files (`head_counts`), scaled by the share of the file they are on disk
-    (for gzip, that start's compression ratio). None when a file has no whole record there."""
-    total_reads = total_frames = 0.0
+    """A sample's reads, frames, distinct frames and shards (of distinct frames), without
+    reading it all: the counts of the start of each of its files (`head_counts`), scaled by
+    the share of the file they are on disk (for gzip, that start's compression ratio). Repeats
+    are those within each file's start, so the distinct frames are an upper bound: copies
+    further apart in the file, or in the mate file, are not seen. None when a file has no
+    whole record there."""
+    total_reads = total_frames = total_distinct = 0.0
     exact = True
     for head in heads:
         if head is None:
             return None
         total_reads += head.reads / head.share
         total_frames += head.frames / head.share
+        total_distinct += head.distinct_frames / head.share
         exact = exact and head.whole
-    return Estimate(total_reads, total_frames, math.ceil(total_frames / shard_size), exact)
+    return Estimate(total_reads, total_frames, total_distinct,
+                    math.ceil(total_distinct / shard_size), exact)
 
 
 def write_flat(reads: Reads, chunk_size: int, outdir: str | os.PathLike,
@@ -297,11 +369,15 @@ def write_flat(reads: Reads, chunk_size: int, outdir: str | os.PathLike,
 
 
 class ShardWriter:
-    """Split a stream of frames into shards of `shard_size` frames.
+    """Split a stream of frames into shards of `shard_size` frames to embed.
 
     Each shard is `NAME.fna` (nucleotides), `NAME.faa` (proteins) and
     `NAME.index.tsv`; `NAME.done` (holding the frame count) is written after
-    all three are complete on disk.
+    all three are complete on disk. The index has a row for every frame, repeats of
+    embedded frames included (PreparedBlock.same_as): each in the shard being written
+    when it comes. A full shard is closed when the next frame to embed comes (or at the
+    end), so the repeats that follow its last frame go to its index, and no shard is
+    without a frame to embed.
     """
 
     def __init__(self, directory: Path, shard_size: int) -> None:
@@ -314,18 +390,22 @@ class ShardWriter:
         self._in_shard = 0
 
     def add(self, block: PreparedBlock) -> None:
-        texts = (block.nucleotide_fasta(), block.protein_fasta(), block.index_tsv())
-        done, total = 0, len(block.frames)
-        while done < total:
+        sequences = (block.nucleotide_fasta(), block.protein_fasta())  # the frames to embed
+        index = block.index_tsv()  # every frame
+        embedded = block.embedded  # their positions among the index rows
+        done = rows = 0  # frames to embed and index rows written
+        while done < len(embedded) or rows < len(index):
+            if self._in_shard == self.shard_size and done < len(embedded):
+                self._close_shard()
             if not self._handles:
                 self._open_shard()
-            take = min(total - done, self.shard_size - self._in_shard)
-            for handle, rows in zip(self._handles, texts):
-                handle.write(rows.slice(done, done + take))
-            done += take
+            take = min(len(embedded) - done, self.shard_size - self._in_shard)
+            stop = int(embedded[done + take]) if done + take < len(embedded) else len(index)
+            for handle, text in zip(self._handles, sequences):
+                handle.write(text.slice(done, done + take))
+            self._handles[2].write(index.slice(rows, stop))
+            done, rows = done + take, stop
             self._in_shard += take
-            if self._in_shard == self.shard_size:
-                self._close_shard()
 
     def _open_shard(self) -> None:
         name = layout.shard_name(self.shards)
@@ -359,10 +439,11 @@ class ShardWriter:
 
 
 def index_rows(index: str | os.PathLike, frame_ids: Iterable[str],
-               features: str | os.PathLike) -> Iterator[list[str]]:
-    """A shard's index rows (frame_id, read_index, chunk, frame), streamed, each checked to be
-    the next of `frame_ids`, the frames of the result `features` made from this shard; the
-    two must end together."""
+               features: str | os.PathLike, repeats: bool = True) -> Iterator[list[str]]:
+    """A shard's index rows (INDEX_HEADER's five columns), streamed: the row of each embedded
+    frame checked to be the next of `frame_ids`, the frames of the result `features` made from
+    this shard (the two must end together); the rows of repeated frames (a representative
+    named) in their places, unless `repeats` is False."""
     mismatch = InputError(features, f"frame IDs differ from the shard index {index}",
                           "the features do not belong to this shard; delete them and rerun")
     frame_ids = iter(frame_ids)
@@ -370,6 +451,12 @@ def index_rows(index: str | os.PathLike, frame_ids: Iterable[str],
         next(handle, None)
         for line in handle:
             row = line.rstrip("\n").split("\t")
+            if len(row) == 4:  # prepared before repeats were found: every frame embedded
+                row.append("")
+            if row[4]:
+                if repeats:
+                    yield row
+                continue
             if next(frame_ids, None) != row[0]:
                 raise mismatch
             yield row
@@ -400,40 +487,52 @@ def damaged_shard(shards: Path, names: list[str]) -> str | None:
 
 def write_shards(reads: Reads, chunk_size: int, shard_size: int,
                  outdir: str | os.PathLike, u_as_t: bool = False,
-                 drop_ambiguous: bool = False) -> PrepareStats:
+                 drop_ambiguous: bool = False, dedup: bool = DEDUP) -> PrepareStats:
     """The workflow's prepare: shards plus reads.tsv and stats.json in `outdir`.
 
     `reads` is one file or the two files (R1, R2) of paired reads. `outdir` appears
-    only when complete (built under a temporary name).
+    only when complete (built under a temporary name). With `dedup`, the shards hold each
+    chunk sequence's frames once (the index names the repeats); training files are prepared
+    without (`drop_ambiguous`): training weighs every frame.
     """
     source = ReadSource(reads)
-    stats = PrepareStats.of(source, chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous)
+    stats = PrepareStats.of(source, chunk_size, u_as_t=u_as_t, drop_ambiguous=drop_ambiguous,
+                            dedup=dedup)
     with atomic_directory(outdir) as tmp:
         shards = tmp / layout.SHARDS
         shards.mkdir()
         writer = ShardWriter(shards, shard_size)
         try:
-            with open(tmp / layout.READS_TABLE, "wb") as reads:
+            with open(tmp / layout.READS_TABLE, "wb") as reads, \
+                    distinct_frames(stats, tmp) as distinct:
                 reads.write(READS_HEADER)
-                for block in prepare_blocks(source, chunk_size, stats):
+                for block in prepare_blocks(source, chunk_size, stats, distinct):
                     writer.add(block)
                     reads.write(block.reads_tsv().buffer)
             stats.shards = writer.close()
         finally:
             writer.abort()
+        if dedup:
+            log.info("%s: %d of %d frames to embed (%.1f%% repeat an earlier chunk's)",
+                     source, stats.distinct_frames, stats.frames, 100 * stats.saved)
         (tmp / layout.STATS).write_text(json.dumps(asdict(stats), indent=2) + "\n")
     return stats
 
 
+# The columns of a version before dedup first, where they were.
 SUMMARY_COLUMNS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "shards",
-                   "seconds")
+                   "seconds", "distinct_frames", "saved")
 
 
 def write_prepare_summary(prepared: dict[str, str | os.PathLike], out: str | os.PathLike) -> None:
-    """One row of prepare counts per sample, from each sample's stats.json."""
+    """One row of prepare counts per sample, from each sample's stats.json: `saved` is the
+    share of the frames not embedded (they repeat a chunk), three decimals."""
     rows = ["sample\t" + "\t".join(SUMMARY_COLUMNS)]
     for sample, directory in prepared.items():
         stats = json.loads((Path(directory) / layout.STATS).read_text())
-        rows.append("\t".join([sample, *(str(stats[c]) for c in SUMMARY_COLUMNS)]))
+        distinct = distinct_frames_of(stats)
+        values = {**stats, "distinct_frames": distinct,
+                  "saved": f"{saved_share(stats['frames'], distinct):.3f}"}
+        rows.append("\t".join([sample, *(str(values[c]) for c in SUMMARY_COLUMNS)]))
     with atomic_open(out, "w") as handle:
         handle.write("\n".join(rows) + "\n")

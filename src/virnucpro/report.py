@@ -21,6 +21,7 @@ from virnucpro.calls import CALLS, NO_CODING_FRAME, NON_VIRUS, VIRUS, describe_r
 from virnucpro.classify import SUMMARY_COLUMNS, merge_runs
 from virnucpro.plots import (LABELS, calls_plot, length_score_plot, samples_calls_plot,
                              samples_scores_plot, score_histogram_plot)
+from virnucpro.prepare import saved_share
 from virnucpro.provenance import MODEL_ROLES
 from virnucpro.results import SAMPLES_SUMMARY_COLUMNS, samples_summary_rows
 
@@ -156,9 +157,11 @@ def _rules(threshold: float | None) -> str:
 
 
 def _provenance(provenance: Mapping[str, Any], inputs: Mapping[str, Sequence[str]],
-                runs: Sequence[Mapping[str, Any]]) -> str:
+                runs: Sequence[Mapping[str, Any]], counts: Sequence[Mapping[str, Any]]) -> str:
     """Version, date, inputs, every model file with its SHA-256, what computed the embeddings
-    (`runs`: classify.embedding_runs), and the settings, `auto` with what it resolved to."""
+    (`runs`: classify.embedding_runs) and how many of the frames of `counts` (one sample's
+    counts.json, or every sample's) that was, and the settings, `auto` with what it resolved
+    to."""
     run = _table(None, [("VirNucPro version", provenance["virnucpro_version"]),
                         ("Date of the run", _date(provenance))]
                  + [(f"Reads of {name}" if len(inputs) > 1 else "Reads", " + ".join(files))
@@ -171,8 +174,21 @@ def _provenance(provenance: Mapping[str, Any], inputs: Mapping[str, Sequence[str
                  if value == "auto" and resolved.get(key) else str(value))
                 for key, value in provenance["settings"].items()]
     return ("<h2>Provenance</h2>" + run + "<h3>Models</h3>" + _models_table(provenance)
-            + "<h3>Embedding jobs</h3>" + _runs_table(runs)
+            + "<h3>Embedding jobs</h3>" + _runs_table(runs) + _distinct_note(counts)
             + "<h3>Settings</h3>" + _table(("setting", "value"), settings))
+
+
+def _distinct_note(counts: Sequence[Mapping[str, Any]]) -> str:
+    """How many of the frames were embedded: each distinct chunk once (`dedup`)."""
+    frames = sum(c["frames"] for c in counts)
+    # counts.json of an older virnucpro, which embedded every frame, has no distinct_frames.
+    distinct = sum(c.get("distinct_frames", c["frames"]) for c in counts)
+    saved = f"{100 * saved_share(frames, distinct):.1f}%"
+    return (f'<p class="note">Distinct frames: {_count(distinct)} of the {_count(frames)} '
+            f"stop-free frames were embedded; the other {_count(frames - distinct)} ({saved}) "
+            "are frames of chunks whose sequence came before in the sample, and take the scores "
+            "of the first chunk of that sequence (setting <code>dedup</code>), so the results "
+            "are what they would be had every frame been embedded.</p>")
 
 
 def _device(run: Mapping[str, Any]) -> str:
@@ -337,7 +353,8 @@ def write_sample_report(sample: str, counts_json: str | os.PathLike,
             + f"<h2>Top {len(top)} reads by best P(virus)</h2>"
             + (_top_reads_table(top) if top else "<p>No read has a stop-free frame.</p>")
             + _result_files(sample, counts, virus_reads) + _rules(threshold)
-            + _provenance(provenance, {sample: list(reads)}, counts.get("embedding", [])))
+            + _provenance(provenance, {sample: list(reads)}, counts.get("embedding", []),
+                          [counts]))
     page = _page(f"VirNucPro: sample {sample}",
                  f"{unit}. Run of {_date(provenance)}, VirNucPro "
                  f"{provenance['virnucpro_version']}.", provenance, body)
@@ -388,7 +405,7 @@ def write_overview(counts_files: Mapping[str, str | os.PathLike],
             + _rules(threshold)
             + _provenance(provenance, reads,
                           merge_runs(run for c in counts.values()
-                                     for run in c.get("embedding", []))))
+                                     for run in c.get("embedding", [])), list(counts.values())))
     page = _page("VirNucPro: overview", f"{len(counts)} samples. Run of {_date(provenance)}, "
                  f"VirNucPro {provenance['virnucpro_version']}.", provenance, body)
     with atomic_open(out, "w") as handle:

@@ -1,7 +1,8 @@
 """A prepared shard's frames, streamed: IDs, nucleotide and protein sequences, in windows.
 
 A shard is two FASTA files written by prepare (NAME.fna, NAME.faa: the same frames in the same
-order) and its index (NAME.index.tsv: each frame's read and chunk). `ShardFrames` reads both
+order, those to embed) and its index (NAME.index.tsv: each frame's read and chunk, and the
+frames that repeat an embedded one, which are not embedded). `ShardFrames` reads both
 FASTA files in step with the package's FASTA record reader (virnucpro.fasta.fasta_records: the
 reads' rules for IDs), checks that they match record for record, and hands out windows of
 consecutive frames (`FrameWindow`), so an embedding job holds a few windows, never its shard.
@@ -120,7 +121,8 @@ class ShardFrames:
         records: Iterator[tuple] = self.records()
         if index is not None:  # in lockstep: tee holds one frame at most
             records, checked = itertools.tee(records)
-            rows = index_rows(index, (frame[0] for frame in checked), self.nucleotide_fasta)
+            rows = index_rows(index, (frame[0] for frame in checked), self.nucleotide_fasta,
+                              repeats=False)
             records = ((*frame, (row[1], row[2])) for row, frame in zip(rows, records))
         records = itertools.islice(records, skip, None)
         start, pending = skip, next(records, None)

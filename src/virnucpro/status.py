@@ -1,12 +1,15 @@
 """Progress of a run from sentinels and file names alone (fast on many shards).
 
-Per sample: the prepared shards; how many are embedded (a kept feature file with its `.done`,
-or scores, which the default embedding job writes directly), how many scored, the frames
-saved in the partial results of unfinished shards, and whether the results were aggregated.
+Per sample: the prepared shards, with the sample's frames and the distinct frames among them
+(those the shards hold, to embed: stats.json); how many shards are embedded (a kept feature
+file with its `.done`, or scores, which the default embedding job writes directly), how many
+scored, the frames saved in the partial results of unfinished shards, and whether the results
+were aggregated.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +17,15 @@ from pathlib import Path
 from virnucpro import layout
 from virnucpro.checkpoint import frames_checkpointed
 from virnucpro.errors import MissingInputError, UsageError
+from virnucpro.prepare import distinct_frames_of
 
 
 @dataclass
 class SampleProgress:
     sample: str
     shards: int
+    frames: int
+    distinct_frames: int
     embedded: int
     scored: int
     frames_saved: int
@@ -32,11 +38,13 @@ class SampleProgress:
     def line(self) -> str:
         state = "complete" if self.complete else (
             "results aggregated" if self.aggregated else "results not aggregated yet")
-        return (f"{self.sample}: {self.shards} shards: {self.embedded} embedded, {self.scored} "
+        return (f"{self.sample}: {self.shards} shards of {self.distinct_frames:,} distinct "
+                f"frames ({self.frames:,} frames): {self.embedded} embedded, {self.scored} "
                 f"scored, {self.frames_saved:,} frames saved in unfinished shards; {state}")
 
 
 def sample_progress(sample_dir: Path) -> SampleProgress:
+    stats = json.loads((layout.prepare_dir(sample_dir) / layout.STATS).read_text())
     shards = set(layout.prepared_shards(layout.prepare_dir(sample_dir)))
     features, scores = sample_dir / layout.FEATURES, sample_dir / layout.SCORES
     scored = layout.names_with(scores, ".tsv") & shards
@@ -45,7 +53,8 @@ def sample_progress(sample_dir: Path) -> SampleProgress:
                 for directory, suffix, finished in ((features, ".pt", embedded),
                                                     (scores, ".tsv", scored))
                 for shard in layout.names_with(directory, f"{suffix}{layout.PARTIAL}") - finished)
-    return SampleProgress(sample_dir.name, len(shards), len(embedded), len(scored), saved,
+    return SampleProgress(sample_dir.name, len(shards), stats["frames"],
+                          distinct_frames_of(stats), len(embedded), len(scored), saved,
                           (sample_dir / layout.SUMMARY).is_file())
 
 

@@ -151,7 +151,8 @@ def _load(file: LabelledFile, registry: Path | None
         registry_path = registry or layout.registry(features.parent.parent.parent)
         table = read_trusted(features, registry_path)
         tables.append(table.data)
-        reads.extend(int(row[1]) for row in index_rows(index, table.ids, features))
+        reads.extend(int(row[1]) for row in index_rows(index, table.ids, features,
+                                                       repeats=False))
         models = table.meta.get("models", models)
     return tables, np.asarray(reads, dtype=np.int64), models
 

@@ -103,6 +103,15 @@ KEEP_FEATURES = config["keep_features"]
 FEATURE_SAMPLES = [*TRAINING, *(SAMPLES if KEEP_FEATURES else [])]
 
 
+def prepare_settings(sample):
+    """Prepare's settings for a sample or training file (also those of its estimate)."""
+    return {
+        "u_as_t": config["u_as_t"],
+        "drop_ambiguous": sample in TRAINING,
+        "dedup": config["dedup"] and sample not in TRAINING,
+    }
+
+
 def reads_of(sample):
     """The reads files of a sample (one, or R1 and R2) or of a training file."""
     return SAMPLE_READS.get(sample) or [TRAINING[sample]]
@@ -199,6 +208,7 @@ RUN_SETTINGS = {
     "chunk_size": config["chunk_size"],
     "shard_size": config["shard_size"],
     "u_as_t": config["u_as_t"],
+    "dedup": config["dedup"],
     "keep_features": config["keep_features"],
     "features_dtype": config["features_dtype"],
     "embed.device": config["embed"]["device"],
@@ -254,8 +264,7 @@ def announce_unprepared(sample):
                 reads_of(sample),
                 config["chunk_size"],
                 config["shard_size"],
-                u_as_t=config["u_as_t"],
-                drop_ambiguous=sample in TRAINING,
+                **prepare_settings(sample),
             )
         )
 
@@ -292,6 +301,7 @@ def preflight():
         [sample for sample in [*SAMPLES, *TRAINING] if reads_read(sample)],
         config["embed"]["device"] if workflow.local_exec else None,
         config["u_as_t"],
+        config["dedup"],
     )
     for note in notes:
         report_note(note)

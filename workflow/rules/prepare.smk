@@ -24,6 +24,9 @@ checkpoint prepare:
         u_as_t=config["u_as_t"],
         # The original's training-time rule: chunks with ambiguous bases give no frame.
         drop_ambiguous=lambda wildcards: wildcards.sample in TRAINING,
+        # Each distinct chunk embedded once; training files keep every frame (training
+        # weighs frames).
+        dedup=lambda wildcards: prepare_settings(wildcards.sample)["dedup"],
     script:
         "../scripts/prepare.py"
 
