@@ -455,7 +455,8 @@ def test_the_pages_show_what_ran_from_the_embedding_jobs_records(tmp_path, demo_
         "hardware": {"device": "cuda", "gpu": "NVIDIA H200"}, "rescored_in_float32": 2}))
     aggregate(reads, scores, gpu)
     assert json.loads((gpu / "counts.json").read_text())["embedding"] == [
-        {"device": "cuda", "gpu": "NVIDIA H200", "precision": "float16", "shards": 1, "frames": 6, "rescored_in_float32": 2}]
+        {"device": "cuda", "gpu": "NVIDIA H200", "precision": "float16", "shards": 1,
+         "frames": 6, "rescored_in_float32": 2}]
     aggregate(*threshold_sample(old), old)  # scores of a virnucpro that kept no record
     write_provenance(models_of(demo_models), {"embed.device": "auto", "embed.dtype": "auto"},
                      tmp_path / "provenance.json")
