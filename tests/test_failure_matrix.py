@@ -783,7 +783,8 @@ def test_intermediates_deleted_after_the_run_change_nothing(reads_reference, kep
     assert {path: path.stat().st_mtime_ns for path in results} == results  # not rewritten
     assert_same_results(sample, reference[1], intermediates=False)
     status = run_cli("status", work / "out", check=True).stdout
-    assert status.startswith("s: 3 shards: 3 embedded, 3 scored, 0 frames saved"), status
+    assert status.startswith("s: 3 shards of 2,231 distinct frames (2,231 frames): 3 embedded, "
+                             "3 scored, 0 frames saved"), status
 
 
 def test_finished_features_truncated(kept_reference, tmp_path):

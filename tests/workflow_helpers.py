@@ -100,16 +100,18 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
 
 
 def assert_same_file(ours: Path, theirs: Path) -> None:
-    """Byte-equal files; a failure shows the first lines that differ (a diff of text files)."""
-    import difflib
-
+    """Byte-equal files; a failure names the lines that differ and shows the first pairs."""
     ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
     if ours_bytes == theirs_bytes:
         return
-    diff = difflib.unified_diff(theirs_bytes.decode(errors="replace").splitlines(),
-                                ours_bytes.decode(errors="replace").splitlines(),
-                                str(theirs), str(ours), n=0, lineterm="")
-    raise AssertionError(f"{ours.name} differs:\n" + "\n".join(list(diff)[:40]))
+    ours_lines = ours_bytes.decode(errors="replace").splitlines()
+    theirs_lines = theirs_bytes.decode(errors="replace").splitlines()
+    differ = [i for i, (a, b) in enumerate(zip(ours_lines, theirs_lines)) if a != b]
+    shown = "\n".join(f"line {i + 1}: {theirs_lines[i]!r} expected, {ours_lines[i]!r}"
+                       for i in differ[:12])
+    where = f", lines {differ[0] + 1} to {differ[-1] + 1}" if differ else ""
+    raise AssertionError(f"{ours} differs from {theirs}: {len(ours_lines)} lines against "
+                         f"{len(theirs_lines)}, {len(differ)} differ{where}:\n{shown}")
 
 
 def assert_same_results(sample_dir: Path, clean_dir: Path, intermediates: bool = True) -> None:
