@@ -99,14 +99,42 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
                 "prepare/reads.tsv")
 
 
+# Two embedding jobs of the same frames on a CPU agree to the last bit almost always, but not
+# always: about one comparison in a hundred across the suite's runs finds a job whose scores
+# differ from the others' by about 1e-6 (every frame of its shard, the calls unchanged; seen in
+# CI and in loaded full runs, never reproduced in isolation: thread counts, MKL_DYNAMIC, heap
+# policy and resume were each ruled out). Results of separate runs are therefore compared
+# field by field: every field equal, but for numbers within this of each other.
+SCORE_NOISE = 1e-5
+
+
+def _same_field(ours: str, theirs: str) -> bool:
+    if ours == theirs:
+        return True
+    try:
+        return abs(float(ours) - float(theirs)) <= SCORE_NOISE
+    except ValueError:
+        return False
+
+
+def _same_line(ours: str, theirs: str) -> bool:
+    ours_fields, theirs_fields = ours.split("\t"), theirs.split("\t")
+    return len(ours_fields) == len(theirs_fields) and all(
+        _same_field(a, b) for a, b in zip(ours_fields, theirs_fields))
+
+
 def assert_same_file(ours: Path, theirs: Path) -> None:
-    """Byte-equal files; a failure names the lines that differ and shows the first pairs."""
+    """Equal files: byte for byte, or line for line with numbers within SCORE_NOISE (see
+    there); a failure names the lines that differ and shows the first pairs."""
     ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
     if ours_bytes == theirs_bytes:
         return
     ours_lines = ours_bytes.decode(errors="replace").splitlines()
     theirs_lines = theirs_bytes.decode(errors="replace").splitlines()
-    differ = [i for i, (a, b) in enumerate(zip(ours_lines, theirs_lines)) if a != b]
+    differ = [i for i, (a, b) in enumerate(zip(ours_lines, theirs_lines))
+              if not _same_line(a, b)]
+    if not differ and len(ours_lines) == len(theirs_lines):
+        return
     shown = "\n".join(f"line {i + 1}: {theirs_lines[i]!r} expected, {ours_lines[i]!r}"
                        for i in differ[:12])
     where = f", lines {differ[0] + 1} to {differ[-1] + 1}" if differ else ""
@@ -136,4 +164,6 @@ def assert_same_results(sample_dir: Path, clean_dir: Path, intermediates: bool =
     for clean in clean_features:
         ours = torch.load(sample_dir / "features" / clean.name, weights_only=True)
         theirs = torch.load(clean, weights_only=True)
-        assert ours["ids"] == theirs["ids"] and torch.equal(ours["data"], theirs["data"])
+        assert ours["ids"] == theirs["ids"]
+        assert torch.allclose(ours["data"].float(), theirs["data"].float(), rtol=0,
+                              atol=SCORE_NOISE)
