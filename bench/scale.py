@@ -465,13 +465,13 @@ def after_scores(sample: Path, fasta: Path, reads_tsv: Path, scores: list[Path])
                       ["prediction_results.txt", "prediction_results_highestscore.csv",
                        "summary.tsv", "counts.json"]),
         "virus_reads": ("virnucpro.results.write_virus_reads",
-                        [fasta, out / "summary.tsv", out / "virus_reads.fa.gz"],
+                        [[fasta], out / "summary.tsv", out / "virus_reads.fa.gz"],
                         ["virus_reads.fa.gz"]),
         "sample_report": ("virnucpro.report.write_sample_report",
                           ["s", out / "counts.json", sample / "provenance.json", [fasta],
                            out / "report.html", {k: out / "plots" / f"{k}.svg"
                                                  for k in ("calls", "scores", "length")},
-                           out / "top_reads.tsv"],
+                           out / "top_reads.tsv", ["virus_reads.fa.gz"]],
                           ["report.html", "top_reads.tsv", "plots"])}
     figures = {}
     for name, (function, args, results) in steps.items():
