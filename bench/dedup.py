@@ -31,13 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -47,7 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(HERE))
 
 from embed import DNABERT_CPU_SHAPE, ESM_8M_SHAPE, random_reads  # noqa: E402
-from scale import measure_step  # noqa: E402
+from scale import measure_step, run_sections  # noqa: E402
 
 RESULTS = HERE / "results" / "dedup.json"
 PYTHON = sys.executable
@@ -289,25 +287,10 @@ def main() -> None:
     parser.add_argument("--prepare-reads", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    unknown = sorted(set(args.sections) - set(sections))
-    if unknown:
-        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(sections)}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version()}
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        for section in args.sections or sections:
-            here = Path(tmp) / section
-            here.mkdir()
-            if section == "embed":
-                results["embed"] = bench_embed(here, args.reads)
-            elif section == "prepare":
-                results["prepare"] = bench_prepare(here, args.prepare_reads)
-            else:
-                results["frames"] = bench_frames(here, args.reads)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {RESULTS}")
+    run_sections(parser, RESULTS, args.sections, args.workdir, {
+        "embed": lambda here: bench_embed(here, args.reads),
+        "prepare": lambda here: bench_prepare(here, args.prepare_reads),
+        "frames": lambda here: bench_frames(here, args.reads)})
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -578,6 +579,28 @@ def bench_report(workdir: Path, small: int, large: int) -> dict:
     return result
 
 
+def run_sections(parser: argparse.ArgumentParser, results_path: Path, chosen: list[str],
+                 workdir: Path | None, benches: dict[str, Callable[[Path], dict]]) -> None:
+    """Run the chosen sections (all when none is chosen), each in a directory of its own
+    under a scratch directory in `workdir`, and save their figures in `results_path`:
+    sections measured in this run replace those of an earlier run, the others are kept."""
+    unknown = sorted(set(chosen) - set(benches))
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(benches)}")
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": platform.python_version()}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for section in chosen or benches:
+            here = Path(tmp) / section
+            here.mkdir()
+            results[section] = benches[section](here)
+            shutil.rmtree(here, ignore_errors=True)
+    results_path.parent.mkdir(exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {results_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sections = ["embed", "disk", "load", "train", "aggregate", "report"]
@@ -598,34 +621,14 @@ def main() -> None:
                         help="load: also the code before (needs ~17 GB of memory)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    unknown = sorted(set(args.sections) - set(sections))
-    if unknown:
-        parser.error(f"unknown section {unknown[0]!r}; choose from {', '.join(sections)}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "python": platform.python_version()}
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        workdir = Path(tmp)
-        for section in args.sections or sections:
-            here = workdir / section
-            here.mkdir()
-            if section == "embed":
-                results["embed"] = bench_embed(here, args.small, args.large)
-            elif section == "disk":
-                results["disk"] = bench_disk(here, args.reads)
-            elif section == "load":
-                results["load"] = bench_load(here, args.baseline)
-            elif section == "aggregate":
-                results["aggregate"] = bench_aggregate(here, args.aggregate_small,
-                                                       args.aggregate_large, args.project)
-            elif section == "report":
-                results["report"] = bench_report(here, args.report_small, args.report_large)
-            else:
-                results["train"] = bench_train(here, args.train_small, args.train_large)
-            shutil.rmtree(here, ignore_errors=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved {RESULTS}")
+    run_sections(parser, RESULTS, args.sections, args.workdir, {
+        "embed": lambda here: bench_embed(here, args.small, args.large),
+        "disk": lambda here: bench_disk(here, args.reads),
+        "load": lambda here: bench_load(here, args.baseline),
+        "train": lambda here: bench_train(here, args.train_small, args.train_large),
+        "aggregate": lambda here: bench_aggregate(here, args.aggregate_small,
+                                                  args.aggregate_large, args.project),
+        "report": lambda here: bench_report(here, args.report_small, args.report_large)})
 
 
 if __name__ == "__main__":
