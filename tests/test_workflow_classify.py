@@ -6,7 +6,7 @@ import random
 import pytest
 
 from conftest import read_fasta, run_cli
-from workflow_helpers import DEMO_MODELS, snakemake, write_config
+from workflow_helpers import DEMO_MODELS, assert_same_file, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 SAMPLES = ["test_with_orfs", "test_fixed_500bp", "test_sequences_small"]
@@ -108,4 +108,4 @@ def test_results_for_every_read_and_a_report(tmp_path, reference):
                   tmp_path / DEMO_MODELS["classifier"], "--outdir", tmp_path / "cli", check=True)
     assert "2 reads: " in cli.stdout
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv"):
-        assert (tmp_path / "cli" / name).read_text() == (sample / name).read_text()
+        assert_same_file(tmp_path / "cli" / name, sample / name)

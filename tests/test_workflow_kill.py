@@ -15,7 +15,8 @@ import psutil
 import pytest
 
 from virnucpro.checkpoint import frames_checkpointed
-from workflow_helpers import DEMO_MODELS, SNAKEFILE, job_counts, orf_reads, snakemake, write_config
+from workflow_helpers import (DEMO_MODELS, SNAKEFILE, assert_same_file, job_counts, orf_reads,
+                              snakemake, write_config)
 
 pytestmark = pytest.mark.slow
 INTERVAL = 300
@@ -81,8 +82,7 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     assert snakemake(clean, "--configfile", config).returncode == 0
     for name in ("scores/shard_000000.tsv", "prediction_results.txt", "summary.tsv",
                  "prediction_results_highestscore.csv"):
-        killed = (work / "out" / "s" / name).read_text()
-        assert killed == (clean / "out" / "s" / name).read_text(), name
+        assert_same_file(work / "out" / "s" / name, clean / "out" / "s" / name)
     scored = [line.split("\t") for line in
               (work / "out" / "s" / "scores" / "shard_000000.tsv").read_text().splitlines()[1:]]
     stats = json.loads((work / "out" / "s" / "prepare" / "stats.json").read_text())
