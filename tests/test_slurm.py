@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_fasta
-from workflow_helpers import DEMO_MODELS, ROOT, SNAKEFILE, write_config
+from workflow_helpers import DEMO_MODELS, ROOT, SNAKEFILE, interruptible, write_config
 
 pytestmark = pytest.mark.slow
 SLURM = ROOT / "tests" / "slurm"
@@ -88,7 +88,8 @@ def test_demo_through_the_slurm_profile(tmp_path, reference, slurm):
                              "--profile", profile,
                              "--slurm-init-seconds-before-status-checks", "1",
                              "--slurm-keep-successful-logs"],
-                            env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=slurm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=interruptible)
     try:
         output, _ = proc.communicate(timeout=540)
     except subprocess.TimeoutExpired:

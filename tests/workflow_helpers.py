@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,16 @@ def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
            str(workdir), "--cores", "2", *map(str, args)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=interruptible)
+
+
+def interruptible() -> None:
+    """In a child before it runs Snakemake: Ctrl-C (SIGINT) acts as in a terminal's foreground
+    job. A test suite started in the background by a non-interactive shell (`make test &` in a
+    script) runs with SIGINT ignored, which every child would inherit: Python then installs no
+    KeyboardInterrupt handler, and the jobs' processes discard SIGINT until their own handler is
+    in place."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def job_process(proc: subprocess.Popen, script: str, timeout: float = 120):
