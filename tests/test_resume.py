@@ -22,7 +22,7 @@ from virnucpro.embed import EmbeddingEngine
 from virnucpro.shards import ShardFrames
 from virnucpro.layout import partial_dir
 from virnucpro.resume import CheckpointSettings, FeatureRows, embed_shard_resumable
-from workflow_helpers import same_features
+from workflow_helpers import assert_same_features
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,9 @@ def test_sigkill_of_the_cli_loses_at_most_one_interval(tmp_path, models):
     assert redone == 3000 - saved  # nothing saved was embedded again
     clean = tmp_path / "clean.pt"
     subprocess.run(list(map(str, cmd[:-1] + [clean])), check=True)
-    a, b = read_features(out), read_features(clean)  # three processes: SCORE_NOISE's note
-    assert a.ids == b.ids and same_features(a.data, b.data)
+    a, b = read_features(out), read_features(clean)  # three processes: PROCESS_NOISE's note
+    assert a.ids == b.ids
+    assert_same_features(a.data, b.data)
 
 
 def test_sigterm_flushes_the_writer_and_the_run_resumes(tmp_path, models):

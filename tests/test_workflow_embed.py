@@ -9,7 +9,7 @@ from conftest import run_cli
 from virnucpro.features import read_features
 from virnucpro.models.classifier import MLPClassifier, save_classifier
 from virnucpro.models.published import ADDRESSES
-from workflow_helpers import (DEMO_MODELS, assert_same_file, job_counts, same_features,
+from workflow_helpers import (DEMO_MODELS, assert_same_features, assert_same_file, job_counts,
                               snakemake, write_config)
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_workflow_embeds_every_shard_like_the_cli(tmp_path, reference):
                 prepared.with_suffix(".faa"), "--esm-model", models / "esm2_demo_t2_d32.pt",
                 "--dnabert-model", models / "dnabert2_demo", "--device", "cpu", "--out", cli,
                 check=True)
-        assert same_features(read_features(cli).data, table.data)
+        assert_same_features(read_features(cli).data, table.data)
 
 
 @pytest.mark.parametrize("missing", ["esm", "dnabert"])
@@ -90,7 +90,7 @@ def test_a_truncated_feature_file_is_moved_aside_and_redone(tmp_path, reference)
     dry = snakemake(tmp_path, "-n", "--configfile", config)
     assert job_counts(dry.stdout)["embed"] == 1, dry.stdout  # exactly that shard is redone
     assert snakemake(tmp_path, "--configfile", config).returncode == 0
-    assert same_features(read_features(features).data,
+    assert_same_features(read_features(features).data,
                          read_features(clean / "out" / "s" / "features" / "shard_000001.pt").data)
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "summary.tsv"):
         assert_same_file(tmp_path / "out" / "s" / name, clean / "out" / "s" / name)

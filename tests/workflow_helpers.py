@@ -111,18 +111,22 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
 
 
 # Two embedding jobs of the same frames on a CPU agree to the last bit almost always, but not
-# always: a rare job's scores differ from the others' by about 1e-6 (every frame of its shard,
-# the calls unchanged; seen in CI and in loaded full runs, and reproduced by 1 of 80 jobs of two
-# loaded Snakemake runs; the cause is not found, README "Precision"). Results of separate runs
-# are therefore compared field by field: every field equal, but for numbers within this.
-SCORE_NOISE = 1e-5
+# always: a rare job's numbers differ from the others' in every frame of its shard, the calls
+# unchanged (seen in CI and in loaded full runs, reproduced by 1 of 80 jobs of two loaded
+# Snakemake runs; the cause is not found, README "Precision"). The largest seen: features by
+# 1.5e-5 (CI, stop 25: the workflow's shard against the CLI's), scores by 2.4e-6; the kernel
+# choices a job could make differently change features by at most 2.4e-7. Numbers computed by
+# separate processes are therefore compared within this, every other field exactly: it is 6
+# times the largest difference seen, and 100 times smaller than what a wrong frame, model or
+# row order changes (the demo scores of different frames differ by 1e-2 and more).
+PROCESS_NOISE = 1e-4
 
 
 def _same_field(ours: str, theirs: str) -> bool:
     if ours == theirs:
         return True
     try:
-        return abs(float(ours) - float(theirs)) <= SCORE_NOISE
+        return abs(float(ours) - float(theirs)) <= PROCESS_NOISE
     except ValueError:
         return False
 
@@ -134,7 +138,7 @@ def _same_line(ours: str, theirs: str) -> bool:
 
 
 def assert_same_file(ours: Path, theirs: Path) -> None:
-    """Equal files: byte for byte, or line for line with numbers within SCORE_NOISE (see
+    """Equal files: byte for byte, or line for line with numbers within PROCESS_NOISE (see
     there); a failure names the lines that differ and shows the first pairs."""
     _assert_same_text(str(ours), ours.read_bytes(), str(theirs), theirs.read_bytes())
 
@@ -156,7 +160,7 @@ def _assert_same_text(ours_name: str, ours_bytes: bytes, theirs_name: str,
                          f"against {len(theirs_lines)}, {len(differ)} differ{where}:\n{shown}")
 
 
-# A number in a plot: its coordinates carry the scores' noise (SCORE_NOISE) in their last digits.
+# A number in a plot: its coordinates carry the scores' noise (PROCESS_NOISE) in their last digits.
 _PLOT_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
 
 
@@ -173,11 +177,16 @@ def assert_same_outputs(ours: dict[str, bytes], theirs: dict[str, bytes]) -> Non
             _assert_same_text(f"ours: {name}", ours[name], f"theirs: {name}", content)
 
 
-def same_features(ours, theirs) -> bool:
-    """Feature tensors of separate processes agree: every value within SCORE_NOISE."""
-    import torch
-
-    return torch.allclose(ours.float(), theirs.float(), rtol=0, atol=SCORE_NOISE)
+def assert_same_features(ours, theirs) -> None:
+    """Feature tensors of separate processes agree: the same shape, every value within
+    PROCESS_NOISE; a failure says by how much they differ, and where."""
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    difference = (ours.float() - theirs.float()).abs()
+    worst = float(difference.max()) if difference.numel() else 0.0
+    assert worst <= PROCESS_NOISE, (
+        f"features differ by up to {worst:.3g} (allowed {PROCESS_NOISE}): "
+        f"{int((difference > PROCESS_NOISE).sum())} values in rows "
+        f"{sorted(set((difference > PROCESS_NOISE).nonzero()[:, 0].tolist()))[:10]}")
 
 
 def assert_same_results(sample_dir: Path, clean_dir: Path, intermediates: bool = True) -> None:
@@ -203,4 +212,4 @@ def assert_same_results(sample_dir: Path, clean_dir: Path, intermediates: bool =
         ours = torch.load(sample_dir / "features" / clean.name, weights_only=True)
         theirs = torch.load(clean, weights_only=True)
         assert ours["ids"] == theirs["ids"]
-        assert same_features(ours["data"], theirs["data"])
+        assert_same_features(ours["data"], theirs["data"])
