@@ -36,6 +36,28 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return proc
 
 
+class Interrupted(Exception):
+    """A crash in the middle of a shard (raised by an engine `die_after` made)."""
+
+
+def die_after(engine, windows: int):
+    """`engine`, made to raise Interrupted once it has given `windows` windows (counted over
+    all its calls), as a process dying in the middle of a shard would."""
+    embed_windows = engine.embed_windows
+    left = windows
+
+    def dying(*args, **kwargs):
+        nonlocal left
+        for item in embed_windows(*args, **kwargs):
+            if left == 0:
+                raise Interrupted
+            left -= 1
+            yield item
+
+    engine.embed_windows = dying
+    return engine
+
+
 def read_fasta(path: Path) -> list[tuple[str, str]]:
     from Bio import SeqIO
     return [(r.id, str(r.seq)) for r in SeqIO.parse(str(path), "fasta")]

@@ -23,6 +23,7 @@ from virnucpro.prepare import write_shards
 from virnucpro.resume import CheckpointSettings, ScoreRows, embed_shard_resumable
 from virnucpro.shards import FrameWindow, ShardFrames, read_frames
 from agreement import calibrated_classifier
+from conftest import Interrupted, die_after
 from workflow_helpers import STOP_FREE_CODONS
 
 
@@ -173,21 +174,6 @@ def test_a_float16_scoring_job_gives_float32_calls(scored):
     assert watched.batches and max(loaders for _, loaders in watched.batches) <= 1
 
 
-class Dying(Watched):
-    """Raises after `windows` windows, as a crash in the middle of a shard would."""
-
-    def __init__(self, base: EmbeddingEngine, windows: int) -> None:
-        super().__init__(base)
-        self.left = windows
-
-    def embed_windows(self, *args, **kwargs):
-        for item in super().embed_windows(*args, **kwargs):
-            if self.left == 0:
-                raise InterruptedError
-            self.left -= 1
-            yield item
-
-
 def test_a_resumed_float16_scoring_job_equals_an_uninterrupted_one(scored):
     """Saved batches end where rescoring groups end: the resumed job gathers the same groups
     after them (the same float32 batches: their numbers can depend on what else a batch
@@ -209,8 +195,8 @@ def test_a_resumed_float16_scoring_job_equals_an_uninterrupted_one(scored):
 
     uninterrupted, resuming = Watched(engine), Watched(engine)
     clean, frames = run(uninterrupted, "clean")
-    dying = Dying(engine, windows=7)
-    with pytest.raises(InterruptedError):
+    dying = die_after(Watched(engine), windows=7)
+    with pytest.raises(Interrupted):
         run(dying, "resumed")
     resumed = where / "resumed" / "scores" / "shard_000000.tsv"
     assert list(partial_dir(resumed).glob("batch_*.done")) and not resumed.exists()

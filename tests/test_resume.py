@@ -14,6 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from conftest import Interrupted, die_after
 from kill_resume import write_shard
 from virnucpro.checkpoint import CheckpointError, frames_checkpointed
 from virnucpro.features import read_features
@@ -35,23 +36,9 @@ def engine(models):
     return EmbeddingEngine.from_config(models["esm"], models["dnabert"], device="cpu")
 
 
-class Interrupted(Exception):
-    pass
-
-
-class DyingEngine(EmbeddingEngine):
-    """Raises after `windows` windows, as a crash in the middle of a shard would."""
-
-    def __init__(self, base: EmbeddingEngine, windows: int) -> None:
-        super().__init__(base.esm, base.dnabert)
-        self.left = windows
-
-    def embed_windows(self, *args, **kwargs):
-        for item in super().embed_windows(*args, **kwargs):
-            if self.left == 0:
-                raise Interrupted
-            self.left -= 1
-            yield item
+def dying(engine, windows):
+    """A new engine on `engine`'s models that dies after `windows` windows."""
+    return die_after(EmbeddingEngine(engine.esm, engine.dnabert), windows)
 
 
 SETTINGS = CheckpointSettings(frames=10, seconds=3600, window_frames=5)
@@ -69,7 +56,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, engine):
 
     out = tmp_path / "resumed.pt"
     with pytest.raises(Interrupted):
-        run(DyingEngine(engine, windows=5), shard, out)  # 25 frames done, 20 saved
+        run(dying(engine, windows=5), shard, out)  # 25 frames done, 20 saved
     assert not out.exists() and not out.with_suffix(".done").exists()
     saved = sorted(p.name for p in partial_dir(out).glob("batch_*.done"))
     assert saved == ["batch_000000000000_000000000010.done", "batch_000000000010_000000000020.done"]
@@ -99,7 +86,7 @@ def test_resume_refuses_partial_results_from_other_settings(tmp_path, engine):
     shard = write_shard(tmp_path, 20)
     out = tmp_path / "a.pt"
     with pytest.raises(Interrupted):
-        run(DyingEngine(engine, windows=2), shard, out)
+        run(dying(engine, windows=2), shard, out)
     with pytest.raises(CheckpointError, match="different settings"):
         run(engine, shard, out, CheckpointSettings(10, 3600, window_frames=2))
     assert run(engine, shard, out, CheckpointSettings(10, 3600, 2, force_resume=True)) == 10
