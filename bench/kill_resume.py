@@ -1,9 +1,11 @@
 """Crash-proof resume under fire: SIGKILL `virnucpro embed` at 20+ random points
 (some timed to land inside a checkpoint write, the final assembly and publication, or the
 removal of the partial directory after publication), resume each time, and check that no
-frame is lost or duplicated, that the work redone after each kill stays within one
-checkpoint interval, and that a kill during the removal never leaves saved batches under
-the partial name without their fingerprint (which a later run could take for its own).
+frame is lost or duplicated, that every result equals an uninterrupted run's (to the last bit,
+or within the rare noise between two processes, counted apart: README "Precision"), that the
+work redone after each kill stays within one checkpoint interval, and that a kill during the
+removal never leaves saved batches under the partial name without their fingerprint (which a
+later run could take for its own).
 
     .venv/bin/python bench/kill_resume.py [--kills 24] [--frames 4000] [--interval 250]
 
@@ -66,6 +68,25 @@ def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool
     return False
 
 
+# Two processes embedding the same frames on a CPU rarely differ in their last bits (README
+# "Precision": up to 2.2e-5 in a feature, every value of ESM-2's columns of the odd process); a
+# chain whose features differ by at most this is counted as not bitwise identical, not as
+# different.
+PROCESS_NOISE = 1e-4
+
+
+def describe_difference(chain: int, table, expected) -> dict:
+    """Where a chain's features differ from the clean run's: how much, in which rows and in
+    which model's columns (README "Precision": rare jobs differ by ~1e-5, the calls not)."""
+    differ = table.data != expected.data
+    rows = differ.any(1).nonzero()[:, 0].tolist()
+    columns = {name: int(differ[:, start:stop].sum())
+               for name, (start, stop) in table.meta["settings"]["columns"].items()}
+    return {"chain": chain, "largest": float((table.data - expected.data).abs().max()),
+            "rows": len(rows), "first_row": rows[0], "last_row": rows[-1],
+            "values_by_model": columns}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=24)
@@ -121,14 +142,18 @@ def main() -> None:
 
         # Finish every chain, then compare every result with the clean run.
         lost = duplicated = mismatched = 0
+        differences = []
         for chain in range(1, chains + 1):
             out = tmp / f"run{chain}.pt"
             subprocess.run(command(out), check=True, capture_output=True)
             table = read_features(out)
             lost += len(set(expected.ids) - set(table.ids))
             duplicated += len(table.ids) - len(set(table.ids))
-            mismatched += int(table.ids != expected.ids
-                              or not torch.equal(table.data, expected.data))
+            if table.ids != expected.ids:
+                mismatched += 1
+            elif not torch.equal(table.data, expected.data):
+                differences.append(describe_difference(chain, table, expected))
+                mismatched += int(differences[-1]["largest"] > PROCESS_NOISE)
 
     redone = [k["redone"] for k in kills]
     result = {
@@ -140,6 +165,8 @@ def main() -> None:
                                                          for k in kills),
         "frames_lost": lost, "frames_duplicated": duplicated,
         "results_differing_from_uninterrupted": mismatched,
+        "results_not_bitwise_identical": len(differences),
+        "differences": differences,
         "redone_frames_per_kill": {"max": max(redone), "mean": round(sum(redone) / len(redone), 1)},
         "redone_within_one_interval": all(r <= args.interval for r in redone),
         "clean_run_seconds": round(clean_seconds, 2),

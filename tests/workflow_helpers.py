@@ -113,12 +113,13 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
 # Two embedding jobs of the same frames on a CPU agree to the last bit almost always, but not
 # always: a rare job's numbers differ from the others' in every frame of its shard, the calls
 # unchanged (seen in CI and in loaded full runs, reproduced by 1 of 80 jobs of two loaded
-# Snakemake runs; the cause is not found, README "Precision"). The largest seen: features by
+# Snakemake runs and by 1 of 331 `virnucpro embed` processes of one shard; the cause is not
+# found, README "Precision"). The largest seen: features by 2.2e-5 (ESM-2's columns only) and
 # 1.5e-5 (CI, stop 25: the workflow's shard against the CLI's), scores by 2.4e-6; the kernel
 # choices a job could make differently change features by at most 2.4e-7. Numbers computed by
-# separate processes are therefore compared within this, every other field exactly: it is 6
-# times the largest difference seen, and 100 times smaller than what a wrong frame, model or
-# row order changes (the demo scores of different frames differ by 1e-2 and more).
+# separate processes are therefore compared within this, every other field exactly: it is 4.5
+# times the largest difference seen, and far below what a wrong frame, model or row order
+# changes (the demo features of the 3 frames of that CI shard: 0.16 apart at the least).
 PROCESS_NOISE = 1e-4
 
 
