@@ -113,7 +113,7 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
 # Two embedding jobs of the same frames on a CPU agree to the last bit almost always, but not
 # always: a rare job's numbers differ from the others' in every frame of its shard, the calls
 # unchanged (seen in CI and in loaded full runs, reproduced by 1 of 80 jobs of two loaded
-# Snakemake runs and by 1 of 331 `virnucpro embed` processes of one shard; the cause is not
+# Snakemake runs and by 1 of 332 `virnucpro embed` processes of one shard; the cause is not
 # found, README "Precision"). The largest seen: features by 2.2e-5 (ESM-2's columns only) and
 # 1.5e-5 (CI, stop 25: the workflow's shard against the CLI's), scores by 2.4e-6; the kernel
 # choices a job could make differently change features by at most 2.4e-7. Numbers computed by
@@ -123,19 +123,30 @@ RESULT_FILES = ("prediction_results.txt", "prediction_results_highestscore.csv",
 PROCESS_NOISE = 1e-4
 
 
-def _same_field(ours: str, theirs: str) -> bool:
+# A number in a table, a JSON record or a plot: where separately computed numbers differ by
+# PROCESS_NOISE, their printed forms differ in their last digits (and in length: 0.56887 and
+# 0.568872), in any format (TSV, CSV, JSON, SVG coordinates).
+_NUMBER_PATTERN = r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_NUMBER = re.compile(_NUMBER_PATTERN)
+_PLOT_NUMBER = re.compile(_NUMBER_PATTERN.encode())
+
+
+def _same_number(ours: str, theirs: str) -> bool:
+    """Equal, or within PROCESS_NOISE where either is a decimal (counts and IDs are integers:
+    those must be equal)."""
     if ours == theirs:
         return True
-    try:
-        return abs(float(ours) - float(theirs)) <= PROCESS_NOISE
-    except ValueError:
-        return False
+    decimal = any(mark in number for number in (ours, theirs) for mark in ".eE")
+    return decimal and abs(float(ours) - float(theirs)) <= PROCESS_NOISE
 
 
 def _same_line(ours: str, theirs: str) -> bool:
-    ours_fields, theirs_fields = ours.split("\t"), theirs.split("\t")
-    return len(ours_fields) == len(theirs_fields) and all(
-        _same_field(a, b) for a, b in zip(ours_fields, theirs_fields))
+    """Equal lines, but for decimal numbers within PROCESS_NOISE: the text around the numbers
+    equal, and as many numbers."""
+    if ours == theirs:
+        return True
+    return _NUMBER.split(ours) == _NUMBER.split(theirs) and all(
+        _same_number(a, b) for a, b in zip(_NUMBER.findall(ours), _NUMBER.findall(theirs)))
 
 
 def assert_same_file(ours: Path, theirs: Path) -> None:
@@ -159,10 +170,6 @@ def _assert_same_text(ours_name: str, ours_bytes: bytes, theirs_name: str,
     where = f", lines {differ[0] + 1} to {differ[-1] + 1}" if differ else ""
     raise AssertionError(f"{ours_name} differs from {theirs_name}: {len(ours_lines)} lines "
                          f"against {len(theirs_lines)}, {len(differ)} differ{where}:\n{shown}")
-
-
-# A number in a plot: its coordinates carry the scores' noise (PROCESS_NOISE) in their last digits.
-_PLOT_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?")
 
 
 def assert_same_outputs(ours: dict[str, bytes], theirs: dict[str, bytes]) -> None:
