@@ -71,7 +71,9 @@ def wait_for(proc: subprocess.Popen, mode: str, out: Path, delay: float) -> bool
 # Two processes embedding the same frames on a CPU rarely differ in their last bits (README
 # "Precision": up to 2.2e-5 in a feature, every value of ESM-2's columns of the odd process); a
 # chain whose features differ by at most this is counted as not bitwise identical, not as
-# different.
+# different. The same bound as the tests' PROCESS_NOISE (tests/workflow_helpers.py, where it is
+# argued); not imported from there, nor there from here: this module imports torch at once,
+# which the tests' helpers import only where they need it.
 PROCESS_NOISE = 1e-4
 
 
